@@ -1,0 +1,54 @@
+"""HEALPix helpers for planetary maps: NESTED indexing, tiles and pixel sizes.
+
+All indices in vaemap are NESTED, longitudes degrees east in [0, 360) and
+latitudes degrees north. Thin wrappers over healpy with the ordering explicit.
+"""
+
+from __future__ import annotations
+
+import healpy as hp
+import numpy as np
+
+__all__ = [
+    "MOON_RADIUS_KM",
+    "lonlat_to_pix",
+    "parent_pix",
+    "pix_to_lonlat",
+    "pixel_side_km",
+    "wrap_lon",
+]
+
+MOON_RADIUS_KM = 1737.4
+
+
+def wrap_lon(lon_deg: np.ndarray) -> np.ndarray:
+    """Longitudes wrapped into [0, 360) degrees east."""
+    return np.mod(lon_deg, 360.0)
+
+
+def lonlat_to_pix(nside: int, lon_deg: np.ndarray, lat_deg: np.ndarray) -> np.ndarray:
+    """NESTED pixel index (int64) of points at (lon, lat) in degrees."""
+    return hp.ang2pix(nside, np.asarray(lon_deg), np.asarray(lat_deg), nest=True, lonlat=True)
+
+
+def pix_to_lonlat(nside: int, pix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Centre (lon in [0, 360), lat) in degrees of NESTED pixels."""
+    lon, lat = hp.pix2ang(nside, np.asarray(pix), nest=True, lonlat=True)
+    return wrap_lon(lon), lat
+
+
+def parent_pix(pix: np.ndarray, nside: int, nside_parent: int) -> np.ndarray:
+    """NESTED index of the pixel at ``nside_parent`` that contains each pixel at ``nside``.
+
+    In NESTED ordering a parent holds a contiguous block of 4**k children, so this
+    is an integer shift: no geometry needed.
+    """
+    if nside_parent > nside:
+        raise ValueError(f"nside_parent {nside_parent} is finer than nside {nside}")
+    k = int(np.log2(nside)) - int(np.log2(nside_parent))
+    return np.asarray(pix, dtype=np.int64) >> (2 * k)
+
+
+def pixel_side_km(nside: int, radius_km: float = MOON_RADIUS_KM) -> float:
+    """Approximate side of a pixel (square root of its area), kilometres."""
+    return float(np.sqrt(hp.nside2pixarea(nside)) * radius_km)

@@ -1,0 +1,121 @@
+"""Shared file helpers: atomic writes, provenance, checksums, HDF5 datasets."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import hashlib
+import json
+import os
+import platform
+import tempfile
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from vaemap import __version__
+
+__all__ = [
+    "atomic_path",
+    "file_checksum",
+    "h5_compression",
+    "provenance_attrs",
+    "read_json_attr",
+    "write_dataset",
+]
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path, suffix: str | None = None) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; rename it onto ``path`` on success.
+
+    A failed or interrupted step therefore never leaves a half-written product
+    under the final name (Snakemake would otherwise take it as complete).
+    The temporary file keeps ``path``'s suffix so writers that infer the format
+    from the name (matplotlib, astropy) still work.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(
+        prefix=f".{path.stem}.", suffix=suffix if suffix is not None else path.suffix,
+        dir=path.parent,
+    )
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, path)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def file_checksum(path: str | Path, algorithm: str = "sha256", block: int = 1 << 22) -> str:
+    """Hex digest of a file's bytes, read in ``block``-byte pieces (bounded memory)."""
+    digest = hashlib.new(algorithm)
+    with open(path, "rb") as fh:
+        while chunk := fh.read(block):
+            digest.update(chunk)
+    return f"{algorithm}:{digest.hexdigest()}"
+
+
+def provenance_attrs(config: Mapping[str, Any] | None = None, **extra: Any) -> dict[str, str]:
+    """Root attributes every product carries: package version, time, host, config.
+
+    Non-string values are stored as JSON text so that any HDF5 reader can show them.
+    """
+    attrs: dict[str, Any] = {
+        "vaemap_version": __version__,
+        "created_utc": _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "python": platform.python_version(),
+    }
+    if config is not None:
+        attrs["config"] = json.dumps(config, sort_keys=True)
+    attrs.update(extra)
+    return {k: v if isinstance(v, str | int | float | np.ndarray) else json.dumps(v)
+            for k, v in attrs.items()}
+
+
+def read_json_attr(attrs: Mapping[str, Any], key: str, default: Any = None) -> Any:
+    """Read an attribute written as JSON text by :func:`provenance_attrs`."""
+    if key not in attrs:
+        return default
+    value = attrs[key]
+    if isinstance(value, bytes):
+        value = value.decode()
+    return json.loads(value) if isinstance(value, str) else value
+
+
+def h5_compression(name: str) -> dict[str, Any]:
+    """h5py keyword arguments for a named compression (``gzip``, ``lzf`` or ``none``)."""
+    if name == "gzip":
+        return {"compression": "gzip", "compression_opts": 4, "shuffle": True}
+    if name == "lzf":
+        return {"compression": "lzf", "shuffle": True}
+    if name == "none":
+        return {}
+    raise ValueError(f"unknown compression {name!r}; expected gzip, lzf or none")
+
+
+def write_dataset(
+    group: h5py.Group,
+    name: str,
+    data: np.ndarray,
+    *,
+    compression: str = "gzip",
+    chunk_rows: int = 65536,
+    attrs: Mapping[str, Any] | None = None,
+) -> h5py.Dataset:
+    """Write ``data`` as a chunked, compressed dataset (rows chunked along axis 0)."""
+    data = np.asarray(data)
+    kwargs = h5_compression(compression) if data.size else {}
+    if data.size:
+        rows = max(1, min(len(data), chunk_rows))
+        kwargs["chunks"] = (rows, *data.shape[1:])
+    dset = group.create_dataset(name, data=data, **kwargs)
+    for key, value in (attrs or {}).items():
+        dset.attrs[key] = value
+    return dset
