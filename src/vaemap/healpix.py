@@ -52,3 +52,41 @@ def parent_pix(pix: np.ndarray, nside: int, nside_parent: int) -> np.ndarray:
 def pixel_side_km(nside: int, radius_km: float = MOON_RADIUS_KM) -> float:
     """Approximate side of a pixel (square root of its area), kilometres."""
     return float(np.sqrt(hp.nside2pixarea(nside)) * radius_km)
+
+
+def write_partial_map(
+    path,
+    pix: np.ndarray,
+    values: np.ndarray,
+    nside: int,
+    *,
+    column: str,
+    unit: str = "",
+    extra_header: dict | None = None,
+) -> None:
+    """Write a partial NESTED HEALPix FITS map of ``values`` at pixels ``pix`` (atomically).
+
+    Unlisted pixels are unobserved (``hp.UNSEEN`` when read back as a full map).
+    The header carries the ordering, nside, ``BODY = 'MOON'``, the planetocentric
+    east-positive longitude convention, units and the package version, plus any
+    ``extra_header`` cards (keys up to 8 characters).
+    """
+    from vaemap import __version__
+    from vaemap.io import atomic_path
+
+    full = np.full(hp.nside2npix(nside), hp.UNSEEN, dtype=np.float32)
+    vals = np.asarray(values, dtype=np.float32)
+    full[np.asarray(pix)] = np.where(np.isfinite(vals), vals, hp.UNSEEN)
+    header = [
+        ("BODY", "MOON", "target body"),
+        ("COORDTYP", "PLANETOCENTRIC", "latitude planetocentric, degrees north"),
+        ("LONCONV", "EAST", "longitude positive east, [0, 360)"),
+        ("BUNIT", unit, "unit of the map values"),
+        ("CREATOR", f"vaemap {__version__}", "software that wrote this map"),
+    ]
+    for key, value in (extra_header or {}).items():
+        header.append((key[:8].upper(), value))
+    with atomic_path(path) as tmp:
+        hp.write_map(str(tmp), full, nest=True, partial=True, column_names=[column],
+                     column_units=unit or None, extra_header=header, dtype=np.float32,
+                     overwrite=True)

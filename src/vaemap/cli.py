@@ -1,0 +1,180 @@
+"""The ``vaemap`` command line: one subcommand per pipeline step.
+
+Each subcommand is a thin wrapper: it loads and validates the configuration
+(``--config`` file, ``--config-json`` from Snakemake, ``--set key=value``
+overrides), calls the step's ``run`` function and prints a summary (JSON with
+``--json``).  Errors are reported on stderr with a non-zero exit status.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from vaemap import __version__
+from vaemap.config import ConfigError, load_config
+
+__all__ = ["main"]
+
+log = logging.getLogger("vaemap")
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("configuration and output")
+    group.add_argument("--config", metavar="YAML", help="configuration file (default: the "
+                       "schema defaults, i.e. the demo configuration)")
+    group.add_argument("--config-json", metavar="JSON", help="JSON object merged over the "
+                       "configuration (used by the Snakemake rules)")
+    group.add_argument("--set", dest="overrides", metavar="KEY=VALUE", action="append",
+                       default=[], help="override one key, e.g. --set model.beta=0.5 "
+                       "(repeatable; values parsed as YAML)")
+    group.add_argument("--json", action="store_true", help="print the summary as one JSON "
+                       "object on stdout")
+    group.add_argument("-v", "--verbose", action="count", default=0,
+                       help="more log output (-vv for debug)")
+    group.add_argument("-q", "--quiet", action="count", default=0,
+                       help="less log output (warnings and errors only)")
+
+
+def _step_simulate(args, cfg):
+    from vaemap import simulate
+
+    return simulate.run(args.outdir, cfg)
+
+
+def _step_ingest(args, cfg):
+    from vaemap import ingest
+
+    return ingest.run(args.inputs, args.output, cfg)
+
+
+def _step_profiles(args, cfg):
+    from vaemap import profiles
+
+    return profiles.run(args.samples, args.output, cfg)
+
+
+def _step_train(args, cfg):
+    from vaemap import train
+
+    return train.run(args.profiles, args.output, cfg, metrics_csv=args.metrics,
+                     curve_png=args.curve, resume=args.resume,
+                     progress=not args.no_progress)
+
+
+def _step_encode(args, cfg):
+    from vaemap import encode
+
+    return encode.run(args.profiles, args.model, args.output, cfg)
+
+
+def _step_maps(args, cfg):
+    from vaemap import maps
+
+    return maps.run(args.latents, args.outdir, cfg)
+
+
+def _step_evaluate(args, cfg):
+    from vaemap import evaluate
+
+    return evaluate.run(args.latents, args.truth, args.outdir, cfg)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser with every subcommand."""
+    parser = argparse.ArgumentParser(
+        prog="vaemap",
+        description="Radiometer time series to HEALPix map products with a convolutional "
+                    "β-VAE (Diviner, Moseley et al. 2020). Each subcommand runs one step.")
+    parser.add_argument("--version", action="version", version=f"vaemap {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="STEP")
+
+    def add(name: str, func: Callable, help_text: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.set_defaults(func=func)
+        return p
+
+    p = add("simulate", _step_simulate, "Simulate a synthetic Moon survey: Diviner RDR tables "
+            "(OUTDIR/rdr/), ground truth truth.h5 and truth_*.fits.")
+    p.add_argument("--outdir", required=True, help="output directory")
+    _common(p)
+
+    p = add("ingest", _step_ingest, "Quality-filter RDR tables into a HEALPix-indexed, "
+            "pixel-sorted samples.h5 with per-reason rejection counts.")
+    p.add_argument("inputs", nargs="+", metavar="FILE", help="RDR tables (.TAB/.csv, .gz)")
+    p.add_argument("--output", required=True, help="samples.h5 to write")
+    _common(p)
+
+    p = add("profiles", _step_profiles, "Fold samples on local time into per-pixel diurnal "
+            "profiles (profiles.h5).")
+    p.add_argument("samples", help="samples.h5")
+    p.add_argument("--output", required=True, help="profiles.h5 to write")
+    _common(p)
+
+    p = add("train", _step_train, "Train the convolutional β-VAE (model.pt).")
+    p.add_argument("profiles", help="profiles.h5")
+    p.add_argument("--output", required=True, help="model.pt to write")
+    p.add_argument("--metrics", help="per-epoch metrics CSV to write")
+    p.add_argument("--curve", help="loss-curve PNG to write")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from OUTPUT.ckpt left by an interrupted run")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _common(p)
+
+    p = add("encode", _step_encode, "Encode every profile: latents, reconstruction error and "
+            "anomaly score (latents.h5).")
+    p.add_argument("profiles", help="profiles.h5")
+    p.add_argument("model", help="model.pt")
+    p.add_argument("--output", required=True, help="latents.h5 to write")
+    _common(p)
+
+    p = add("maps", _step_maps, "Write HEALPix FITS maps and PNG renderings of every product.")
+    p.add_argument("latents", help="latents.h5")
+    p.add_argument("--outdir", required=True, help="output directory")
+    _common(p)
+
+    p = add("evaluate", _step_evaluate, "Score latents and anomaly maps against ground truth "
+            "(when simulated) and report KL, active units, reconstruction statistics.")
+    p.add_argument("latents", help="latents.h5")
+    p.add_argument("--truth", help="truth.h5 from simulate (omit for real data)")
+    p.add_argument("--outdir", required=True, help="output directory")
+    _common(p)
+    return parser
+
+
+def _setup_logging(verbose: int, quiet: int) -> None:
+    level = logging.INFO - 10 * verbose + 10 * quiet
+    logging.basicConfig(level=max(level, logging.DEBUG), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+                        datefmt="%H:%M:%S")
+    for noisy in ("healpy", "matplotlib", "PIL", "h5py"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, level))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``vaemap`` console script; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _setup_logging(args.verbose, args.quiet)
+    try:
+        cfg = load_config(args.config, overrides=args.overrides, json_text=args.config_json)
+        summary: Any = args.func(args, cfg)
+    except ConfigError as exc:
+        print(f"vaemap {args.command}: {exc}", file=sys.stderr)
+        return 2
+    except (ValueError, OSError, RuntimeError, KeyError) as exc:
+        if args.verbose:
+            log.exception("failed")
+        print(f"vaemap {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(summary, default=str))
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,195 @@
+"""A 1-D convolutional β-VAE for diurnal profiles, shape (channels, bins).
+
+Local time wraps at midnight, so every convolution pads circularly.  The
+encoder sees the normalised profile (masked bins set to 0) together with the
+observation mask, so it can tell "no data" from "average temperature"; the
+reconstruction likelihood is evaluated only on observed bins.  Optionally the
+decoder is conditioned on latitude, which sets the insolation: the latents
+are then free to describe the surface (albedo, thermal inertia, slopes, rocks)
+rather than spend capacity on where the pixel is.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+__all__ = [
+    "PRESETS",
+    "ProfileVAE",
+    "VAEConfig",
+    "bin_weights",
+    "kl_per_latent",
+    "load_checkpoint",
+    "masked_sse",
+    "normalise",
+]
+
+
+@dataclass(frozen=True)
+class VAEConfig:
+    """Architecture hyper-parameters (everything needed to rebuild the model)."""
+
+    channels: int = 1
+    bins: int = 120
+    latent_dim: int = 4
+    width: int = 32
+    depth: int = 3
+    kernel: int = 5
+    n_cond: int = 2  # decoder conditioning inputs (0 = none)
+
+    def to_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+
+#: Named architecture presets; ``moseley2020`` mirrors the paper's size
+#: (≈ 30 k parameters, no conditioning).
+PRESETS: dict[str, dict[str, Any]] = {
+    "small": {},
+    "moseley2020": {"width": 32, "depth": 3, "kernel": 3, "n_cond": 0},
+}
+
+
+def _conv(c_in: int, c_out: int, kernel: int, stride: int = 1) -> nn.Conv1d:
+    return nn.Conv1d(c_in, c_out, kernel, stride=stride, padding=kernel // 2,
+                     padding_mode="circular")
+
+
+class ProfileVAE(nn.Module):
+    """Convolutional β-VAE over cyclic profiles.
+
+    ``forward(x, mask, cond)`` takes normalised profiles ``x`` (n, channels,
+    bins) with masked bins zeroed, the mask (same shape, 1 = observed) and the
+    conditioning vector ``cond`` (n, n_cond), and returns (reconstruction, μ,
+    log σ²), the reconstruction in normalised units, shape (n, channels, bins).
+    """
+
+    def __init__(self, cfg: VAEConfig):
+        super().__init__()
+        factor = 2**cfg.depth
+        if cfg.bins % factor:
+            raise ValueError(f"bins ({cfg.bins}) must be divisible by 2**depth ({factor}); "
+                             f"choose profiles.bins or model.depth accordingly")
+        self.cfg = cfg
+        w, k = cfg.width, cfg.kernel
+        # Encoder: one full-resolution conv, then stride-2 convs halve the length.
+        layers: list[nn.Module] = [_conv(2 * cfg.channels, w, k), nn.GELU()]
+        for _ in range(cfg.depth):
+            layers += [nn.Conv1d(w, w, 4, stride=2, padding=1, padding_mode="circular"),
+                       nn.GELU()]
+        self.encoder = nn.Sequential(*layers)
+        self.reduced = cfg.bins // factor
+        self.to_latent = nn.Linear(w * self.reduced, 2 * cfg.latent_dim)
+        self.from_latent = nn.Sequential(
+            nn.Linear(cfg.latent_dim + cfg.n_cond, w * self.reduced), nn.GELU())
+        # Decoder: nearest upsampling + circular conv (transposed convs cannot
+        # pad circularly, and would leave a seam at midnight).
+        dec: list[nn.Module] = []
+        for _ in range(cfg.depth):
+            dec += [nn.Upsample(scale_factor=2, mode="nearest"), _conv(w, w, k), nn.GELU()]
+        dec += [_conv(w, cfg.channels, k)]
+        self.decoder = nn.Sequential(*dec)
+
+    def encode(self, x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Latent mean and log-variance, each (n, latent_dim)."""
+        h = self.encoder(torch.cat([x * mask, mask], dim=1))
+        mu, logvar = self.to_latent(h.flatten(1)).chunk(2, dim=1)
+        return mu, logvar.clamp(-12.0, 8.0)
+
+    def decode(self, z: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
+        """Reconstruction (n, channels, bins) from latents (n, latent_dim)."""
+        if self.cfg.n_cond:
+            if cond is None:
+                raise ValueError("this model is conditioned on latitude: pass cond")
+            z = torch.cat([z, cond.to(z.dtype)], dim=1)
+        h = self.from_latent(z).view(z.shape[0], self.cfg.width, self.reduced)
+        return self.decoder(h)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor, cond: torch.Tensor | None = None,
+                sample: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        mu, logvar = self.encode(x, mask)
+        z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar) if sample else mu
+        return self.decode(z, cond), mu, logvar
+
+
+def latitude_condition(lat_deg: torch.Tensor, n_cond: int) -> torch.Tensor:
+    """Decoder conditioning from latitude (degrees): (sin lat, cos lat), shape (n, 2)."""
+    if n_cond == 0:
+        return torch.zeros(lat_deg.shape[0], 0, device=lat_deg.device)
+    rad = torch.deg2rad(lat_deg.float())
+    return torch.stack([torch.sin(rad), torch.cos(rad)], dim=1)[:, :n_cond]
+
+
+def masked_sse(recon: torch.Tensor, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Weighted sum of squared errors over observed bins, per profile, shape (n,).
+
+    ``weight`` is zero on unobserved bins; with ``weight = std² / σ²`` (see
+    :func:`bin_weights`) and normalised ``recon`` and ``x`` this is
+    Σ (ΔT / σ)², twice the Gaussian negative log-likelihood in nats.
+    """
+    return ((recon - x) ** 2 * weight).flatten(1).sum(dim=1)
+
+
+def bin_weights(count: torch.Tensor, std: torch.Tensor, noise_k: float, floor_k: float
+                ) -> torch.Tensor:
+    """Likelihood precision of each bin in normalised units, shape of ``count``.
+
+    A bin holding the mean of ``count`` observations of noise ``noise_k`` (K)
+    has variance ``noise_k²/count + floor_k²`` (the floor stands for what the
+    model cannot represent); dividing by it weighs every bin by how precisely it
+    is measured, not by its share of the variance, so night bins count.
+    ``std`` (kelvin) converts normalised errors back to kelvin.
+    """
+    count = count.float()
+    var = noise_k**2 / count.clamp(min=1.0) + floor_k**2
+    return torch.where(count > 0, std**2 / var, torch.zeros((), device=count.device))
+
+
+def kl_per_latent(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """KL(q(z|x) || N(0, 1)) per profile and latent, shape (n, latent_dim), nats."""
+    return 0.5 * (mu**2 + logvar.exp() - 1.0 - logvar)
+
+
+def normalise(profile: torch.Tensor, mean: torch.Tensor, std: torch.Tensor
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Normalised profile with masked (NaN) bins zeroed, and the mask.
+
+    ``profile`` is kelvin, (n, channels, bins), NaN where unobserved; ``mean``
+    and ``std`` broadcast to (channels, bins).  Returns float32 ``(x, mask)``.
+    """
+    mask = torch.isfinite(profile)
+    x = torch.where(mask, (profile - mean) / std, torch.zeros((), dtype=profile.dtype,
+                                                              device=profile.device))
+    return x.float(), mask.float()
+
+
+def build_model(arch: dict[str, int]) -> ProfileVAE:
+    """Rebuild a model from the ``arch`` dict stored in a checkpoint."""
+    known = VAEConfig.__dataclass_fields__
+    unknown = sorted(set(arch) - set(known))
+    if unknown:
+        raise ValueError(f"checkpoint architecture has unknown keys {unknown}; "
+                         f"it was written by an incompatible vaemap version")
+    return ProfileVAE(VAEConfig(**arch))
+
+
+def load_checkpoint(path, device: str | torch.device = "cpu") -> tuple[ProfileVAE, dict[str, Any]]:
+    """Load ``model.pt`` (``weights_only=True``) and return (model in eval mode, checkpoint).
+
+    Raises ValueError naming the file when the checkpoint does not match the
+    architecture it declares.
+    """
+    ckpt = torch.load(path, map_location=device, weights_only=True)
+    for key in ("state_dict", "arch", "norm_mean", "norm_std"):
+        if key not in ckpt:
+            raise ValueError(f"{path}: not a vaemap model checkpoint (missing {key!r})")
+    model = build_model(ckpt["arch"])
+    try:
+        model.load_state_dict(ckpt["state_dict"])
+    except RuntimeError as exc:
+        raise ValueError(f"{path}: weights do not fit the declared architecture "
+                         f"{ckpt['arch']}: {str(exc).splitlines()[0]}") from None
+    return model.to(device).eval(), ckpt

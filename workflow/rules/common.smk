@@ -1,0 +1,60 @@
+import glob
+import os
+import json
+
+from vaemap.config import ConfigError, validate_config
+from vaemap.maps import map_products
+from vaemap.simulate import rdr_file_names
+
+# Validate against workflow/schemas/config.schema.yaml (the same schema the
+# `vaemap` command line uses) and fill in the defaults; stop with the key path
+# and the reason on an invalid value.
+try:
+    config.update(validate_config(config, source="snakemake config"))
+except ConfigError as exc:
+    raise WorkflowError(str(exc)) from None
+
+RESULTS = config["results"]
+LOGS = f"{RESULTS}/logs"
+BENCH = f"{RESULTS}/benchmarks"
+PRODUCTS = list(map_products(config["model"]["latent_dim"]))
+
+
+def step_config(*sections):
+    """The config sections a step depends on, as compact JSON for --config-json.
+
+    Passing them as params makes Snakemake re-run a rule (and what depends on
+    it) exactly when one of its own values changes.
+    """
+    return json.dumps(
+        {name: config[name] for name in sections}, sort_keys=True, separators=(",", ":")
+    )
+
+
+def rdr_inputs():
+    """RDR tables to ingest: the simulated ones, or the configured real files."""
+    if config["data"]["source"] == "simulate":
+        names = rdr_file_names(config["simulate"]["files"], config["simulate"]["gzip"])
+        return [f"{RESULTS}/simulate/rdr/{name}" for name in names]
+    files = sorted(
+        {f for pattern in config["data"]["rdr_files"] for f in glob.glob(pattern)}
+    )
+    if not files:
+        raise WorkflowError(
+            f"data.rdr_files: no file matches {config['data']['rdr_files']}"
+        )
+    return files
+
+
+def truth_input(wildcards):
+    """Ground truth for evaluate, when the data are simulated."""
+    if config["data"]["source"] == "simulate":
+        return {"truth": f"{RESULTS}/simulate/truth.h5"}
+    return {}
+
+
+def final_outputs():
+    return [
+        *expand(f"{RESULTS}/maps/{{product}}.fits", product=PRODUCTS),
+        f"{RESULTS}/evaluate/metrics.json",
+    ]

@@ -1,0 +1,33 @@
+rule evaluate:
+    input:
+        unpack(truth_input),
+        latents=f"{RESULTS}/latents.h5",
+    output:
+        metrics=f"{RESULTS}/evaluate/metrics.json",
+        table=report(
+            f"{RESULTS}/evaluate/metrics.md",
+            category="Evaluation",
+            caption="../report/metrics.rst",
+        ),
+        heatmap=report(
+            f"{RESULTS}/evaluate/correlation.png",
+            category="Evaluation",
+            caption="../report/correlation.rst",
+        ),
+    log:
+        f"{LOGS}/evaluate.log",
+    benchmark:
+        f"{BENCH}/evaluate.tsv"
+    conda:
+        "../envs/vaemap.yaml"
+    threads: 1
+    resources:
+        mem_mb=2000,
+    params:
+        truth=lambda wildcards, input: (
+            f"--truth {input.truth}" if "truth" in input.keys() else ""
+        ),
+        outdir=lambda wildcards, output: os.path.dirname(output.metrics),
+    shell:
+        "vaemap evaluate {input.latents} {params.truth} --outdir {params.outdir} "
+        "--json > {log} 2>&1"

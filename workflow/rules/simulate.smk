@@ -1,0 +1,39 @@
+rule simulate:
+    output:
+        rdr=expand(
+            f"{RESULTS}/simulate/rdr/{{name}}",
+            name=rdr_file_names(
+                config["simulate"]["files"], config["simulate"]["gzip"]
+            ),
+        ),
+        truth=f"{RESULTS}/simulate/truth.h5",
+        truth_maps=report(
+            expand(
+                f"{RESULTS}/simulate/truth_{{factor}}.fits",
+                factor=[
+                    "albedo",
+                    "h_param",
+                    "slope_ew",
+                    "slope_ns",
+                    "rock_fraction",
+                    "anomaly_kind",
+                ],
+            ),
+            category="Ground truth",
+            caption="../report/truth.rst",
+        ),
+    log:
+        f"{LOGS}/simulate.log",
+    benchmark:
+        f"{BENCH}/simulate.tsv"
+    conda:
+        "../envs/vaemap.yaml"
+    threads: 1
+    resources:
+        mem_mb=2000,
+    params:
+        cfg=step_config("simulate"),
+        outdir=lambda wildcards, output: os.path.dirname(output.truth),
+    shell:
+        "vaemap simulate --outdir {params.outdir} --config-json {params.cfg:q} "
+        "--json > {log} 2>&1"

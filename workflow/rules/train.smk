@@ -1,0 +1,27 @@
+rule train:
+    input:
+        f"{RESULTS}/profiles.h5",
+    output:
+        model=f"{RESULTS}/model/model.pt",
+        metrics=f"{RESULTS}/model/train_metrics.csv",
+        curve=report(
+            f"{RESULTS}/model/loss_curve.png",
+            category="Training",
+            caption="../report/loss_curve.rst",
+        ),
+    log:
+        f"{LOGS}/train.log",
+    benchmark:
+        f"{BENCH}/train.tsv"
+    conda:
+        "../envs/vaemap.yaml"
+    threads: config["train"]["threads"]
+    resources:
+        mem_mb=8000,
+        gpu=1 if config["train"]["gpu"] else 0,
+    params:
+        cfg=step_config("ingest", "profiles", "model", "train", "seed", "device"),
+    shell:
+        "vaemap train {input} --output {output.model} --metrics {output.metrics} "
+        "--curve {output.curve} --resume --no-progress --config-json {params.cfg:q} "
+        "--json > {log} 2>&1"
