@@ -114,9 +114,27 @@ def _heatmap(rho: np.ndarray, path: Path, title: str) -> None:
     plt.close(fig)
 
 
+def _kl_bars(kl: list[float], variance: np.ndarray, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 3.4), constrained_layout=True)
+    idx = np.arange(len(kl))
+    ax.bar(idx, kl, color=["C0" if v > 0.01 else "0.6" for v in variance])
+    ax.set_xticks(idx, [f"latent {i}" for i in idx])
+    ax.set_ylabel("mean KL to the prior (nats)")
+    ax.set_title("information per latent (grey: inactive, Var[μ] ≤ 0.01)")
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+
+
 def run(latents: str | Path, truth: str | Path | None, outdir: str | Path,
         config: Mapping[str, Any]) -> dict[str, Any]:
-    """Write ``metrics.json``, ``metrics.md`` and ``correlation.png`` to ``outdir``."""
+    """Write ``metrics.json``, ``metrics.md``, ``kl.png`` and, with ground truth,
+    ``correlation.png`` to ``outdir``."""
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
     with h5py.File(latents, "r") as h5:
@@ -155,8 +173,7 @@ def run(latents: str | Path, truth: str | Path | None, outdir: str | Path,
         metrics["note"] = ("no ground truth for these data: disentanglement and anomaly "
                            "detection cannot be scored; KL, active units and reconstruction "
                            "statistics are reported")
-        _heatmap(np.zeros((mu.shape[1], 0)), outdir / "correlation.png",
-                 "no ground truth available")
+    _kl_bars(metrics["kl_per_latent"], mu.var(axis=0), outdir / "kl.png")
     with atomic_path(outdir / "metrics.json") as tmp:
         tmp.write_text(json.dumps(metrics, indent=2, allow_nan=True))
     with atomic_path(outdir / "metrics.md") as tmp:

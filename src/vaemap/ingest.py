@@ -69,21 +69,33 @@ def find_header(path: str | Path, max_lines: int = 1000) -> tuple[int, list[str]
 
 
 class _RowCounter:
-    """pyarrow invalid-row handler: skip and count rows with the wrong number of
-    fields, or raise with the file and line number."""
+    """pyarrow invalid-row handler: skip rows with the wrong number of fields,
+    counting them and remembering the first one (to report its line)."""
 
-    def __init__(self, path: Path, header_line: int, on_malformed: str):
-        self.path, self.header_line, self.on_malformed = path, header_line, on_malformed
+    def __init__(self):
         self.count = 0
+        self.first: tuple[int | None, str, int, int] | None = None
 
     def __call__(self, row) -> str:
-        line = "?" if row.number is None else row.number + self.header_line + 1
-        if self.on_malformed == "error":
-            raise RdrFormatError(
-                f"{self.path}: line {line}: expected {row.expected_columns} fields, "
-                f"found {row.actual_columns}: {row.text[:80]!r}")
         self.count += 1
+        if self.first is None:
+            self.first = (row.number, row.text, row.expected_columns, row.actual_columns)
         return "skip"
+
+    def raise_first(self, path: Path, header_line: int) -> None:
+        """Raise RdrFormatError for the first malformed row, naming its line."""
+        number, text, expected, actual = self.first
+        if number is not None:
+            line = number + header_line + 1
+        else:  # multi-threaded parsing does not number rows: find it (failure path only)
+            line = "?"
+            with _open_text(path) as fh:
+                for i, candidate in enumerate(fh, start=1):
+                    if candidate.rstrip("\r\n") == text:
+                        line = i
+                        break
+        raise RdrFormatError(f"{path}: line {line}: expected {expected} fields, found "
+                             f"{actual}: {text[:80]!r}")
 
 
 def _coerce_numeric(column: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
@@ -130,7 +142,7 @@ def read_rdr(
     if missing:
         raise RdrFormatError(f"{path}: line {header_line + 1}: missing required column(s) "
                              f"{', '.join(missing)}; found {', '.join(names)}")
-    counter = _RowCounter(path, header_line + 1, on_malformed)
+    counter = _RowCounter()
     read_opts = pacsv.ReadOptions(skip_rows=header_line + 1, column_names=names,
                                   block_size=block_size)
     parse_opts = pacsv.ParseOptions(invalid_row_handler=counter)
@@ -139,6 +151,8 @@ def read_rdr(
     try:
         table = pacsv.read_csv(path, read_options=read_opts, parse_options=parse_opts,
                                convert_options=typed)
+        if counter.count and on_malformed == "error":
+            counter.raise_first(path, header_line)
         cols = {c: table[c].to_numpy() for c in REQUIRED_COLUMNS}
         cols["malformed_mask"] = np.zeros(table.num_rows, dtype=bool)
         return cols, counter.count
@@ -146,11 +160,15 @@ def read_rdr(
         if "conversion error" not in str(exc).lower():
             raise RdrFormatError(f"{path}: {exc}") from None
     # A value that is not a number: re-read as text to find it (slow path).
-    counter.count = 0
+    if counter.count and on_malformed == "error":
+        counter.raise_first(path, header_line)
+    counter = _RowCounter()
     as_text = pacsv.ConvertOptions(include_columns=list(REQUIRED_COLUMNS),
                                    column_types={c: pa.string() for c in REQUIRED_COLUMNS})
     table = pacsv.read_csv(path, read_options=read_opts, parse_options=parse_opts,
                            convert_options=as_text)
+    if counter.count and on_malformed == "error":
+        counter.raise_first(path, header_line)
     cols, bad = {}, np.zeros(table.num_rows, dtype=bool)
     for name in REQUIRED_COLUMNS:
         values, ok = _coerce_numeric(table[name])
@@ -193,7 +211,8 @@ def quality_filter(cols: Mapping[str, np.ndarray], params: Mapping[str, Any]
             ("latitude_range", ~((values["clat"] >= -90) & (values["clat"] <= 90))),
             ("longitude_range", ~((values["clon"] >= -180) & (values["clon"] < 360))),
             ("local_time_range", ~((values["cloctime"] >= 0) & (values["cloctime"] < 24))),
-            ("tb_range", ~((values["tb"] >= params["tb_min"]) & (values["tb"] <= params["tb_max"]))),
+            ("tb_range", ~((values["tb"] >= params["tb_min"])
+                           & (values["tb"] <= params["tb_max"]))),
         ]
     rejected = np.zeros(n, dtype=bool)
     counts: dict[str, int] = {}

@@ -31,12 +31,18 @@ def map_products(latent_dim: int) -> dict[str, dict[str, str]]:
     """
     products: dict[str, dict[str, str]] = {}
     for k in range(latent_dim):
-        products[f"latent{k}_mu"] = {"title": f"latent {k}: mean μ", "unit": ""}
-        products[f"latent{k}_sigma"] = {"title": f"latent {k}: posterior σ", "unit": ""}
-    products["recon_error"] = {"title": "reconstruction error (RMS)", "unit": "K"}
-    products["recon_l1"] = {"title": "reconstruction error (L1)", "unit": "K"}
-    products["anomaly_score"] = {"title": "anomaly score (robust z of L1 error)", "unit": ""}
-    products["n_obs"] = {"title": "observations per pixel", "unit": "count"}
+        products[f"latent{k}_mu"] = {"title": f"latent {k}: posterior mean μ", "unit": "",
+                                     "fits": f"latent {k} posterior mean (mu)"}
+        products[f"latent{k}_sigma"] = {"title": f"latent {k}: posterior σ", "unit": "",
+                                        "fits": f"latent {k} posterior std (sigma)"}
+    products["recon_error"] = {"title": "reconstruction error (RMS)", "unit": "K",
+                               "fits": "reconstruction error, RMS over observed bins"}
+    products["recon_l1"] = {"title": "reconstruction error (L1)", "unit": "K",
+                            "fits": "reconstruction error, mean abs over observed bins"}
+    products["anomaly_score"] = {"title": "anomaly score (robust z of L1 error)", "unit": "",
+                                 "fits": "anomaly score, robust z of the L1 error"}
+    products["n_obs"] = {"title": "observations per pixel", "unit": "count",
+                         "fits": "accepted observations per pixel"}
     return products
 
 
@@ -65,22 +71,14 @@ def render_png(path: str | Path, pix: np.ndarray, values: np.ndarray, nside: int
     lo, hi = (np.percentile(finite, percentiles) if finite.size else (0.0, 1.0))
     if hi <= lo:
         hi = lo + 1.0
-    fig = plt.figure(figsize=(8.5, 5.0))
     hp.mollview(full, nest=True, flip="geo", title=title, unit=unit, min=lo, max=hi,
-                cmap=cmap, badcolor="lightgray", fig=fig.number, cbar=True)
-    hp.graticule(dpar=30, dmer=60, alpha=0.4, verbose=False) if _graticule_takes_verbose() \
-        else hp.graticule(dpar=30, dmer=60, alpha=0.4)
+                cmap=cmap, badcolor="lightgray", cbar=True)
+    fig = plt.gcf()
+    fig.set_size_inches(8.5, 5.0)
+    hp.graticule(dpar=30, dmer=60, alpha=0.4)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=100)
     plt.close(fig)
-
-
-def _graticule_takes_verbose() -> bool:
-    import inspect
-
-    import healpy as hp
-
-    return "verbose" in inspect.signature(hp.graticule).parameters
 
 
 def run(latents: str | Path, outdir: str | Path, config: Mapping[str, Any]) -> dict[str, Any]:
@@ -94,10 +92,10 @@ def run(latents: str | Path, outdir: str | Path, config: Mapping[str, Any]) -> d
         pix = h5["pix"][...]
         for name, meta in map_products(latent_dim).items():
             values = _values(h5, name)
-            header = {"PRODUCT": meta["title"][:60], "LATENTS": latent_dim,
+            header = {"PRODUCT": meta["fits"], "LATENTS": latent_dim,
                       "BETA": float(config["model"]["beta"])}
             write_partial_map(outdir / f"{name}.fits", pix, values, nside,
-                              column=name.upper()[:8], unit=meta["unit"], extra_header=header)
+                              column=name.upper(), unit=meta["unit"], extra_header=header)
             render_png(outdir / f"{name}.png", pix, values, nside, title=meta["title"],
                        unit=meta["unit"], cmap=params["cmap"],
                        percentiles=tuple(params["percentiles"]))

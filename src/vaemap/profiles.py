@@ -17,6 +17,7 @@ per chunk.
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -142,8 +143,8 @@ def run(samples: str | Path, output: str | Path, config: Mapping[str, Any]) -> d
     count = (np.concatenate(out_count) if out_count
              else np.empty((0, len(channels), bins), np.uint16))
     lon, lat = pix_to_lonlat(nside, pix)
-    with np.errstate(invalid="ignore"), np.testing.suppress_warnings() as sup:
-        sup.filter(RuntimeWarning)
+    with np.errstate(invalid="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN bins
         bin_mean = np.nanmean(profile, axis=0) if pix.size else np.zeros((len(channels), bins))
         bin_std = np.nanstd(profile, axis=0) if pix.size else np.ones((len(channels), bins))
     global_mean = float(np.nanmean(profile)) if pix.size else 0.0

@@ -111,7 +111,8 @@ def make_surface(nside: int, params: Mapping[str, Any], seed: int) -> dict[str, 
 
     # Topography: the slope components are the (scaled) gradient of one field,
     # so they are spatially coherent and physically consistent.
-    _, grad_n, grad_e = _random_field(nside, rng, power=2.0, derivatives=True)
+    # C_l ∝ l^-4 topography has a gradient spectrum ∝ l^-2: coherent slopes.
+    _, grad_n, grad_e = _random_field(nside, rng, power=4.0, derivatives=True)
     scale = params["slope_std_deg"] / np.sqrt(0.5 * (grad_n.var() + grad_e.var()))
     # Terrain falling towards the east tilts the facet normal east (positive).
     slope_ew = np.clip(-grad_e * scale, -35.0, 35.0)
@@ -355,7 +356,7 @@ def run(outdir: str | Path, config: Mapping[str, Any]) -> dict[str, Any]:
     log.info("solving the thermal model for %d pixels", surface["pix"].size)
     table = temperature_table(surface)
 
-    n_orbits = int(round(params["days"] * params["orbits_per_day"]))
+    n_orbits = round(params["days"] * params["orbits_per_day"])
     names = rdr_file_names(params["files"], params["gzip"])
     bounds = np.linspace(0, n_orbits, len(names) + 1).astype(int)
     rows_written = {}
@@ -387,7 +388,7 @@ def run(outdir: str | Path, config: Mapping[str, Any]) -> dict[str, Any]:
     for key in (*FACTORS, "anomaly_kind"):
         write_partial_map(outdir / f"truth_{key}.fits", surface["pix"],
                           surface[key].astype(np.float32), nside,
-                          column=key.upper()[:8], unit=FACTORS.get(key, ""),
+                          column=key.upper(), unit=FACTORS.get(key, ""),
                           extra_header={"PRODUCT": f"ground truth {key}", "SEED": seed})
     summary = {
         "rows": rows_written,

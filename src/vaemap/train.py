@@ -11,9 +11,11 @@ run with the same step count and optimiser state.
 from __future__ import annotations
 
 import csv
+import json
 import logging
 import math
 import time
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -90,16 +92,22 @@ def spatial_split(pix: np.ndarray, nside: int, val_fraction: float, seed: int) -
     tiles = parent_pix(pix, nside, parent_nside)
     unique = np.unique(tiles)
     rng = np.random.default_rng(seed)
-    n_val = max(1, int(round(val_fraction * unique.size)))
+    n_val = max(1, round(val_fraction * unique.size))
     val_tiles = rng.choice(unique, size=min(n_val, unique.size - 1) or 1, replace=False)
     return np.isin(tiles, val_tiles)
+
+
+def _fingerprint(path: str | Path) -> str:
+    """Size and modification time of a file: enough to tell a changed input."""
+    stat = Path(path).stat()
+    return f"{stat.st_size}:{stat.st_mtime_ns}"
 
 
 def _normalisation(profile: np.ndarray, mode: str) -> tuple[np.ndarray, np.ndarray]:
     """Per-bin or global (mean, std), each broadcastable to (channels, bins), kelvin."""
     shape = profile.shape[1:]
-    with np.errstate(invalid="ignore"), np.testing.suppress_warnings() as sup:
-        sup.filter(RuntimeWarning)
+    with np.errstate(invalid="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN bins
         if mode == "per_bin":
             mean = np.nanmean(profile, axis=0)
             std = np.nanstd(profile, axis=0)
@@ -203,8 +211,10 @@ def run(
     ``state_dict``, ``arch`` (:class:`VAEConfig` fields), ``norm_mean`` /
     ``norm_std`` (channels, bins) kelvin, ``normalisation``, ``config`` (the
     model and train sections), ``metrics`` (final validation numbers) and
-    ``history`` (per epoch).  A resumable checkpoint is kept in
-    ``<output>.ckpt`` while training runs.
+    ``history`` (per epoch).  The full training state (optimiser, scheduler,
+    random generator) is kept in ``<output>.ckpt`` after every epoch; with
+    ``resume`` a run interrupted at any epoch continues exactly where it stopped,
+    and a finished run can be continued to a larger ``train.epochs``.
     """
     output = Path(output)
     tcfg, mcfg = config["train"], config["model"]
@@ -216,7 +226,7 @@ def run(
         torch.use_deterministic_algorithms(True)
 
     data = load_profiles(profiles)
-    n, channels, bins = data["profile"].shape
+    _, channels, bins = data["profile"].shape
     val = spatial_split(data["pix"], data["nside"], tcfg["val_fraction"], seed)
     train_idx, val_idx = np.flatnonzero(~val), np.flatnonzero(val)
     if train_idx.size == 0:
@@ -246,21 +256,35 @@ def run(
     history: list[dict[str, Any]] = []
     start_epoch, step, best, best_state, stale = 0, 0, math.inf, None, 0
     ckpt_path = output.with_name(output.name + ".ckpt")
+    # A checkpoint is resumed only by the same run; train.epochs may grow, so
+    # that a finished run can also be continued for more epochs.
+    resumable = {k: v for k, v in tcfg.items() if k != "epochs"}
+    run_key = json.dumps({"arch": arch.to_dict(), "model": mcfg, "train": resumable,
+                          "seed": seed,
+                          "normalisation": config["profiles"]["normalisation"],
+                          "profiles": _fingerprint(profiles)}, sort_keys=True, default=str)
+    state = None
     if resume and ckpt_path.exists():
         state = torch.load(ckpt_path, map_location=device, weights_only=True)
-        if state.get("arch") != arch.to_dict():
-            raise ValueError(f"{ckpt_path}: checkpoint architecture {state.get('arch')} does "
-                             f"not match the configured {arch.to_dict()}")
+        if state.get("run_key") != run_key:
+            log.warning("%s was written for another configuration or input; starting afresh",
+                        ckpt_path)
+            state = None
+    elif resume:
+        log.info("no checkpoint at %s: starting afresh", ckpt_path)
+    if state is not None:
         model.load_state_dict(state["state_dict"])
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
         gen.set_state(state["generator"])
+        # The reparameterisation noise comes from the global generators.
+        torch.set_rng_state(state["torch_rng"])
+        if device.type == "cuda" and state["cuda_rng"]:
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
         history, step = state["history"], state["step"]
         start_epoch, best, stale = state["epoch"] + 1, state["best"], state["stale"]
         best_state = state["best_state"]
         log.info("resumed from %s at epoch %d (step %d)", ckpt_path, start_epoch, step)
-    elif resume:
-        log.warning("--resume: no checkpoint at %s, starting afresh", ckpt_path)
 
     use_amp = device.type == "cuda"
     batch = tcfg["batch_size"]
@@ -307,9 +331,12 @@ def run(
         with atomic_path(ckpt_path) as tmp:
             torch.save({"arch": arch.to_dict(), "state_dict": model.state_dict(),
                         "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                        "generator": gen.get_state(), "history": history, "step": step,
+                        "generator": gen.get_state(), "torch_rng": torch.get_rng_state(),
+                        "cuda_rng": (torch.cuda.get_rng_state_all()
+                                     if device.type == "cuda" else []),
+                        "history": history, "step": step,
                         "epoch": epoch, "best": best, "stale": stale,
-                        "best_state": best_state}, tmp)
+                        "best_state": best_state, "run_key": run_key}, tmp)
         if stale >= tcfg["patience"]:
             log.info("early stop at epoch %d: no improvement for %d epochs", epoch, stale)
             break
@@ -342,7 +369,6 @@ def run(
         _write_metrics(history, Path(metrics_csv))
     if curve_png:
         _plot_curve(history, Path(curve_png))
-    ckpt_path.unlink(missing_ok=True)
     log.info("trained %d epochs in %.1f s: validation RMS %.2f K, %d active latents",
              len(history), elapsed, final["rms_k"], final["active_units"])
     return metrics

@@ -53,6 +53,11 @@ def truth_input(wildcards):
     return {}
 
 
+def report_if_truth(path, **kwargs):
+    """A report() output that exists only when there is ground truth (simulated data)."""
+    return [report(path, **kwargs)] if config["data"]["source"] == "simulate" else []
+
+
 def final_outputs():
     return [
         *expand(f"{RESULTS}/maps/{{product}}.fits", product=PRODUCTS),

@@ -9,7 +9,12 @@ rule evaluate:
             category="Evaluation",
             caption="../report/metrics.rst",
         ),
-        heatmap=report(
+        kl=report(
+            f"{RESULTS}/evaluate/kl.png",
+            category="Evaluation",
+            caption="../report/kl.rst",
+        ),
+        heatmap=report_if_truth(
             f"{RESULTS}/evaluate/correlation.png",
             category="Evaluation",
             caption="../report/correlation.rst",

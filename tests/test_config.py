@@ -1,0 +1,60 @@
+import json
+
+import pytest
+
+from vaemap.config import ConfigError, load_config, validate_config
+
+
+def test_defaults_are_filled_in_nested_sections():
+    cfg = validate_config({})
+    assert cfg["model"]["latent_dim"] == 4
+    assert cfg["profiles"]["bins"] == 120
+    assert cfg["ingest"]["qge"] == 12
+
+
+def test_demo_config_equals_schema_defaults(tiny_config):
+    from conftest import REPO
+
+    assert load_config(REPO / "config" / "config.yaml") == validate_config({})
+
+
+@pytest.mark.parametrize(
+    ("cfg", "path", "reason"),
+    [
+        ({"model": {"beta": -1}}, "model.beta", "minimum"),
+        ({"model": {"latent_dim": "four"}}, "model.latent_dim", "not of type"),
+        ({"profiles": {"nside": 33}}, "profiles.nside", "is not one of"),
+        ({"device": "gpu"}, "device", "does not match"),
+        ({"train": {"epochz": 3}}, "train.epochz", "unknown key"),
+    ],
+)
+def test_invalid_value_names_key_path_and_reason(cfg, path, reason):
+    with pytest.raises(ConfigError) as err:
+        validate_config(cfg)
+    assert f"{path}:" in str(err.value)
+    assert reason in str(err.value)
+
+
+def test_cross_key_constraint():
+    with pytest.raises(ConfigError, match=r"ingest\.nside"):
+        validate_config({"ingest": {"nside": 16}, "profiles": {"nside": 32}})
+
+
+def test_overrides_and_json_merge(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("model:\n  beta: 0.5\n  latent_dim: 6\n")
+    cfg = load_config(path, overrides=["model.beta=1.5"],
+                      json_text=json.dumps({"train": {"epochs": 2}}))
+    assert cfg["model"]["beta"] == 1.5
+    assert cfg["model"]["latent_dim"] == 6
+    assert cfg["train"]["epochs"] == 2
+    assert cfg["train"]["batch_size"] == 128  # default kept
+
+
+def test_missing_and_broken_files(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)

@@ -1,0 +1,139 @@
+"""The β-VAE and its trainer: circular padding, masking, determinism, resume, bad input."""
+
+import csv
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from vaemap import train
+from vaemap.model import (
+    ProfileVAE,
+    VAEConfig,
+    bin_weights,
+    kl_per_latent,
+    load_checkpoint,
+    masked_sse,
+)
+
+
+def test_circular_padding_makes_the_encoder_shift_equivariant():
+    torch.manual_seed(0)
+    model = ProfileVAE(VAEConfig(bins=48, depth=2, width=8, n_cond=0)).eval()
+    conv = model.encoder[0]  # full-resolution circular conv
+    x = torch.randn(1, 2, 48)
+    shifted = torch.roll(x, 5, dims=2)
+    torch.testing.assert_close(conv(shifted), torch.roll(conv(x), 5, dims=2))
+
+
+def test_masked_bins_do_not_change_the_encoding():
+    torch.manual_seed(0)
+    model = ProfileVAE(VAEConfig(bins=24, depth=2, width=8)).eval()
+    x = torch.randn(3, 1, 24)
+    mask = (torch.rand(3, 1, 24) > 0.5).float()
+    noisy = x + 100.0 * (1 - mask) * torch.randn_like(x)  # garbage only where unobserved
+    mu1, _ = model.encode(x, mask)
+    mu2, _ = model.encode(noisy, mask)
+    torch.testing.assert_close(mu1, mu2)
+
+
+def test_loss_terms():
+    recon, x = torch.zeros(2, 1, 4), torch.ones(2, 1, 4)
+    weight = torch.tensor([[[1.0, 1.0, 0.0, 0.0]], [[2.0, 0.0, 0.0, 0.0]]])
+    torch.testing.assert_close(masked_sse(recon, x, weight), torch.tensor([2.0, 2.0]))
+    kl = kl_per_latent(torch.zeros(1, 3), torch.zeros(1, 3))
+    torch.testing.assert_close(kl, torch.zeros(1, 3))
+    w = bin_weights(torch.tensor([0, 1, 4]), torch.tensor(2.0), noise_k=1.0, floor_k=0.0)
+    torch.testing.assert_close(w, torch.tensor([0.0, 4.0, 16.0]))
+
+
+def test_bins_must_fit_the_depth():
+    with pytest.raises(ValueError, match="divisible"):
+        ProfileVAE(VAEConfig(bins=30, depth=3))
+
+
+def test_training_products_and_checkpoint(trained):
+    model, ckpt = load_checkpoint(trained["model"])
+    assert isinstance(model, ProfileVAE)
+    for key in ("state_dict", "arch", "norm_mean", "norm_std", "config", "metrics", "history"):
+        assert key in ckpt
+    assert ckpt["arch"]["latent_dim"] == 4
+    assert np.isfinite(trained["metrics"]["val_rms_k"])
+    rows = list(csv.DictReader(open(trained["root"] / "metrics.csv")))
+    assert len(rows) == 3 and {"val_rms_k", "kl_0", "active_units"} <= set(rows[0])
+    assert (trained["root"] / "curve.png").stat().st_size > 5000
+
+
+def test_cpu_training_is_deterministic_and_resume_continues(survey, tiny_config, tmp_path):
+    cfg = {**tiny_config, "train": {**tiny_config["train"], "epochs": 4, "patience": 10}}
+    full = train.run(survey["profiles_h5"], tmp_path / "full.pt", cfg, progress=False)
+    again = train.run(survey["profiles_h5"], tmp_path / "again.pt", cfg, progress=False)
+    assert full["val_loss"] == again["val_loss"]
+
+    half = {**cfg, "train": {**cfg["train"], "epochs": 2}}
+    train.run(survey["profiles_h5"], tmp_path / "resumed.pt", half, progress=False)
+    resumed = train.run(survey["profiles_h5"], tmp_path / "resumed.pt", cfg, progress=False,
+                        resume=True)
+    assert resumed["steps"] == full["steps"]
+    assert resumed["epochs"] == 4
+    assert resumed["val_loss"] == pytest.approx(full["val_loss"], rel=1e-6)
+    a = torch.load(tmp_path / "full.pt", weights_only=True)["history"]
+    b = torch.load(tmp_path / "resumed.pt", weights_only=True)["history"]
+    assert [r["train_loss"] for r in a] == pytest.approx([r["train_loss"] for r in b])
+
+
+def test_resume_ignores_a_checkpoint_of_another_configuration(survey, tiny_config, tmp_path):
+    train.run(survey["profiles_h5"], tmp_path / "m.pt", tiny_config, progress=False)
+    other = {**tiny_config, "model": {**tiny_config["model"], "beta": 1.0}}
+    out = train.run(survey["profiles_h5"], tmp_path / "m.pt", other, progress=False,
+                    resume=True)
+    assert out["epochs"] == tiny_config["train"]["epochs"]  # started afresh
+
+
+def _write_profiles(path, profile, count):
+    n = profile.shape[0]
+    with h5py.File(path, "w") as h5:
+        h5.attrs["nside"] = 8
+        h5["pix"] = np.arange(n)
+        h5["lat"] = np.zeros(n, np.float32)
+        h5["lon"] = np.zeros(n, np.float32)
+        h5["profile"] = profile
+        h5["count"] = count
+
+
+def test_bad_profile_sets_are_clear_errors(tmp_path, tiny_config):
+    empty = tmp_path / "empty.h5"
+    _write_profiles(empty, np.zeros((0, 1, 24), np.float32), np.zeros((0, 1, 24), np.uint16))
+    with pytest.raises(ValueError, match="no profiles"):
+        train.run(empty, tmp_path / "m.pt", tiny_config, progress=False)
+    masked = tmp_path / "masked.h5"
+    _write_profiles(masked, np.full((5, 1, 24), np.nan, np.float32),
+                    np.zeros((5, 1, 24), np.uint16))
+    with pytest.raises(ValueError, match="fully masked"):
+        train.run(masked, tmp_path / "m.pt", tiny_config, progress=False)
+    nan = tmp_path / "nan.h5"
+    prof = np.full((5, 1, 24), 200.0, np.float32)
+    prof[2, 0, 3] = np.nan
+    _write_profiles(nan, prof, np.ones((5, 1, 24), np.uint16))
+    with pytest.raises(ValueError, match="NaN in bins with observations"):
+        train.run(nan, tmp_path / "m.pt", tiny_config, progress=False)
+
+
+def test_incompatible_checkpoint_is_a_clear_error(trained, tmp_path):
+    ckpt = torch.load(trained["model"], weights_only=True)
+    ckpt["arch"] = {**ckpt["arch"], "width": ckpt["arch"]["width"] * 2}
+    torch.save(ckpt, tmp_path / "bad.pt")
+    with pytest.raises(ValueError, match="do not fit the declared architecture"):
+        load_checkpoint(tmp_path / "bad.pt")
+    torch.save({"state_dict": {}}, tmp_path / "other.pt")
+    with pytest.raises(ValueError, match="not a vaemap model checkpoint"):
+        load_checkpoint(tmp_path / "other.pt")
+
+
+def test_device_auto_resolves_everywhere():
+    dev = train.resolve_device("auto")
+    assert dev.type == ("cuda" if torch.cuda.is_available() else "cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(RuntimeError, match="CUDA is not available"):
+            train.resolve_device("cuda")

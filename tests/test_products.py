@@ -1,0 +1,93 @@
+"""encode, maps and evaluate: contracts, FITS readability and metric correctness."""
+
+import json
+
+import h5py
+import healpy as hp
+import numpy as np
+import pytest
+from astropy.io import fits
+from PIL import Image
+
+from vaemap import evaluate, maps
+from vaemap.encode import robust_z
+
+
+def test_robust_z_known_values():
+    z = robust_z(np.array([1.0, 2.0, 3.0, 4.0, 100.0]))
+    # median 3, MAD 1 -> 0.6745 * (x - 3)
+    np.testing.assert_allclose(z, 0.6745 * np.array([-2, -1, 0, 1, 97.0]))
+    assert np.isnan(robust_z(np.array([np.nan]))).all()
+    assert np.isfinite(robust_z(np.array([1.0, 1.0, 1.0, 5.0]))).all()
+
+
+def test_roc_auc_and_average_precision_known_answers():
+    label = np.array([0, 0, 1, 1])
+    assert evaluate.roc_auc(np.array([0.1, 0.2, 0.8, 0.9]), label) == 1.0
+    assert evaluate.roc_auc(np.array([0.9, 0.8, 0.2, 0.1]), label) == 0.0
+    assert evaluate.roc_auc(np.array([0.5, 0.5, 0.5, 0.5]), label) == 0.5
+    assert evaluate.average_precision(np.array([0.1, 0.2, 0.8, 0.9]), label) == 1.0
+    # ranking: pos, neg, pos -> precisions 1, 2/3
+    assert evaluate.average_precision(np.array([3.0, 2.0, 1.0]), np.array([1, 0, 1])) == (
+        pytest.approx((1 + 2 / 3) / 2))
+    assert np.isnan(evaluate.roc_auc(np.ones(3), np.zeros(3)))
+
+
+def test_spearman_perfect_and_entangled_codes():
+    rng = np.random.default_rng(0)
+    factors = rng.normal(size=(500, 2))
+    disentangled = np.column_stack([np.exp(factors[:, 1]), -factors[:, 0]])
+    rho = evaluate.spearman_matrix(disentangled, factors)
+    np.testing.assert_allclose(np.abs(rho), [[0, 1], [1, 0]], atol=0.1)
+    entangled = np.column_stack([factors.sum(1), factors[:, 0] - factors[:, 1]])
+    rho = evaluate.spearman_matrix(entangled, factors)
+    assert np.all(np.abs(rho) > 0.5)
+
+
+def test_latents_contract(trained, survey):
+    with h5py.File(trained["latents"]) as h5, h5py.File(survey["profiles_h5"]) as p:
+        n = p["pix"].shape[0]
+        np.testing.assert_array_equal(h5["pix"][...], p["pix"][...])
+        assert h5["mu"].shape == (n, 4) and h5["logvar"].shape == (n, 4)
+        for key in ("recon_error", "recon_l1", "anomaly_score"):
+            assert h5[key].shape == (n,) and np.isfinite(h5[key][...]).all()
+        assert h5["recon"].shape == p["profile"].shape
+        assert (h5["recon_l1"][...] <= h5["recon_error"][...] + 1e-4).all()
+        assert h5.attrs["ordering"] == "NESTED"
+
+
+def test_maps_fits_and_png(trained, tiny_config, tmp_path):
+    maps.run(trained["latents"], tmp_path, tiny_config)
+    with h5py.File(trained["latents"]) as h5:
+        pix, mu, nside = h5["pix"][...], h5["mu"][...], int(h5.attrs["nside"])
+        score = h5["anomaly_score"][...]
+    for name in maps.map_products(4):
+        fits_path, png = tmp_path / f"{name}.fits", tmp_path / f"{name}.png"
+        m = hp.read_map(fits_path, nest=None)
+        assert m.size == hp.nside2npix(nside)
+        assert np.isfinite(m[pix]).all() and (m[pix] != hp.UNSEEN).all()
+        image = np.asarray(Image.open(png).convert("L"), dtype=float)
+        assert image.std() > 10  # not blank
+    m0 = hp.read_map(tmp_path / "latent0_mu.fits", nest=None)
+    np.testing.assert_array_equal(m0[pix], mu[:, 0])  # exact, float32 both
+    np.testing.assert_array_equal(hp.read_map(tmp_path / "anomaly_score.fits", nest=None)[pix],
+                                  score)
+    header = fits.getheader(tmp_path / "recon_error.fits", 1)
+    assert header["ORDERING"] == "NESTED"
+    assert header["BODY"] == "MOON"
+    assert header["TTYPE2"] == "RECON_ERROR" and header["TUNIT2"] == "K"
+    assert int(header["NSIDE"]) == nside
+
+
+def test_evaluate_with_and_without_truth(trained, survey, tiny_config, tmp_path):
+    m = evaluate.run(trained["latents"], survey["truth"], tmp_path / "t", tiny_config)
+    assert m["ground_truth"] is True
+    assert set(m["best_abs_spearman"]) == set(evaluate.FACTOR_NAMES)
+    assert 0.0 <= m["anomaly"]["roc_auc"] <= 1.0
+    assert json.loads((tmp_path / "t" / "metrics.json").read_text())["pixels"] == m["pixels"]
+    assert "| albedo |" in (tmp_path / "t" / "metrics.md").read_text()
+    real = evaluate.run(trained["latents"], None, tmp_path / "r", tiny_config)
+    assert real["ground_truth"] is False and "no ground truth" in real["note"]
+    assert "spearman" not in real
+    assert (tmp_path / "r" / "kl.png").exists()
+    assert not (tmp_path / "r" / "correlation.png").exists()

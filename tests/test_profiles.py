@@ -1,0 +1,69 @@
+"""Local-time binning, the coverage rule and the profiles.h5 contract."""
+
+import h5py
+import numpy as np
+import pytest
+
+from vaemap import profiles
+from vaemap.config import validate_config
+from vaemap.healpix import lonlat_to_pix
+
+
+def _samples(path, pix, local_time, tb, channel=7, nside=32):
+    order = np.argsort(pix, kind="stable")
+    with h5py.File(path, "w") as h5:
+        h5.attrs["nside"] = nside
+        h5["pix"] = np.asarray(pix, np.int64)[order]
+        h5["local_time"] = np.asarray(local_time, np.float32)[order]
+        h5["tb"] = np.asarray(tb, np.float32)[order]
+        h5["channel"] = np.full(len(pix), channel, np.uint8)
+
+
+def test_max_cyclic_gap_wraps_through_midnight():
+    obs = np.zeros((3, 24), bool)
+    obs[0, [0, 23]] = True  # adjacent across midnight: 22 empty bins between them the other way
+    obs[1, ::2] = True
+    obs[2, 5] = True
+    gaps = profiles.max_cyclic_gap_h(obs)
+    assert gaps[0] == pytest.approx(22.0)
+    assert gaps[1] == pytest.approx(1.0)
+    assert gaps[2] == pytest.approx(24.0)
+
+
+def test_binning_means_counts_and_coverage(tmp_path):
+    cfg = validate_config({"profiles": {"bins": 24, "min_observations": 20, "max_gap_h": 4.0,
+                                        "nside": 8}})
+    good = int(lonlat_to_pix(32, 10.0, 5.0))
+    sparse = int(lonlat_to_pix(32, 200.0, -30.0))
+    gappy = int(lonlat_to_pix(32, 100.0, 40.0))
+    lt = np.arange(24) + 0.5
+    pix = [good] * 48 + [sparse] * 5 + [gappy] * 30
+    local = list(lt) + list(lt) + [1.0] * 5 + list(np.linspace(0.1, 11.9, 30))
+    tb = list(100 + lt) + list(102 + lt) + [150.0] * 5 + [200.0] * 30
+    _samples(tmp_path / "s.h5", pix, local, tb)
+    out = profiles.run(tmp_path / "s.h5", tmp_path / "p.h5", cfg)
+    assert out["pixels"] == 1
+    assert out["rejected"] == {"too_few_observations": 1, "gap_too_large": 1}
+    with h5py.File(tmp_path / "p.h5") as h5:
+        assert h5["profile"].shape == (1, 1, 24)
+        np.testing.assert_allclose(h5["profile"][0, 0], 101 + lt)
+        np.testing.assert_array_equal(h5["count"][0, 0], 2)
+        assert int(h5["pix"][0]) == good >> 4  # nside 32 -> 8 parent
+        np.testing.assert_allclose(h5.attrs["bin_edges_h"], np.linspace(0, 24, 25))
+
+
+def test_empty_bins_are_masked(survey):
+    with h5py.File(survey["profiles_h5"]) as h5:
+        prof, count = h5["profile"][...], h5["count"][...]
+    assert np.array_equal(np.isfinite(prof), count > 0)
+    assert (count == 0).any()
+    assert np.nanmin(prof) > 20 and np.nanmax(prof) < 450
+
+
+def test_chunked_streaming_matches_one_pass(survey, tiny_config, tmp_path, monkeypatch):
+    monkeypatch.setattr(profiles, "READ_ROWS", 1000)  # many chunks, pixels split across them
+    profiles.run(survey["samples"], tmp_path / "p.h5", tiny_config)
+    with h5py.File(survey["profiles_h5"]) as a, h5py.File(tmp_path / "p.h5") as b:
+        np.testing.assert_array_equal(a["pix"][...], b["pix"][...])
+        np.testing.assert_allclose(a["profile"][...], b["profile"][...], equal_nan=True,
+                                   rtol=1e-6)

@@ -1,0 +1,95 @@
+"""The Snakemake workflow: lint, dry run, and one end-to-end run on the tiny config."""
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
+import healpy as hp
+import numpy as np
+import pytest
+import yaml
+from conftest import REPO, TINY
+
+SNAKEFILE = REPO / "workflow" / "Snakefile"
+
+
+def snakemake(*args, cwd=REPO, check=True):
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    proc = subprocess.run([sys.executable, "-m", "snakemake", "--snakefile", str(SNAKEFILE),
+                           *args], cwd=cwd, env=env, capture_output=True, text=True)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"snakemake {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def planned_jobs(output: str) -> set[str]:
+    """Rule names in the 'Job stats' table of a dry run."""
+    table = output.split("Job stats:", 1)[1].split("Reasons:", 1)[0]
+    return {m.group(1) for m in re.finditer(r"^(\w+)\s+\d+$", table, re.M)} - {"total"}
+
+
+def test_lint_is_clean():
+    proc = snakemake("--lint", check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert "Lints for" not in proc.stdout + proc.stderr
+
+
+def test_dry_run_of_the_default_config():
+    proc = snakemake("-n", "--directory", str(REPO))
+    jobs = planned_jobs(proc.stdout) if "Job stats:" in proc.stdout else set()
+    # A fresh checkout plans every step; one with demo results may plan fewer.
+    assert jobs <= {"simulate", "ingest", "profiles", "train", "encode", "maps", "evaluate",
+                    "all"}
+    assert "error" not in proc.stderr.lower()
+
+
+def test_invalid_config_fails_with_key_path(tmp_path):
+    cfg = yaml.safe_load(TINY.read_text())
+    cfg["model"]["beta"] = -2
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(cfg))
+    proc = snakemake("-n", "--configfile", str(tmp_path / "bad.yaml"), "--directory",
+                     str(tmp_path), check=False)
+    assert proc.returncode != 0
+    assert "model.beta" in proc.stdout + proc.stderr
+
+
+@pytest.mark.slow
+def test_end_to_end_products_rerun_and_report(tmp_path):
+    config = tmp_path / "config.yaml"
+    shutil.copy(TINY, config)
+    common = ("--configfile", str(config), "--directory", str(tmp_path), "--cores", "2")
+    snakemake(*common)
+
+    results = tmp_path / "results"
+    with h5py.File(results / "latents.h5") as h5:
+        pix = h5["pix"][...]
+        nside = int(h5.attrs["nside"])
+    assert pix.size > 100
+    for name in ("latent0_mu", "latent3_sigma", "recon_error", "anomaly_score", "n_obs"):
+        m = hp.read_map(results / "maps" / f"{name}.fits", nest=None)
+        assert m.size == hp.nside2npix(nside)
+        assert np.isfinite(m[pix]).all()
+        assert (results / "maps" / f"{name}.png").stat().st_size > 10_000
+    for log in ("simulate", "ingest", "profiles", "train", "encode", "maps", "evaluate"):
+        assert (results / "logs" / f"{log}.log").exists()
+        assert (results / "benchmarks" / f"{log}.tsv").exists()
+    assert (results / "evaluate" / "metrics.json").exists()
+
+    # A second run is a no-op.
+    again = snakemake(*common, "-n")
+    assert "Nothing to be done" in again.stdout + again.stderr
+
+    # Changing beta re-runs train and everything downstream, not ingest.
+    cfg = yaml.safe_load(config.read_text())
+    cfg["model"]["beta"] = 0.7
+    config.write_text(yaml.safe_dump(cfg))
+    changed = snakemake(*common, "-n")
+    assert planned_jobs(changed.stdout) == {"train", "encode", "maps", "evaluate", "all"}
+
+    report = tmp_path / "report.html"
+    snakemake(*common[:4], "--report", str(report))
+    assert report.stat().st_size > 50_000
