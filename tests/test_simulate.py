@@ -65,3 +65,28 @@ def test_ingest_accepts_the_simulation_unchanged(survey):
     assert ing["accepted"] > 0.9 * ing["rows_read"]
     assert ing["accepted"] + sum(ing["rejected"].values()) == ing["rows_read"]
     assert set(ing["rejected"]) >= {"activity_flag", "emission_angle", "fill_value"}
+
+
+def test_multichannel_brightness_reveals_rocks(tiny_config, tmp_path):
+    """Channels 3-9: Planck mixing makes rocky footprints brighter at short wavelengths."""
+    import pyarrow.csv as pacsv
+
+    cfg = {**tiny_config, "simulate": {**tiny_config["simulate"], "days": 30.0, "files": 1,
+                                       "channels": [3, 7, 9], "noise_k": 0.0,
+                                       "bad_fraction": 0.0}}
+    simulate.run(tmp_path, cfg)
+    path = tmp_path / "rdr" / simulate.rdr_file_names(1)[0]
+    table = pacsv.read_csv(path, read_options=pacsv.ReadOptions(skip_rows=3))
+    c = table["c"].to_numpy()
+    tb = table["tb"].to_numpy()
+    lt = table["cloctime"].to_numpy()
+    assert set(np.unique(c)) == {3, 7, 9}
+    t3, t9 = tb[c == 3], tb[c == 9]  # footprint-major rows: aligned
+    night = (lt[c == 3] > 20) | (lt[c == 3] < 4)
+    with h5py.File(tmp_path / "truth.h5") as h5:
+        rock = h5["rock_fraction"][...]
+    pix = hp.ang2pix(8, table["clon"].to_numpy()[c == 3], table["clat"].to_numpy()[c == 3],
+                     nest=True, lonlat=True)
+    rocky = night & (rock[pix] > 0.2)
+    assert rocky.sum() > 0
+    assert np.all(t3[rocky] > t9[rocky] + 5.0)

@@ -3,7 +3,15 @@
 import numpy as np
 import pytest
 
-from vaemap.thermal import cos_incidence, heat_capacity, surface_temperature
+from vaemap.thermal import (
+    brightness_temperature,
+    cos_incidence,
+    heat_capacity,
+    mix_planck,
+    planck_radiance,
+    surface_temperature,
+    surface_temperature_components,
+)
 
 HOURS = np.arange(0.0, 24.0, 0.1)
 
@@ -30,12 +38,17 @@ def test_diurnal_mean_26n_mare(reference):
     assert reference[1].mean() == pytest.approx(211.0, abs=5.0)
 
 
+@pytest.mark.xfail(strict=True, reason=(
+    "Hayne 2017 Table A2 lists 216 K at 20° N (Apollo 17); with the same properties "
+    "and mare albedo the model gives ≈ 210.8 K, 2.7 K above 26° N as latitude alone "
+    "predicts. The published 5 K step between the two sites is not reproduced."))
 def test_diurnal_mean_20n_mare(reference):
-    # Hayne Table A2 gives 216 K; this model gives ≈ 210.8 K (≈ 2.7 K warmer than at
-    # 26° N, as cos(lat)^(1/4) predicts). The 5 K gap between the two published
-    # sites is not reproduced by latitude alone; see the closing note.
-    assert reference[2].mean() == pytest.approx(216.0, abs=6.0)
-    assert reference[2].mean() > reference[1].mean()
+    assert reference[2].mean() == pytest.approx(216.0, abs=5.0)
+
+
+def test_diurnal_mean_rises_towards_the_equator(reference):
+    # cos(lat)^(1/4) scaling of the absorbed flux: ≈ +2.5 K from 26° N to 20° N.
+    assert 1.5 < reference[2].mean() - reference[1].mean() < 4.0
 
 
 def test_east_facing_slope_warms_earlier():
@@ -88,3 +101,25 @@ def test_bad_arguments():
         surface_temperature(95.0, [12.0])
     with pytest.raises(ValueError, match="rock_fraction"):
         surface_temperature(0.0, [12.0], rock_fraction=1.5)
+
+
+def test_planck_round_trip_and_rock_mixing():
+    t = np.array([80.0, 150.0, 390.0])
+    for wavelength in (7.8, 32.0, 200.0):
+        np.testing.assert_allclose(brightness_temperature(planck_radiance(t, wavelength),
+                                                          wavelength), t, rtol=1e-10)
+    # A warm rock in a cold footprint: short wavelengths see it more.
+    short = mix_planck(np.array([95.0]), np.array([200.0]), np.array([0.2]), 7.8)
+    long = mix_planck(np.array([95.0]), np.array([200.0]), np.array([0.2]), 200.0)
+    assert short[0] > long[0] + 30.0 > 95.0 + 30.0
+    np.testing.assert_allclose(mix_planck(np.array([95.0]), np.array([np.nan]),
+                                          np.array([0.0]), 32.0), [95.0])
+
+
+def test_components_match_the_bolometric_mix():
+    t_reg, t_rock = surface_temperature_components([0.0, 10.0], [0.0, 12.0],
+                                                   rock_fraction=[0.0, 0.3])
+    assert np.isnan(t_rock[0]).all() and np.isfinite(t_rock[1]).all()
+    mixed = surface_temperature([0.0, 10.0], [0.0, 12.0], rock_fraction=[0.0, 0.3])
+    np.testing.assert_allclose(mixed[0], t_reg[0])
+    np.testing.assert_allclose(mixed[1], (0.3 * t_rock[1] ** 4 + 0.7 * t_reg[1] ** 4) ** 0.25)

@@ -42,8 +42,8 @@ def test_dry_run_of_the_default_config():
     proc = snakemake("-n", "--directory", str(REPO))
     jobs = planned_jobs(proc.stdout) if "Job stats:" in proc.stdout else set()
     # A fresh checkout plans every step; one with demo results may plan fewer.
-    assert jobs <= {"simulate", "ingest", "profiles", "train", "encode", "maps", "evaluate",
-                    "all"}
+    assert jobs <= {"simulate", "ingest", "merge_samples", "profiles", "train", "encode", "maps",
+                    "evaluate", "all"}
     assert "error" not in proc.stderr.lower()
 
 
@@ -74,9 +74,11 @@ def test_end_to_end_products_rerun_and_report(tmp_path):
         assert m.size == hp.nside2npix(nside)
         assert np.isfinite(m[pix]).all()
         assert (results / "maps" / f"{name}.png").stat().st_size > 10_000
-    for log in ("simulate", "ingest", "profiles", "train", "encode", "maps", "evaluate"):
+    for log in ("simulate", "merge_samples", "profiles", "train", "encode", "maps", "evaluate"):
         assert (results / "logs" / f"{log}.log").exists()
         assert (results / "benchmarks" / f"{log}.tsv").exists()
+    assert len(list((results / "logs" / "ingest").glob("*.log"))) == 2  # one job per table
+    assert not (results / "ingest").exists() or not any((results / "ingest").iterdir())
     assert (results / "evaluate" / "metrics.json").exists()
 
     # A second run is a no-op.

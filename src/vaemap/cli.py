@@ -52,6 +52,12 @@ def _step_ingest(args, cfg):
     return ingest.run(args.inputs, args.output, cfg)
 
 
+def _step_merge(args, cfg):
+    from vaemap import ingest
+
+    return ingest.merge(args.parts, args.output, cfg)
+
+
 def _step_profiles(args, cfg):
     from vaemap import profiles
 
@@ -107,6 +113,12 @@ def build_parser() -> argparse.ArgumentParser:
             "pixel-sorted samples.h5 with per-reason rejection counts.")
     p.add_argument("inputs", nargs="+", metavar="FILE", help="RDR tables (.TAB/.csv, .gz)")
     p.add_argument("--output", required=True, help="samples.h5 to write")
+    _common(p)
+
+    p = add("merge", _step_merge, "Merge pixel-sorted samples.h5 files (e.g. one per RDR "
+            "table) into one, summing rejection counts and dropping duplicates.")
+    p.add_argument("parts", nargs="+", metavar="SAMPLES", help="samples.h5 files to merge")
+    p.add_argument("--output", required=True, help="merged samples.h5 to write")
     _common(p)
 
     p = add("profiles", _step_profiles, "Fold samples on local time into per-pixel diurnal "

@@ -1,17 +1,30 @@
 """Ingest Diviner RDR tables into a quality-filtered, HEALPix-indexed ``samples.h5``.
 
 Tables are parsed with pyarrow's multi-threaded columnar CSV reader, streaming
-block by block and keeping only the columns the pipeline needs (matched by
+block by block and converting only the columns the pipeline needs (matched by
 name).  Every row read is either accepted or counted under exactly one named
 rejection reason, so ``accepted + sum(rejected) == rows_read`` always holds;
 the counts are stored in the output's attributes and logged.
+
+Memory is bounded by ``ingest.chunk_rows`` whatever the input size: accepted
+rows are collected into sorted runs of at most that many rows (spilled to a
+temporary HDF5 file next to the output) and the runs are combined by a
+streaming k-way merge on the NESTED pixel index.  The same merge combines
+several ``samples.h5`` files (:func:`merge`), which is how the workflow scales
+out: one ingest job per RDR table, then one merge.  The output is sorted by
+pixel, then time, stably (ties keep the input order), so the
+same inputs always give byte-identical datasets; duplicate observations (same
+time, channel, detector and position) are counted and dropped.
 """
 
 from __future__ import annotations
 
 import gzip
 import logging
-from collections.abc import Mapping, Sequence
+import os
+import tempfile
+from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -21,10 +34,19 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 
 from vaemap.healpix import lonlat_to_pix, wrap_lon
-from vaemap.io import atomic_path, file_checksum, provenance_attrs, write_dataset
+from vaemap.io import atomic_path, file_checksum, h5_compression, provenance_attrs, read_json_attr
 from vaemap.rdr import FILL_VALUES, RDR_COLUMNS, REQUIRED_COLUMNS
 
-__all__ = ["REJECTION_REASONS", "RdrFormatError", "find_header", "read_rdr", "run"]
+__all__ = [
+    "REJECTION_REASONS",
+    "SAMPLE_FIELDS",
+    "RdrFormatError",
+    "find_header",
+    "iter_rdr_batches",
+    "merge",
+    "quality_filter",
+    "run",
+]
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +57,21 @@ REJECTION_REASONS: tuple[str, ...] = (
     "qmi", "latitude_range", "longitude_range", "local_time_range", "tb_range", "duplicate",
 )  # fmt: skip
 
-_INT_COLUMNS = ("af", "c", "det", "qca", "qge", "qmi")
+#: samples.h5 datasets (DESIGN.md) and their types; units in SAMPLE_UNITS.
+SAMPLE_FIELDS: dict[str, Any] = {
+    "pix": np.int64, "lat": np.float32, "lon": np.float32, "local_time": np.float32,
+    "tb": np.float32, "emission": np.float32, "channel": np.uint8, "det": np.uint8,
+    "jdate": np.float64,
+}  # fmt: skip
+SAMPLE_UNITS = {"lat": "deg", "lon": "deg", "local_time": "h", "tb": "K", "emission": "deg",
+                "jdate": "d"}
+#: Sort order, most significant first; ties keep the input order (stable), so
+#: the same inputs give byte-identical output. Rows equal in DUPLICATE_KEY are
+#: duplicates: one detector cannot observe one spot twice at the same instant.
+SORT_KEY = ("pix", "jdate")
+DUPLICATE_KEY = ("pix", "jdate", "channel", "det", "lat", "lon")
+OUTPUT_CHUNK_ROWS = 1 << 16
+_CHECKSUMS = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vaemap-checksum")
 
 
 class RdrFormatError(ValueError):
@@ -98,7 +134,7 @@ class _RowCounter:
                              f"{actual}: {text[:80]!r}")
 
 
-def _coerce_numeric(column: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
+def _coerce_numeric(column: pa.Array) -> tuple[np.ndarray, np.ndarray]:
     """Parse a string column to float64; returns (values, ok) where ``ok`` is False
     for values that are not numbers (the slow path, used only for broken files)."""
     text = column.to_pylist()
@@ -112,18 +148,34 @@ def _coerce_numeric(column: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
     return values, ok
 
 
-def read_rdr(
+def _open_reader(path: Path, header_line: int, names: list[str], counter: _RowCounter,
+                 block_size: int, as_text: bool) -> pacsv.CSVStreamingReader:
+    dtype = pa.string() if as_text else pa.float64()
+    return pacsv.open_csv(
+        path,
+        read_options=pacsv.ReadOptions(skip_rows=header_line + 1, column_names=names,
+                                       block_size=block_size),
+        parse_options=pacsv.ParseOptions(invalid_row_handler=counter),
+        convert_options=pacsv.ConvertOptions(include_columns=list(REQUIRED_COLUMNS),
+                                             column_types=dict.fromkeys(REQUIRED_COLUMNS,
+                                                                        dtype)),
+    )
+
+
+def iter_rdr_batches(
     path: str | Path,
     *,
     on_malformed: str = "error",
-    block_size: int = 1 << 24,
-) -> tuple[dict[str, np.ndarray], int]:
-    """Read the columns ingest needs from one RDR table.
+    block_size: int = 1 << 20,
+    stats: dict[str, int] | None = None,
+) -> Iterator[dict[str, np.ndarray]]:
+    """Stream the columns ingest needs from one RDR table, one parsed block at a time.
 
-    Returns ``(columns, malformed)``: float64/int arrays keyed by column name
-    (one element per well-formed row, malformed values as NaN in skip mode) and
-    the number of malformed rows that were skipped.  ``malformed_mask`` in the
-    returned dict marks rows whose numbers could not be parsed (skip mode).
+    Yields dicts of float64 arrays keyed by :data:`~vaemap.rdr.REQUIRED_COLUMNS`
+    plus ``malformed_mask`` (rows whose numbers could not be parsed; only in
+    ``skip`` mode).  Rows with the wrong number of fields are skipped by the
+    parser; their number is added to ``stats["malformed"]`` when the table has
+    been read to the end.
 
     Raises
     ------
@@ -133,55 +185,62 @@ def read_rdr(
         file, the line and what was expected.
     """
     path = Path(path)
+    stats = stats if stats is not None else {}
+    stats.setdefault("malformed", 0)
     if path.stat().st_size == 0:
         log.warning("%s: empty file, no rows", path)
-        return {name: np.empty(0) for name in REQUIRED_COLUMNS} | {
-            "malformed_mask": np.zeros(0, bool)}, 0
+        return
     header_line, names = find_header(path)
     missing = [c for c in REQUIRED_COLUMNS if c not in names]
     if missing:
         raise RdrFormatError(f"{path}: line {header_line + 1}: missing required column(s) "
                              f"{', '.join(missing)}; found {', '.join(names)}")
     counter = _RowCounter()
-    read_opts = pacsv.ReadOptions(skip_rows=header_line + 1, column_names=names,
-                                  block_size=block_size)
-    parse_opts = pacsv.ParseOptions(invalid_row_handler=counter)
-    typed = pacsv.ConvertOptions(include_columns=list(REQUIRED_COLUMNS),
-                                 column_types={c: pa.float64() for c in REQUIRED_COLUMNS})
+    yielded = 0
     try:
-        table = pacsv.read_csv(path, read_options=read_opts, parse_options=parse_opts,
-                               convert_options=typed)
+        for batch in _open_reader(path, header_line, names, counter, block_size, False):
+            if counter.count and on_malformed == "error":
+                counter.raise_first(path, header_line)
+            cols = {c: batch.column(c).to_numpy(zero_copy_only=False) for c in REQUIRED_COLUMNS}
+            cols["malformed_mask"] = np.zeros(batch.num_rows, dtype=bool)
+            yielded += batch.num_rows
+            yield cols
         if counter.count and on_malformed == "error":
             counter.raise_first(path, header_line)
-        cols = {c: table[c].to_numpy() for c in REQUIRED_COLUMNS}
-        cols["malformed_mask"] = np.zeros(table.num_rows, dtype=bool)
-        return cols, counter.count
+        stats["malformed"] += counter.count
+        return
     except pa.ArrowInvalid as exc:
         if "conversion error" not in str(exc).lower():
             raise RdrFormatError(f"{path}: {exc}") from None
-    # A value that is not a number: re-read as text to find it (slow path).
-    if counter.count and on_malformed == "error":
-        counter.raise_first(path, header_line)
+    # A value that is not a number: re-read as text from the start, skip what was
+    # already delivered, and find the bad values (slow path, broken files only).
     counter = _RowCounter()
-    as_text = pacsv.ConvertOptions(include_columns=list(REQUIRED_COLUMNS),
-                                   column_types={c: pa.string() for c in REQUIRED_COLUMNS})
-    table = pacsv.read_csv(path, read_options=read_opts, parse_options=parse_opts,
-                           convert_options=as_text)
+    seen = 0
+    for batch in _open_reader(path, header_line, names, counter, block_size, True):
+        if counter.count and on_malformed == "error":
+            counter.raise_first(path, header_line)
+        skip = min(max(yielded - seen, 0), batch.num_rows)
+        first_row = seen
+        seen += batch.num_rows
+        if skip == batch.num_rows:
+            continue
+        batch = batch.slice(skip)
+        cols, bad = {}, np.zeros(batch.num_rows, dtype=bool)
+        for name in REQUIRED_COLUMNS:
+            values, ok = _coerce_numeric(batch.column(name))
+            if on_malformed == "error" and not ok.all():
+                row = int(np.flatnonzero(~ok)[0])
+                # Exact when no row before it was skipped as malformed.
+                line = header_line + 2 + first_row + skip + row
+                raise RdrFormatError(f"{path}: line {line}: column {name}: expected a number, "
+                                     f"found {batch.column(name)[row].as_py()!r}")
+            cols[name] = values
+            bad |= ~ok
+        cols["malformed_mask"] = bad
+        yield cols
     if counter.count and on_malformed == "error":
         counter.raise_first(path, header_line)
-    cols, bad = {}, np.zeros(table.num_rows, dtype=bool)
-    for name in REQUIRED_COLUMNS:
-        values, ok = _coerce_numeric(table[name])
-        if on_malformed == "error" and not ok.all():
-            row = int(np.flatnonzero(~ok)[0])
-            # Line numbers are exact when no row before it was skipped.
-            raise RdrFormatError(
-                f"{path}: line {header_line + 2 + row}: column {name}: expected a number, "
-                f"found {table[name][row].as_py()!r}")
-        cols[name] = values
-        bad |= ~ok
-    cols["malformed_mask"] = bad
-    return cols, counter.count
+    stats["malformed"] += counter.count
 
 
 def quality_filter(cols: Mapping[str, np.ndarray], params: Mapping[str, Any]
@@ -197,7 +256,9 @@ def quality_filter(cols: Mapping[str, np.ndarray], params: Mapping[str, Any]
     for name in ("jdate", "tb", "clat", "clon", "cemis", "cloctime", "af", "c", "qca", "qge",
                  "qmi"):
         v = values[name]
-        fill |= ~np.isfinite(v) | np.isin(v, FILL_VALUES)
+        fill |= ~np.isfinite(v)
+        for fill_value in FILL_VALUES:
+            fill |= v == fill_value
     with np.errstate(invalid="ignore"):
         checks = [
             ("malformed", cols["malformed_mask"]),
@@ -223,6 +284,228 @@ def quality_filter(cols: Mapping[str, np.ndarray], params: Mapping[str, Any]
     return ~rejected, counts
 
 
+def _to_samples(cols: Mapping[str, np.ndarray], keep: np.ndarray, nside: int
+                ) -> dict[str, np.ndarray]:
+    """The accepted rows of a parsed batch as samples.h5 columns."""
+    lat = cols["clat"][keep]
+    lon = wrap_lon(cols["clon"][keep])
+    return {
+        "pix": lonlat_to_pix(nside, lon, lat).astype(np.int64),
+        "lat": lat.astype(np.float32),
+        "lon": lon.astype(np.float32),
+        "local_time": cols["cloctime"][keep].astype(np.float32),
+        "tb": cols["tb"][keep].astype(np.float32),
+        "emission": cols["cemis"][keep].astype(np.float32),
+        "channel": cols["c"][keep].astype(np.uint8),
+        "det": cols["det"][keep].astype(np.uint8),
+        "jdate": cols["jdate"][keep],
+    }
+
+
+def _sort_rows(data: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    order = np.lexsort(tuple(data[k] for k in reversed(SORT_KEY)))  # stable
+    return {k: v[order] for k, v in data.items()}
+
+
+def _duplicate_mask(data: Mapping[str, np.ndarray]) -> np.ndarray:
+    """Rows that repeat an earlier row's DUPLICATE_KEY (the first copy is kept).
+
+    A 64-bit hash of the key finds candidate pairs in one sort; candidates are
+    then compared exactly, so a hash collision can never drop a row.
+    """
+    n = len(data["pix"])
+    drop = np.zeros(n, dtype=bool)
+    if n < 2:
+        return drop
+    # Rows sorted by (pixel, time): only runs of equal (pixel, time) can hold
+    # duplicates, so hash just those candidates.
+    tie = (data["pix"][1:] == data["pix"][:-1]) & (data["jdate"][1:] == data["jdate"][:-1])
+    if not tie.any():
+        return drop
+    cand = np.flatnonzero(np.concatenate([tie, [False]]) | np.concatenate([[False], tie]))
+    data = {k: data[k][cand] for k in DUPLICATE_KEY}
+    n = cand.size
+    h = np.zeros(n, dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        for i, key in enumerate(DUPLICATE_KEY):
+            v = np.ascontiguousarray(data[key])
+            bits = v.view(np.uint32 if v.itemsize == 4 else np.uint64) if v.dtype.kind == "f" \
+                else v
+            h = (h ^ bits.astype(np.uint64)) * np.uint64(0x9E3779B97F4A7C15 + 2 * i)
+            h ^= h >> np.uint64(29)
+    order = np.argsort(h, kind="stable")
+    same = h[order][1:] == h[order][:-1]
+    if not same.any():
+        return drop
+    first, second = order[:-1][same], order[1:][same]
+    exact = np.ones(first.size, dtype=bool)
+    for key in DUPLICATE_KEY:
+        exact &= data[key][first] == data[key][second]
+    drop[cand[second[exact]]] = True  # stable order: `second` comes later in the input
+    return drop
+
+
+def _concat(parts: Sequence[Mapping[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    return {k: np.concatenate([p[k] for p in parts]).astype(SAMPLE_FIELDS[k], copy=False)
+            for k in SAMPLE_FIELDS}
+
+
+class _SampleWriter:
+    """Appends sorted rows to the samples.h5 datasets, chunked and compressed."""
+
+    def __init__(self, h5: h5py.File, compression: str, chunk_rows: int = OUTPUT_CHUNK_ROWS):
+        self.h5, self.rows = h5, 0
+        self.dsets = {}
+        for key, dtype in SAMPLE_FIELDS.items():
+            d = h5.create_dataset(key, shape=(0,), maxshape=(None,), dtype=dtype,
+                                  chunks=(chunk_rows,), **h5_compression(compression))
+            d.attrs["unit"] = SAMPLE_UNITS.get(key, "")
+            self.dsets[key] = d
+
+    def append(self, data: Mapping[str, np.ndarray]) -> None:
+        n = len(data["pix"])
+        if n == 0:
+            return
+        for key, d in self.dsets.items():
+            d.resize((self.rows + n,))
+            d[self.rows:] = data[key]
+        self.rows += n
+
+
+class _Run:
+    """A sorted run of samples (an HDF5 group, or arrays in memory), read in blocks."""
+
+    def __init__(self, group: h5py.Group | Mapping[str, np.ndarray]):
+        self.group = group
+        self.pos = 0
+        self.stop = len(group["pix"])
+
+    def read(self, n: int) -> dict[str, np.ndarray]:
+        end = min(self.pos + n, self.stop)
+        out = {k: self.group[k][self.pos:end] for k in SAMPLE_FIELDS}
+        self.pos = end
+        return out
+
+    @property
+    def exhausted(self) -> bool:
+        return self.pos >= self.stop
+
+
+def _merge_runs(runs: Sequence[_Run], writer: _SampleWriter, block_rows: int) -> int:
+    """Streaming k-way merge of sorted runs into ``writer``; returns duplicates dropped.
+
+    Each round emits every buffered row whose pixel is below the smallest
+    "last pixel" of the runs that still have unread rows, so all rows of one
+    pixel are emitted together and duplicates (which share a pixel) are always
+    in the same round. Runs are concatenated in their order before the
+    stable sort, so rows of equal (pixel, time) keep the order of the inputs.
+    Memory: about ``len(runs) * block_rows`` rows.
+    """
+    buffers = [run.read(block_rows) for run in runs]
+    sizes = [block_rows] * len(runs)
+    duplicates = 0
+    while any(len(b["pix"]) for b in buffers):
+        open_ends = [b["pix"][-1] for b, r in zip(buffers, runs, strict=True)
+                     if not r.exhausted and len(b["pix"])]
+        bound = min(open_ends) if open_ends else np.iinfo(np.int64).max
+        take = [int(np.searchsorted(b["pix"], bound, side="left")) if open_ends
+                else len(b["pix"]) for b in buffers]
+        if not any(take):
+            # One pixel fills a whole buffer: read further in the runs that end on it.
+            for i, (b, r) in enumerate(zip(buffers, runs, strict=True)):
+                if not r.exhausted and len(b["pix"]) and b["pix"][-1] == bound:
+                    sizes[i] *= 2
+                    more = r.read(sizes[i])
+                    buffers[i] = {k: np.concatenate([b[k], more[k]]) for k in b}
+            continue
+        pieces = [{k: v[:t] for k, v in b.items()}
+                  for b, t in zip(buffers, take, strict=True) if t]
+        # A piece from a single run is sorted already.
+        out = _concat(pieces) if len(pieces) > 1 else pieces[0]
+        if len(pieces) > 1:
+            out = _sort_rows(out)
+        drop = _duplicate_mask(out)
+        if drop.any():
+            duplicates += int(drop.sum())
+            out = {k: v[~drop] for k, v in out.items()}
+        writer.append(out)
+        for i, (b, t) in enumerate(zip(buffers, take, strict=True)):
+            rest = {k: v[t:] for k, v in b.items()}
+            if len(rest["pix"]) < block_rows // 2 and not runs[i].exhausted:
+                more = runs[i].read(block_rows)
+                rest = {k: np.concatenate([rest[k], more[k]]) for k in rest}
+            buffers[i] = rest
+    return duplicates
+
+
+def _ingest_file(path: Path, params: Mapping[str, Any], spill: h5py.File,
+                 totals: dict[str, int]) -> tuple[list[_Run], dict[str, Any]]:
+    """Parse, filter and index one table into sorted runs in ``spill``."""
+    nside, chunk_rows = params["nside"], params["chunk_rows"]
+    runs: list[_Run] = []
+    pending: list[dict[str, np.ndarray]] = []
+    pending_rows = 0
+    stats = {"malformed": 0}
+    rows = accepted = 0
+
+    def flush(last: bool = False) -> None:
+        nonlocal pending, pending_rows
+        if not pending_rows:
+            return
+        data = _sort_rows(_concat(pending))
+        if last:  # the file's last run stays in memory: it is there already
+            runs.append(_Run(data))
+        else:
+            group = spill.create_group(f"run{len(spill):06d}")
+            for key, values in data.items():
+                group.create_dataset(key, data=values)
+            runs.append(_Run(group))
+        pending, pending_rows = [], 0
+
+    # The checksum is computed in a thread while the table is parsed (hashlib
+    # releases the GIL), so provenance costs no extra pass over the file.
+    checksum = _CHECKSUMS.submit(file_checksum, path)
+    for cols in iter_rdr_batches(path, on_malformed=params["on_malformed"], stats=stats):
+        keep, counts = quality_filter(cols, params)
+        rows += keep.size
+        for reason, n in counts.items():
+            totals[reason] += n
+        sample = _to_samples(cols, keep, nside)
+        pending.append(sample)
+        pending_rows += len(sample["pix"])
+        accepted += len(sample["pix"])
+        if pending_rows >= chunk_rows:
+            flush()
+    flush(last=True)
+    totals["malformed"] += stats["malformed"]
+    rows += stats["malformed"]
+    info = {"path": str(path), "size": path.stat().st_size, "checksum": checksum.result(),
+            "rows_read": rows, "accepted_before_duplicates": accepted}
+    log.info("%s: %d rows read, %d pass the filters", path, rows, accepted)
+    return runs, info
+
+
+def _write_output(output: Path, runs: Sequence[_Run], params: Mapping[str, Any],
+                  attrs: dict[str, Any]) -> int:
+    """Merge ``runs`` into ``output`` (atomically); returns the duplicates dropped."""
+    block = max(params["chunk_rows"] // max(len(runs), 1), 4096)
+    with atomic_path(output) as tmp, h5py.File(tmp, "w") as h5:
+        writer = _SampleWriter(h5, params["compression"])
+        duplicates = _merge_runs(runs, writer, block)
+        attrs["rejected"]["duplicate"] += duplicates
+        attrs["accepted"] = writer.rows
+        h5.attrs.update(provenance_attrs(attrs.pop("config"), **attrs))
+    return duplicates
+
+
+def _summary(rows_read: int, accepted: int, totals: Mapping[str, int], output) -> dict[str, Any]:
+    if accepted + sum(totals.values()) != rows_read:
+        raise RuntimeError(f"row accounting is broken: {accepted} accepted + "
+                           f"{sum(totals.values())} rejected != {rows_read} read")
+    return {"rows_read": rows_read, "accepted": accepted,
+            "rejected": {k: v for k, v in totals.items() if v}, "output": str(output)}
+
+
 def run(inputs: Sequence[str | Path], output: str | Path, config: Mapping[str, Any]
         ) -> dict[str, Any]:
     """Ingest RDR tables into ``samples.h5`` (rows sorted by NESTED pixel, then time).
@@ -242,72 +525,70 @@ def run(inputs: Sequence[str | Path], output: str | Path, config: Mapping[str, A
         ``{"rows_read", "accepted", "rejected": {reason: n}, "output"}``.
     """
     params = config["ingest"]
-    nside = params["nside"]
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
     totals = dict.fromkeys(REJECTION_REASONS, 0)
-    rows_read = 0
-    parts: dict[str, list[np.ndarray]] = {k: [] for k in
-                                          ("pix", "lat", "lon", "local_time", "tb", "emission",
-                                           "channel", "jdate", "det")}
-    input_info = []
-    for path in map(Path, inputs):
-        if not path.exists():
-            raise FileNotFoundError(f"{path}: input RDR table not found")
-        cols, malformed = read_rdr(path, on_malformed=params["on_malformed"])
-        keep, counts = quality_filter(cols, params)
-        counts["malformed"] += malformed
-        n_file = cols["tb"].size + malformed
-        rows_read += n_file
-        for reason, n in counts.items():
-            totals[reason] += n
-        lat = cols["clat"][keep]
-        lon = wrap_lon(cols["clon"][keep])
-        parts["pix"].append(lonlat_to_pix(nside, lon, lat).astype(np.int64))
-        parts["lat"].append(lat.astype(np.float32))
-        parts["lon"].append(lon.astype(np.float32))
-        parts["local_time"].append(cols["cloctime"][keep].astype(np.float32))
-        parts["tb"].append(cols["tb"][keep].astype(np.float32))
-        parts["emission"].append(cols["cemis"][keep].astype(np.float32))
-        parts["channel"].append(cols["c"][keep].astype(np.uint8))
-        parts["jdate"].append(cols["jdate"][keep])
-        parts["det"].append(cols["det"][keep].astype(np.uint8))
-        input_info.append({"path": str(path), "size": path.stat().st_size,
-                           "checksum": file_checksum(path), "rows_read": n_file,
-                           "accepted": int(keep.sum())})
-        log.info("%s: %d rows read, %d accepted", path, n_file, int(keep.sum()))
-
-    data = {k: np.concatenate(v) if v else np.empty(0) for k, v in parts.items()}
-    # Sort by pixel, then time, channel and detector: a total order, so the
-    # output is byte-identical for the same inputs, and duplicates are adjacent.
-    order = np.lexsort((data["det"], data["channel"], data["jdate"], data["pix"]))
-    data = {k: v[order] for k, v in data.items()}
-    if data["pix"].size:
-        same = np.ones(data["pix"].size, dtype=bool)
-        for key in ("pix", "jdate", "channel", "det", "lat", "lon"):
-            v = data[key]
-            same[1:] &= v[1:] == v[:-1]
-        same[0] = False
-        totals["duplicate"] = int(same.sum())
-        data = {k: v[~same] for k, v in data.items()}
-    accepted = int(data["pix"].size)
-    assert accepted + sum(totals.values()) == rows_read, "row accounting is broken"
-
-    attrs = provenance_attrs(
-        config, nside=nside, ordering="NESTED", body="MOON", inputs=input_info,
-        filters=dict(params), rejected=totals, rows_read=rows_read, accepted=accepted,
-    )
-    dtypes = {"pix": np.int64, "lat": np.float32, "lon": np.float32, "local_time": np.float32,
-              "tb": np.float32, "emission": np.float32, "channel": np.uint8,
-              "jdate": np.float64}
-    units = {"lat": "deg", "lon": "deg", "local_time": "h", "tb": "K", "emission": "deg",
-             "jdate": "d"}
-    with atomic_path(output) as tmp, h5py.File(tmp, "w", track_order=True) as h5:
-        h5.attrs.update(attrs)
-        for key, dtype in dtypes.items():
-            write_dataset(h5, key, data[key].astype(dtype), compression=params["compression"],
-                          chunk_rows=min(params["chunk_rows"], 1 << 18),
-                          attrs={"unit": units.get(key, "")})
-    summary = {"rows_read": rows_read, "accepted": accepted,
-               "rejected": {k: v for k, v in totals.items() if v}, "output": str(output)}
+    inputs_info = []
+    fd, spill_name = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".spill.h5",
+                                      dir=output.parent)
+    os.close(fd)
+    try:
+        with h5py.File(spill_name, "w") as spill:
+            runs: list[_Run] = []
+            for path in map(Path, inputs):
+                if not path.exists():
+                    raise FileNotFoundError(f"{path}: input RDR table not found")
+                file_runs, info = _ingest_file(path, params, spill, totals)
+                runs += file_runs
+                inputs_info.append(info)
+            rows_read = sum(i["rows_read"] for i in inputs_info)
+            attrs = {"config": config, "nside": params["nside"], "ordering": "NESTED",
+                     "body": "MOON", "inputs": inputs_info, "filters": dict(params),
+                     "rejected": totals, "rows_read": rows_read}
+            _write_output(output, runs, params, attrs)
+            accepted = attrs["accepted"]
+    finally:
+        os.unlink(spill_name)
+    summary = _summary(rows_read, accepted, totals, output)
     log.info("ingest: %d rows read, %d accepted, rejected %s", rows_read, accepted,
              summary["rejected"] or "none")
+    return summary
+
+
+def merge(parts: Sequence[str | Path], output: str | Path, config: Mapping[str, Any]
+          ) -> dict[str, Any]:
+    """Merge pixel-sorted ``samples.h5`` files into one (streaming, bounded memory).
+
+    Rejection counts and input provenance are summed over the parts; duplicate
+    observations that appear in more than one part are counted and dropped.
+    All parts must share nside and ordering.
+    """
+    params = config["ingest"]
+    totals = dict.fromkeys(REJECTION_REASONS, 0)
+    inputs_info: list[dict[str, Any]] = []
+    rows_read = 0
+    handles = [h5py.File(p, "r") for p in parts]
+    try:
+        nsides = {int(h.attrs["nside"]) for h in handles}
+        if len(nsides) > 1:
+            raise ValueError(f"cannot merge samples of different nside {sorted(nsides)}: "
+                             f"{', '.join(map(str, parts))}")
+        nside = nsides.pop() if nsides else params["nside"]
+        for path, h in zip(parts, handles, strict=True):
+            if h.attrs.get("ordering") != "NESTED":
+                raise ValueError(f"{path}: ordering {h.attrs.get('ordering')!r}, expected NESTED")
+            for reason, n in read_json_attr(h.attrs, "rejected", {}).items():
+                totals[reason] = totals.get(reason, 0) + int(n)
+            inputs_info += read_json_attr(h.attrs, "inputs", [])
+            rows_read += int(h.attrs["rows_read"])
+        attrs = {"config": config, "nside": nside, "ordering": "NESTED", "body": "MOON",
+                 "inputs": inputs_info, "filters": dict(params), "rejected": totals,
+                 "rows_read": rows_read, "merged_from": [str(p) for p in parts]}
+        _write_output(Path(output), [_Run(h) for h in handles], params, attrs)
+    finally:
+        for h in handles:
+            h.close()
+    summary = _summary(rows_read, attrs["accepted"], totals, output)
+    log.info("merge: %d parts, %d rows read, %d accepted", len(parts), rows_read,
+             attrs["accepted"])
     return summary

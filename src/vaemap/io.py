@@ -14,11 +14,13 @@ from pathlib import Path
 from typing import Any
 
 import h5py
+import hdf5plugin  # registers Blosc & co. with HDF5, so every reader can open our files
 import numpy as np
 
 from vaemap import __version__
 
 __all__ = [
+    "COMPRESSIONS",
     "atomic_path",
     "file_checksum",
     "h5_compression",
@@ -89,15 +91,28 @@ def read_json_attr(attrs: Mapping[str, Any], key: str, default: Any = None) -> A
     return json.loads(value) if isinstance(value, str) else value
 
 
+#: Compression names accepted by :func:`h5_compression` (and by the config schema).
+COMPRESSIONS = ("blosc-lz4", "blosc-zstd", "gzip", "lzf", "none")
+
+
 def h5_compression(name: str) -> dict[str, Any]:
-    """h5py keyword arguments for a named compression (``gzip``, ``lzf`` or ``none``)."""
+    """h5py keyword arguments for a named compression.
+
+    ``blosc-lz4`` / ``blosc-zstd`` use the Blosc filter of hdf5plugin (a
+    dependency, so any environment with vaemap reads them; other HDF5 tools
+    need the plugin too); ``gzip`` and ``lzf`` are readable by any h5py.
+    """
+    if name == "blosc-lz4":
+        return dict(hdf5plugin.Blosc(cname="lz4", clevel=5, shuffle=hdf5plugin.Blosc.SHUFFLE))
+    if name == "blosc-zstd":
+        return dict(hdf5plugin.Blosc(cname="zstd", clevel=3, shuffle=hdf5plugin.Blosc.SHUFFLE))
     if name == "gzip":
         return {"compression": "gzip", "compression_opts": 4, "shuffle": True}
     if name == "lzf":
         return {"compression": "lzf", "shuffle": True}
     if name == "none":
         return {}
-    raise ValueError(f"unknown compression {name!r}; expected gzip, lzf or none")
+    raise ValueError(f"unknown compression {name!r}; expected one of {', '.join(COMPRESSIONS)}")
 
 
 def write_dataset(

@@ -51,7 +51,6 @@ SIDEREAL_DAY_D = 27.321661  # lunar sidereal rotation, Earth days
 SYNODIC_DAY_D = 29.530589  # lunar solar day, Earth days
 JDATE_START = 2455089.5  # 2009-09-15, start of LRO's science mapping phase
 LRO_ALTITUDE_KM = 50.0
-CHANNEL7_WAVELENGTH_UM = 33.0  # approximate centre of Diviner channel 7 (25-41 µm)
 STEPS_PER_DAY = 192  # local-time resolution of the per-pixel temperature table
 ORBITS_PER_BATCH = 200
 
@@ -161,28 +160,21 @@ def facet_geometry(slope_ew: np.ndarray, slope_ns: np.ndarray) -> tuple[np.ndarr
     return slope, azimuth
 
 
-def temperature_table(surface: Mapping[str, np.ndarray]) -> np.ndarray:
-    """Diurnal surface temperature of every pixel at STEPS_PER_DAY local times,
-    shape (npix, STEPS_PER_DAY), kelvin (float32)."""
+def temperature_table(surface: Mapping[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Diurnal regolith and rock temperature of every pixel at STEPS_PER_DAY local
+    times, each (npix, STEPS_PER_DAY) float32 kelvin (rock NaN where there is none)."""
     slope, azimuth = facet_geometry(surface["slope_ew"], surface["slope_ns"])
     local_time = np.arange(STEPS_PER_DAY) * 24.0 / STEPS_PER_DAY
-    temp = thermal.surface_temperature(
+    t_reg, t_rock = thermal.surface_temperature_components(
         surface["lat"], local_time, albedo=surface["albedo"], h_param=surface["h_param"],
         slope_deg=slope, azimuth_deg=azimuth, rock_fraction=surface["rock_fraction"],
     )
-    return temp.astype(np.float32)
-
-
-def _planck_radiance(temp_k: np.ndarray, wavelength_um: float) -> np.ndarray:
-    """Spectral radiance, W m⁻² sr⁻¹ µm⁻¹, of a black body at ``temp_k``."""
-    c1, c2 = 1.191042972e8, 1.4387769e4  # W µm^4 m^-2 sr^-1, µm K
-    lam = wavelength_um
-    with np.errstate(over="ignore", divide="ignore"):
-        return c1 / lam**5 / np.expm1(c2 / (lam * np.maximum(temp_k, 1.0)))
+    return t_reg.astype(np.float32), t_rock.astype(np.float32)
 
 
 def simulate_observations(
-    table: np.ndarray,
+    tables: tuple[np.ndarray, np.ndarray],
+    rock_fraction: np.ndarray,
     nside: int,
     params: Mapping[str, Any],
     orbit_range: tuple[int, int],
@@ -190,7 +182,8 @@ def simulate_observations(
 ) -> dict[str, np.ndarray]:
     """RDR rows for orbits ``orbit_range[0] <= k < orbit_range[1]`` as column arrays.
 
-    ``table`` is the per-pixel diurnal temperature (npix, STEPS_PER_DAY), kelvin.
+    ``tables`` holds the per-pixel diurnal regolith and rock temperatures, each
+    (npix, STEPS_PER_DAY) kelvin; ``rock_fraction`` (npix,) mixes them per channel.
     """
     k0, k1 = orbit_range
     per_day = params["orbits_per_day"]
@@ -221,14 +214,22 @@ def simulate_observations(
     pos = local_time / 24.0 * STEPS_PER_DAY
     i0 = np.floor(pos).astype(np.int64) % STEPS_PER_DAY
     w = (pos - np.floor(pos)).astype(np.float32)
-    temp = (1 - w) * table[pix, i0] + w * table[pix, (i0 + 1) % STEPS_PER_DAY]
+    i1 = (i0 + 1) % STEPS_PER_DAY
+    t_reg = (1 - w) * tables[0][pix, i0] + w * tables[0][pix, i1]
+    t_rock = (1 - w) * tables[1][pix, i0] + w * tables[1][pix, i1]
+    frac = rock_fraction[pix]
 
     n = orbit.size
     n_ch = channels.size
     c = np.tile(channels, n)
     # Each footprint is seen in every channel; rows are footprint-major.
     rep = np.repeat(np.arange(n), n_ch)
-    tb = temp[rep] + rng.normal(0, params["noise_k"], rep.size).astype(np.float32)
+    tb = np.empty(rep.size)
+    for j, ch in enumerate(channels):
+        # Radiances of rock and regolith add inside the footprint (Planck mixing).
+        tb[j::n_ch] = thermal.mix_planck(t_reg, t_rock, frac,
+                                         thermal.DIVINER_WAVELENGTH_UM[int(ch)])
+    tb += rng.normal(0, params["noise_k"], rep.size)
     emission = np.abs(rng.normal(0, 2.0, n))[rep]
     af = np.full(rep.size, 110, dtype=np.int16)
     el_cmd = np.full(rep.size, 80.0)
@@ -245,7 +246,8 @@ def simulate_observations(
     qge[bad[how == 3]] = 2
     qmi[bad[how == 4]] = 10
     tb[bad[how == 5]] = -9999.0
-    radiance = np.where(tb > 0, _planck_radiance(tb, CHANNEL7_WAVELENGTH_UM), -9999.0)
+    wavelength = np.array([thermal.DIVINER_WAVELENGTH_UM[int(ch)] for ch in c])
+    radiance = np.where(tb > 0, thermal.planck_radiance(tb, wavelength), -9999.0)
 
     jdate = JDATE_START + t_days[rep]
     sun_lon_w = np.mod(sun_lon[rep] + 180.0, 360.0) - 180.0
@@ -276,7 +278,7 @@ def simulate_observations(
         "vlooky": np.zeros(rep.size),
         "vlookz": np.full(rep.size, -1.0),
         "radiance": np.round(radiance, 6),
-        "tb": np.round(tb.astype(np.float64), 3),
+        "tb": np.round(tb, 3),
         "clat": np.round(lat[rep], 5),
         "clon": np.round(lon[rep], 5),
         "cemis": np.round(emission, 3),
@@ -354,7 +356,8 @@ def run(outdir: str | Path, config: Mapping[str, Any]) -> dict[str, Any]:
 
     surface = make_surface(nside, params, seed)
     log.info("solving the thermal model for %d pixels", surface["pix"].size)
-    table = temperature_table(surface)
+    tables = temperature_table(surface)
+    rock = surface["rock_fraction"].astype(np.float32)
 
     n_orbits = round(params["days"] * params["orbits_per_day"])
     names = rdr_file_names(params["files"], params["gzip"])
@@ -364,7 +367,8 @@ def run(outdir: str | Path, config: Mapping[str, Any]) -> dict[str, Any]:
         rng = np.random.default_rng([seed, i])  # each file reproducible on its own
         lo, hi = bounds[i], bounds[i + 1]
         batches = (
-            simulate_observations(table, nside, params, (a, min(a + ORBITS_PER_BATCH, hi)), rng)
+            simulate_observations(tables, rock, nside, params,
+                                  (a, min(a + ORBITS_PER_BATCH, hi)), rng)
             for a in range(lo, hi, ORBITS_PER_BATCH)
         )
         header = [

@@ -25,12 +25,18 @@ from dataclasses import dataclass
 import numpy as np
 
 __all__ = [
+    "DIVINER_WAVELENGTH_UM",
     "LUNAR_DAY_S",
     "RegolithProperties",
     "albedo_at_incidence",
+    "brightness_temperature",
     "cos_incidence",
     "heat_capacity",
+    "mix_planck",
+    "planck_radiance",
+    "solve_columns",
     "surface_temperature",
+    "surface_temperature_components",
 ]
 
 SIGMA_SB = 5.670374419e-8  # W m^-2 K^-4
@@ -89,7 +95,7 @@ def cos_incidence(lat_deg: np.ndarray, hour_angle_deg: np.ndarray, slope_deg: np
     return np.where(sun_u > 0.0, np.clip(mu, 0.0, 1.0), 0.0)
 
 
-def _solve_columns(
+def solve_columns(
     absorbed: np.ndarray,
     rho_s: np.ndarray,
     rho_d: np.ndarray,
@@ -194,6 +200,72 @@ def _heat_capacity_fast(t: np.ndarray) -> np.ndarray:
     return (((c[0] * t + c[1]) * t + c[2]) * t + c[3]) * t + c[4]
 
 
+def surface_temperature_components(
+    lat_deg: np.ndarray | float,
+    local_time_h: np.ndarray | float,
+    *,
+    albedo: np.ndarray | float = 0.12,
+    h_param: np.ndarray | float = 0.06,
+    slope_deg: np.ndarray | float = 0.0,
+    azimuth_deg: np.ndarray | float = 0.0,
+    rock_fraction: np.ndarray | float = 0.0,
+    solar_distance_au: float = 1.0,
+    declination_deg: float = 0.0,
+    steps_per_day: int = 192,
+    props: RegolithProperties = RegolithProperties(),
+) -> tuple[np.ndarray, np.ndarray]:
+    """Regolith and rock surface temperatures of each column, kelvin.
+
+    Same arguments as :func:`surface_temperature`. Returns ``(t_regolith,
+    t_rock)``, each of shape (n_columns, n_local_times); the rock temperature
+    is solved only for columns with ``rock_fraction > 0`` and is NaN elsewhere.
+    Radiometers see the two mixed inside the footprint (see :func:`mix_planck`).
+    """
+    lat, alb, hpar, slope, az, rock = np.broadcast_arrays(
+        *(np.atleast_1d(np.asarray(v, dtype=float))
+          for v in (lat_deg, albedo, h_param, slope_deg, azimuth_deg, rock_fraction))
+    )
+    if np.any(np.abs(lat) > 90):
+        raise ValueError("lat_deg must lie in [-90, 90] degrees")
+    if np.any((rock < 0) | (rock > 1)):
+        raise ValueError("rock_fraction must lie in [0, 1]")
+    if np.any(hpar <= 0):
+        raise ValueError("h_param must be positive (metres)")
+    local_time = np.atleast_1d(np.asarray(local_time_h, dtype=float))
+    n_col = lat.size
+
+    step_lt = np.arange(steps_per_day) * 24.0 / steps_per_day  # local time of each step
+    mu = cos_incidence(lat[None, :], (step_lt[:, None] - 12.0) * 15.0, slope[None, :],
+                       az[None, :], declination_deg)
+    incidence = np.degrees(np.arccos(np.clip(mu, 0.0, 1.0)))
+    flux = SOLAR_CONSTANT / solar_distance_au**2 * mu
+    absorbed = (1.0 - albedo_at_incidence(alb[None, :], incidence, props)) * flux
+
+    ones = np.ones(n_col)
+    t_reg = solve_columns(absorbed, props.rho_surface * ones, props.rho_deep * ones,
+                           props.k_surface * ones, props.k_deep * ones, hpar,
+                           props.chi * ones, props)
+    t_rock = np.full_like(t_reg, np.nan)
+    idx = np.flatnonzero(rock > 0)
+    if idx.size:
+        m = idx.size
+        t_rock[:, idx] = solve_columns(absorbed[:, idx], props.rho_rock * np.ones(m),
+                                        props.rho_rock * np.ones(m), props.k_rock * np.ones(m),
+                                        props.k_rock * np.ones(m), np.zeros(m), np.zeros(m),
+                                        props)
+
+    # Periodic linear interpolation onto the requested local times.
+    pos = np.mod(local_time, 24.0) / 24.0 * steps_per_day
+    i0 = np.floor(pos).astype(int) % steps_per_day
+    i1 = (i0 + 1) % steps_per_day
+    w = (pos - np.floor(pos))[None, :]
+
+    def at_local_time(t: np.ndarray) -> np.ndarray:
+        return (1.0 - w) * t[i0].T + w * t[i1].T
+
+    return at_local_time(t_reg), at_local_time(t_rock)
+
+
 def surface_temperature(
     lat_deg: np.ndarray | float,
     local_time_h: np.ndarray | float,
@@ -228,51 +300,50 @@ def surface_temperature(
     Returns
     -------
     ndarray, shape (n_columns, n_local_times)
-        Surface (or, with rocks, bolometric mixed) temperature in kelvin.
-        With ``rock_fraction`` f the footprint temperature is
-        ``(f T_rock⁴ + (1 − f) T_regolith⁴)^(1/4)``.
+        Surface temperature in kelvin; with ``rock_fraction`` f the bolometric
+        footprint temperature ``(f T_rock⁴ + (1 − f) T_regolith⁴)^(1/4)``.
     """
-    lat, alb, hpar, slope, az, rock = np.broadcast_arrays(
-        *(np.atleast_1d(np.asarray(v, dtype=float))
-          for v in (lat_deg, albedo, h_param, slope_deg, azimuth_deg, rock_fraction))
-    )
-    if np.any(np.abs(lat) > 90):
-        raise ValueError("lat_deg must lie in [-90, 90] degrees")
-    if np.any((rock < 0) | (rock > 1)):
-        raise ValueError("rock_fraction must lie in [0, 1]")
-    if np.any(hpar <= 0):
-        raise ValueError("h_param must be positive (metres)")
-    local_time = np.atleast_1d(np.asarray(local_time_h, dtype=float))
-    n_col = lat.size
+    t_reg, t_rock = surface_temperature_components(
+        lat_deg, local_time_h, albedo=albedo, h_param=h_param, slope_deg=slope_deg,
+        azimuth_deg=azimuth_deg, rock_fraction=rock_fraction,
+        solar_distance_au=solar_distance_au, declination_deg=declination_deg,
+        steps_per_day=steps_per_day, props=props)
+    f = np.broadcast_to(np.atleast_1d(np.asarray(rock_fraction, float)), (t_reg.shape[0],))
+    f = f[:, None]
+    mixed4 = np.where(f > 0, f * np.nan_to_num(t_rock) ** 4 + (1 - f) * t_reg**4, t_reg**4)
+    return mixed4**0.25
 
-    step_lt = np.arange(steps_per_day) * 24.0 / steps_per_day  # local time of each step
-    mu = cos_incidence(lat[None, :], (step_lt[:, None] - 12.0) * 15.0, slope[None, :],
-                       az[None, :], declination_deg)
-    incidence = np.degrees(np.arccos(np.clip(mu, 0.0, 1.0)))
-    flux = SOLAR_CONSTANT / solar_distance_au**2 * mu
-    absorbed = (1.0 - albedo_at_incidence(alb[None, :], incidence, props)) * flux
 
-    ones = np.ones(n_col)
-    t_reg = _solve_columns(absorbed, props.rho_surface * ones, props.rho_deep * ones,
-                           props.k_surface * ones, props.k_deep * ones, hpar,
-                           props.chi * ones, props)
-    surface4 = t_reg**4
-    has_rock = rock > 0
-    if np.any(has_rock):
-        idx = np.flatnonzero(has_rock)
-        m = idx.size
-        t_rock = _solve_columns(absorbed[:, idx], props.rho_rock * np.ones(m),
-                                props.rho_rock * np.ones(m), props.k_rock * np.ones(m),
-                                props.k_rock * np.ones(m), np.zeros(m), np.zeros(m),
-                                props)
-        f = rock[idx]
-        surface4[:, idx] = f * t_rock**4 + (1.0 - f) * surface4[:, idx]
-    t_surf = surface4**0.25  # (n_steps, n_col)
+#: Approximate centre wavelengths (µm) of Diviner's thermal channels 3–9.
+DIVINER_WAVELENGTH_UM: dict[int, float] = {3: 7.8, 4: 8.25, 5: 8.55, 6: 18.0, 7: 32.0,
+                                           8: 75.0, 9: 200.0}
+_C1 = 1.191042972e8  # 2hc², W µm⁴ m⁻² sr⁻¹
+_C2 = 1.4387769e4  # hc/k, µm K
 
-    # Periodic linear interpolation onto the requested local times.
-    pos = np.mod(local_time, 24.0) / 24.0 * steps_per_day
-    i0 = np.floor(pos).astype(int) % steps_per_day
-    i1 = (i0 + 1) % steps_per_day
-    w = (pos - np.floor(pos))[None, :]
-    return (1.0 - w) * t_surf[i0].T + w * t_surf[i1].T
 
+def planck_radiance(temp_k: np.ndarray, wavelength_um: float) -> np.ndarray:
+    """Spectral radiance of a black body, W m⁻² sr⁻¹ µm⁻¹, at ``wavelength_um``."""
+    t = np.maximum(np.asarray(temp_k, dtype=float), 1.0)
+    with np.errstate(over="ignore"):
+        return _C1 / wavelength_um**5 / np.expm1(_C2 / (wavelength_um * t))
+
+
+def brightness_temperature(radiance: np.ndarray, wavelength_um: float) -> np.ndarray:
+    """Inverse of :func:`planck_radiance`: kelvin from W m⁻² sr⁻¹ µm⁻¹."""
+    r = np.maximum(np.asarray(radiance, dtype=float), 1e-300)
+    return _C2 / (wavelength_um * np.log1p(_C1 / (wavelength_um**5 * r)))
+
+
+def mix_planck(t_regolith: np.ndarray, t_rock: np.ndarray, rock_fraction: np.ndarray,
+               wavelength_um: float) -> np.ndarray:
+    """Brightness temperature (K) of a footprint holding rock fraction ``f``.
+
+    Radiances, not temperatures, add: B(T_b) = f B(T_rock) + (1 − f) B(T_reg).
+    Short wavelengths weight the warmer component more, which is how the
+    multi-channel Diviner data reveal rocks at night (Bandfield et al. 2011).
+    """
+    f = np.asarray(rock_fraction, dtype=float)
+    rad = (1 - f) * planck_radiance(t_regolith, wavelength_um)
+    rad = rad + np.where(f > 0, f * planck_radiance(np.nan_to_num(t_rock, nan=1.0),
+                                                     wavelength_um), 0.0)
+    return brightness_temperature(rad, wavelength_um)

@@ -31,19 +31,30 @@ def step_config(*sections):
     )
 
 
-def rdr_inputs():
-    """RDR tables to ingest: the simulated ones, or the configured real files."""
+def rdr_tables():
+    """RDR tables to ingest, keyed by a unique name for the per-table ingest jobs:
+    the simulated ones, or the configured real files."""
     if config["data"]["source"] == "simulate":
         names = rdr_file_names(config["simulate"]["files"], config["simulate"]["gzip"])
-        return [f"{RESULTS}/simulate/rdr/{name}" for name in names]
-    files = sorted(
-        {f for pattern in config["data"]["rdr_files"] for f in glob.glob(pattern)}
-    )
-    if not files:
-        raise WorkflowError(
-            f"data.rdr_files: no file matches {config['data']['rdr_files']}"
+        paths = [f"{RESULTS}/simulate/rdr/{name}" for name in names]
+    else:
+        paths = sorted(
+            {f for pattern in config["data"]["rdr_files"] for f in glob.glob(pattern)}
         )
-    return files
+        if not paths:
+            raise WorkflowError(
+                f"data.rdr_files: no file matches {config['data']['rdr_files']}"
+            )
+    tables = {}
+    for path in paths:
+        name = os.path.basename(path).split(".")[0]
+        if name in tables:  # same stem in two folders: keep both apart
+            name = f"{name}_{len(tables)}"
+        tables[name] = path
+    return tables
+
+
+RDR_TABLES = rdr_tables()
 
 
 def truth_input(wildcards):
