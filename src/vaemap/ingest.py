@@ -22,7 +22,9 @@ from __future__ import annotations
 import gzip
 import logging
 import os
+import queue
 import tempfile
+import threading
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -151,8 +153,11 @@ def _coerce_numeric(column: pa.Array) -> tuple[np.ndarray, np.ndarray]:
 def _open_reader(path: Path, header_line: int, names: list[str], counter: _RowCounter,
                  block_size: int, as_text: bool) -> pacsv.CSVStreamingReader:
     dtype = pa.string() if as_text else pa.float64()
+    # The system allocator returns freed blocks to the OS; pyarrow's default
+    # (jemalloc) keeps them, which would let resident memory grow with input size.
     return pacsv.open_csv(
         path,
+        memory_pool=pa.system_memory_pool(),
         read_options=pacsv.ReadOptions(skip_rows=header_line + 1, column_names=names,
                                        block_size=block_size),
         parse_options=pacsv.ParseOptions(invalid_row_handler=counter),
@@ -438,6 +443,38 @@ def _merge_runs(runs: Sequence[_Run], writer: _SampleWriter, block_rows: int) ->
     return duplicates
 
 
+def _prefetch(iterator: Iterator[Any], depth: int = 2) -> Iterator[Any]:
+    """Run ``iterator`` in a background thread, ``depth`` items ahead.
+
+    pyarrow parses with the GIL released, so the next block is parsed while this
+    thread filters, indexes and sorts the previous one. Exceptions are re-raised
+    here, in order.
+    """
+    items: queue.Queue = queue.Queue(maxsize=depth)
+    done = object()
+
+    def produce() -> None:
+        try:
+            for item in iterator:
+                items.put((item, None))
+        except BaseException as exc:  # handed to the consumer
+            items.put((None, exc))
+            return
+        items.put((done, None))
+
+    thread = threading.Thread(target=produce, name="vaemap-parse", daemon=True)
+    thread.start()
+    while True:
+        item, exc = items.get()
+        if exc is not None:
+            thread.join()
+            raise exc
+        if item is done:
+            thread.join()
+            return
+        yield item
+
+
 def _ingest_file(path: Path, params: Mapping[str, Any], spill: h5py.File,
                  totals: dict[str, int]) -> tuple[list[_Run], dict[str, Any]]:
     """Parse, filter and index one table into sorted runs in ``spill``."""
@@ -465,7 +502,9 @@ def _ingest_file(path: Path, params: Mapping[str, Any], spill: h5py.File,
     # The checksum is computed in a thread while the table is parsed (hashlib
     # releases the GIL), so provenance costs no extra pass over the file.
     checksum = _CHECKSUMS.submit(file_checksum, path)
-    for cols in iter_rdr_batches(path, on_malformed=params["on_malformed"], stats=stats):
+    batches = _prefetch(iter_rdr_batches(path, on_malformed=params["on_malformed"],
+                                         stats=stats))
+    for cols in batches:
         keep, counts = quality_filter(cols, params)
         rows += keep.size
         for reason, n in counts.items():
