@@ -137,3 +137,30 @@ def test_device_auto_resolves_everywhere():
     if not torch.cuda.is_available():
         with pytest.raises(RuntimeError, match="CUDA is not available"):
             train.resolve_device("cuda")
+
+
+def test_mean_profile_interpolates_in_absolute_latitude():
+    from vaemap.model import mean_profile
+
+    norm_lat = torch.tensor([10.0, 30.0])
+    norm_mean = torch.stack([torch.full((1, 4), 100.0), torch.full((1, 4), 200.0)])
+    out = mean_profile(torch.tensor([-20.0, 20.0, 0.0, 80.0]), norm_lat, norm_mean)
+    torch.testing.assert_close(out[:, 0, 0], torch.tensor([150.0, 150.0, 100.0, 200.0]))
+    single = mean_profile(torch.tensor([5.0, 60.0]), torch.zeros(1), norm_mean[:1])
+    assert single.shape == (2, 1, 4)
+
+
+@pytest.mark.parametrize("mode", ["latitude", "per_bin", "global"])
+def test_normalisation_modes_centre_the_training_data(survey, mode):
+    from vaemap.model import mean_profile
+
+    data = train.load_profiles(survey["profiles_h5"])
+    norm_lat, mean, std = train._normalisation(data["profile"], data["lat"], mode)
+    assert mean.ndim == 3 and std.shape == data["profile"].shape[1:]
+    assert np.isfinite(mean).all() and (std > 0).all()
+    fitted = mean_profile(torch.from_numpy(data["lat"]), torch.from_numpy(norm_lat),
+                          torch.from_numpy(mean)).numpy()
+    residual = np.nanmean(data["profile"] - fitted)
+    assert abs(residual) < 0.1 * np.nanstd(data["profile"])
+    if mode == "latitude":  # removing latitude leaves much less spread than a global mean
+        assert np.nanstd(data["profile"] - fitted) < 0.5 * np.nanstd(data["profile"])

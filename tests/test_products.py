@@ -7,6 +7,7 @@ import healpy as hp
 import numpy as np
 import pytest
 from astropy.io import fits
+from astropy.table import Table
 from PIL import Image
 
 from vaemap import evaluate, maps
@@ -56,8 +57,8 @@ def test_latents_contract(trained, survey):
         assert h5.attrs["ordering"] == "NESTED"
 
 
-def test_maps_fits_and_png(trained, tiny_config, tmp_path):
-    maps.run(trained["latents"], tmp_path, tiny_config)
+def test_maps_fits_and_png(trained, survey, tiny_config, tmp_path):
+    maps.run(trained["latents"], survey["profiles_h5"], trained["model"], tmp_path, tiny_config)
     with h5py.File(trained["latents"]) as h5:
         pix, mu, nside = h5["pix"][...], h5["mu"][...], int(h5.attrs["nside"])
         score = h5["anomaly_score"][...]
@@ -72,7 +73,13 @@ def test_maps_fits_and_png(trained, tiny_config, tmp_path):
     np.testing.assert_array_equal(m0[pix], mu[:, 0])  # exact, float32 both
     np.testing.assert_array_equal(hp.read_map(tmp_path / "anomaly_score.fits", nest=None)[pix],
                                   score)
+    catalogue = Table.read(tmp_path / "anomalies.ecsv", format="ascii.ecsv")
+    assert catalogue["lon"].unit == "deg" and catalogue.meta["ordering"] == "NESTED"
+    for figure in ("anomaly_profiles.png", "latent_traversal.png"):
+        image = np.asarray(Image.open(tmp_path / figure).convert("L"), dtype=float)
+        assert image.std() > 10
     header = fits.getheader(tmp_path / "recon_error.fits", 1)
+    assert any("vaemap config" in str(h) for h in header["HISTORY"])
     assert header["ORDERING"] == "NESTED"
     assert header["BODY"] == "MOON"
     assert header["TTYPE2"] == "RECON_ERROR" and header["TUNIT2"] == "K"
@@ -91,3 +98,22 @@ def test_evaluate_with_and_without_truth(trained, survey, tiny_config, tmp_path)
     assert "spearman" not in real
     assert (tmp_path / "r" / "kl.png").exists()
     assert not (tmp_path / "r" / "correlation.png").exists()
+
+
+def test_anomaly_catalogue_groups_connected_pixels():
+    nside = 16
+    pix = np.arange(hp.nside2npix(nside))
+    score = np.zeros(pix.size)
+    blob_a = hp.query_disc(nside, hp.ang2vec(30.0, 10.0, lonlat=True), np.radians(8), nest=True)
+    blob_b = hp.query_disc(nside, hp.ang2vec(200.0, -40.0, lonlat=True), np.radians(5),
+                           nest=True)
+    score[blob_a] = 5.0
+    score[blob_b] = 9.0
+    table = maps.anomaly_catalogue(pix, score, nside, threshold=3.5)
+    assert len(table) == 2
+    assert table["n_pixels"][0] == blob_b.size and table["peak_score"][0] == 9.0
+    assert table["lon"][1] == pytest.approx(30.0, abs=2.0)
+    assert table["lat"][1] == pytest.approx(10.0, abs=2.0)
+    assert table["area"][0] > 0
+    empty = maps.anomaly_catalogue(pix, np.zeros(pix.size), nside, threshold=3.5)
+    assert len(empty) == 0

@@ -81,7 +81,7 @@ def _step_encode(args, cfg):
 def _step_maps(args, cfg):
     from vaemap import maps
 
-    return maps.run(args.latents, args.outdir, cfg)
+    return maps.run(args.latents, args.profiles, args.model, args.outdir, cfg)
 
 
 def _step_evaluate(args, cfg):
@@ -144,8 +144,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", required=True, help="latents.h5 to write")
     _common(p)
 
-    p = add("maps", _step_maps, "Write HEALPix FITS maps and PNG renderings of every product.")
+    p = add("maps", _step_maps, "Write HEALPix FITS maps and PNG renderings of every product, "
+            "the anomaly catalogue (ECSV) and the latent-traversal figure.")
     p.add_argument("latents", help="latents.h5")
+    p.add_argument("--profiles", required=True, help="profiles.h5 (for the anomaly figure)")
+    p.add_argument("--model", required=True, help="model.pt (for the latent traversal)")
     p.add_argument("--outdir", required=True, help="output directory")
     _common(p)
 

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from vaemap.io import atomic_path, provenance_attrs, write_dataset
-from vaemap.model import latitude_condition, load_checkpoint, normalise
+from vaemap.model import latitude_condition, load_checkpoint, mean_profile, normalise
 from vaemap.train import resolve_device
 
 __all__ = ["robust_z", "run"]
@@ -58,7 +58,8 @@ def run(profiles: str | Path, model_path: str | Path, output: str | Path,
     params = config["encode"]
     device = resolve_device(config["device"])
     model, ckpt = load_checkpoint(model_path, device)
-    mean = ckpt["norm_mean"].to(device)
+    norm_lat = ckpt["norm_lat"].to(device)
+    norm_mean = ckpt["norm_mean"].to(device)
     std = ckpt["norm_std"].to(device)
     arch = ckpt["arch"]
     batch = params["batch_size"]
@@ -86,6 +87,7 @@ def run(profiles: str | Path, model_path: str | Path, output: str | Path,
                     b = min(a + batch, n)
                     prof = torch.from_numpy(src["profile"][a:b]).to(device)
                     lat = torch.from_numpy(src["lat"][a:b]).to(device)
+                    mean = mean_profile(lat, norm_lat, norm_mean)
                     x, mask = normalise(prof, mean, std)
                     m, lv = model.encode(x, mask)
                     recon_k = model.decode(m, latitude_condition(lat, arch["n_cond"])) * std + mean

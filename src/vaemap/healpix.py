@@ -63,13 +63,15 @@ def write_partial_map(
     column: str,
     unit: str = "",
     extra_header: dict | None = None,
+    history: list[tuple[str, str]] | None = None,
 ) -> None:
     """Write a partial NESTED HEALPix FITS map of ``values`` at pixels ``pix`` (atomically).
 
     Unlisted pixels are unobserved (``hp.UNSEEN`` when read back as a full map).
     The header carries the ordering, nside, ``BODY = 'MOON'``, the planetocentric
     east-positive longitude convention, units and the package version, plus any
-    ``extra_header`` cards (keys up to 8 characters).
+    ``extra_header`` cards (keys up to 8 characters) and ``history`` cards
+    (``("HISTORY", text)`` pairs, e.g. the producing configuration).
     """
     from vaemap import __version__
     from vaemap.io import atomic_path
@@ -86,6 +88,7 @@ def write_partial_map(
     ]
     for key, value in (extra_header or {}).items():
         header.append((key[:8].upper(), value))
+    header += list(history or [])
     with atomic_path(path) as tmp:
         hp.write_map(str(tmp), full, nest=True, partial=True, column_names=[column],
                      column_units=unit or None, extra_header=header, dtype=np.float32,

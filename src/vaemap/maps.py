@@ -55,10 +55,24 @@ def _values(h5: h5py.File, name: str) -> np.ndarray:
     return h5[name][...].astype(np.float32)
 
 
+def _colour_limits(values: np.ndarray, percentiles: tuple[float, float]) -> tuple[float, float]:
+    finite = values[np.isfinite(values)]
+    lo, hi = (np.percentile(finite, percentiles) if finite.size else (0.0, 1.0))
+    return float(lo), float(hi if hi > lo else lo + 1.0)
+
+
 def render_png(path: str | Path, pix: np.ndarray, values: np.ndarray, nside: int, *,
                title: str, unit: str, cmap: str = "viridis",
-               percentiles: tuple[float, float] = (1.0, 99.0)) -> None:
-    """Mollweide PNG of a partial NESTED map (geographic: east to the right)."""
+               percentiles: tuple[float, float] = (1.0, 99.0),
+               region: Mapping[str, Any] | None = None) -> None:
+    """Four views of a partial NESTED map in one PNG, with labelled colour bars.
+
+    Top: the globe (Mollweide, east to the right); bottom: the north and south
+    polar caps (orthographic) and a cartesian zoom on ``region``
+    (``{"name", "lon": [min, max], "lat": [min, max]}``, degrees).  Colour
+    limits are the ``percentiles`` of the observed values; unobserved pixels
+    are grey.
+    """
     import healpy as hp
     import matplotlib
 
@@ -67,38 +81,213 @@ def render_png(path: str | Path, pix: np.ndarray, values: np.ndarray, nside: int
 
     full = np.full(hp.nside2npix(nside), hp.UNSEEN)
     full[pix] = values
-    finite = values[np.isfinite(values)]
-    lo, hi = (np.percentile(finite, percentiles) if finite.size else (0.0, 1.0))
-    if hi <= lo:
-        hi = lo + 1.0
-    hp.mollview(full, nest=True, flip="geo", title=title, unit=unit, min=lo, max=hi,
-                cmap=cmap, badcolor="lightgray", cbar=True)
-    fig = plt.gcf()
-    fig.set_size_inches(8.5, 5.0)
+    lo, hi = _colour_limits(values, percentiles)
+    style = {"nest": True, "flip": "geo", "min": lo, "max": hi, "cmap": cmap,
+             "badcolor": "lightgray", "unit": unit, "cbar": True}
+    fig = plt.figure(figsize=(11.0, 9.0))
+    hp.mollview(full, fig=fig.number, sub=(2, 1, 1), title=title, **style)
     hp.graticule(dpar=30, dmer=60, alpha=0.4)
+    hp.orthview(full, fig=fig.number, sub=(2, 3, 4), rot=(0, 90, 0), half_sky=True,
+                title="north pole", **style)
+    hp.graticule(dpar=15, dmer=30, alpha=0.4)
+    hp.orthview(full, fig=fig.number, sub=(2, 3, 5), rot=(0, -90, 0), half_sky=True,
+                title="south pole", **style)
+    hp.graticule(dpar=15, dmer=30, alpha=0.4)
+    if region is not None:
+        lon0, lon1 = region["lon"]
+        centre = 0.5 * (lon0 + lon1)
+        hp.cartview(full, fig=fig.number, sub=(2, 3, 6), rot=(centre, 0, 0),
+                    lonra=[lon0 - centre, lon1 - centre], latra=list(region["lat"]),
+                    title=f"{region['name']} (lon {lon0:g}..{lon1:g}, lat "
+                          f"{region['lat'][0]:g}..{region['lat'][1]:g})", **style)
+        hp.graticule(dpar=10, dmer=10, alpha=0.4)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=90)
+    plt.close(fig)
+
+
+def anomaly_catalogue(pix: np.ndarray, score: np.ndarray, nside: int, threshold: float):
+    """Connected regions of anomalous pixels as an astropy Table, strongest first.
+
+    Pixels with ``score > threshold`` are linked to their (up to 8) HEALPix
+    neighbours that are anomalous too; each connected group is one region,
+    with the score-weighted centre (lon, lat in degrees), area (km²), pixel
+    count, peak and mean score, and the pixel of the peak.
+    """
+    import astropy.units as u
+    import healpy as hp
+    from astropy.table import Table
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    from vaemap.healpix import MOON_RADIUS_KM
+
+    hot = np.flatnonzero(np.isfinite(score) & (score > threshold))
+    columns = ["region", "lon", "lat", "area", "n_pixels", "peak_score", "mean_score",
+               "peak_pix"]
+    if hot.size == 0:
+        table = Table(names=columns, dtype=[int, float, float, float, int, float, float, int])
+    else:
+        hot_pix = pix[hot]
+        index = {p: i for i, p in enumerate(hot_pix)}
+        neighbours = hp.get_all_neighbours(nside, hot_pix, nest=True).T  # (n, 8)
+        rows, cols = [], []
+        for i, nb in enumerate(neighbours):
+            for q in nb:
+                j = index.get(int(q), -1) if q >= 0 else -1
+                if j >= 0:
+                    rows.append(i)
+                    cols.append(j)
+        graph = coo_matrix((np.ones(len(rows)), (rows, cols)), shape=(hot.size, hot.size))
+        n_regions, label = connected_components(graph, directed=False)
+        vec = np.array(hp.pix2vec(nside, hot_pix, nest=True)).T
+        weight = score[hot]
+        area_px = hp.nside2pixarea(nside) * MOON_RADIUS_KM**2
+        records = []
+        for k in range(n_regions):
+            members = label == k
+            centre = (vec[members] * weight[members, None]).sum(axis=0)
+            lon, lat = hp.vec2ang(centre / np.linalg.norm(centre), lonlat=True)
+            peak = np.argmax(np.where(members, weight, -np.inf))
+            records.append((float(np.mod(lon[0], 360.0)), float(lat[0]),
+                            float(members.sum() * area_px), int(members.sum()),
+                            float(weight[members].max()), float(weight[members].mean()),
+                            int(hot_pix[peak])))
+        records.sort(key=lambda r: -r[4])
+        table = Table(rows=[(i + 1, *r) for i, r in enumerate(records)], names=columns)
+    table["lon"].unit, table["lat"].unit, table["area"].unit = u.deg, u.deg, u.km**2
+    table.meta.update({"nside": nside, "ordering": "NESTED", "body": "MOON",
+                       "threshold": threshold,
+                       "description": "connected regions of pixels whose anomaly score "
+                                      "(robust z of the L1 reconstruction error) exceeds "
+                                      "the threshold; lon east [0, 360), planetocentric lat"})
+    return table
+
+
+def _plot_region_profiles(path: Path, table, latents: h5py.File, profiles: h5py.File,
+                          n_top: int = 6) -> None:
+    """Observed vs reconstructed profile at the peak pixel of the top regions."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    pix = latents["pix"][...]
+    edges = profiles.attrs["bin_edges_h"]
+    centres = 0.5 * (edges[1:] + edges[:-1])
+    n = min(n_top, len(table))
+    fig, axes = plt.subplots(2, 3, figsize=(12, 6.5), sharex=True, constrained_layout=True)
+    for ax, row in zip(axes.flat, table[:n], strict=False):
+        i = int(np.searchsorted(pix, row["peak_pix"]))
+        observed = profiles["profile"][i, 0]
+        ax.plot(centres, observed, "o", ms=3, label="observed")
+        if "recon" in latents:
+            ax.plot(centres, latents["recon"][i, 0], "-", label="reconstruction")
+        ax.set_title(f"#{row['region']}: lon {row['lon']:.1f}°, lat {row['lat']:.1f}°, "
+                     f"z = {row['peak_score']:.1f}", fontsize=9)
+        ax.set_ylabel("T (K)")
+    for ax in axes.flat[n:]:
+        ax.set_axis_off()
+    for ax in axes[-1]:
+        ax.set_xlabel("local time (h)")
+        ax.set_xticks(range(0, 25, 6))
+    if n:
+        axes.flat[0].legend(fontsize=8)
+    else:
+        fig.suptitle("no pixel above the anomaly threshold")
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=100)
     plt.close(fig)
 
 
-def run(latents: str | Path, outdir: str | Path, config: Mapping[str, Any]) -> dict[str, Any]:
-    """Write ``<name>.fits`` and ``<name>.png`` for every product of ``latents.h5``."""
+def latent_traversal(path: Path, model_path: Path, latents: h5py.File, n_steps: int = 7,
+                     lat_deg: float = 0.0) -> None:
+    """Decode a sweep of each latent around the median code (others held at it).
+
+    One panel per latent: profiles for values from the 5th to the 95th
+    percentile of that latent's posterior means, at latitude ``lat_deg``, so
+    a scientist can see which diurnal behaviour each latent controls.
+    """
+    import matplotlib
+    import torch
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from vaemap.model import latitude_condition, load_checkpoint, mean_profile
+
+    model, ckpt = load_checkpoint(model_path)
+    mu = latents["mu"][...]
+    median = np.median(mu, axis=0)
+    k = mu.shape[1]
+    bins = ckpt["arch"]["bins"]
+    lt = (np.arange(bins) + 0.5) * 24.0 / bins
+    cmap = plt.get_cmap("coolwarm")
+    fig, axes = plt.subplots(1, k, figsize=(3.6 * k, 3.6), sharey=True, constrained_layout=True)
+    axes = np.atleast_1d(axes)
+    lat = torch.tensor([lat_deg])
+    mean = mean_profile(lat, ckpt["norm_lat"], ckpt["norm_mean"])[0]
+    with torch.inference_mode():
+        for j, ax in enumerate(axes):
+            values = np.percentile(mu[:, j], np.linspace(5, 95, n_steps))
+            z = np.repeat(median[None], n_steps, axis=0)
+            z[:, j] = values
+            cond = latitude_condition(lat.repeat(n_steps), ckpt["arch"]["n_cond"])
+            out = model.decode(torch.from_numpy(z).float(), cond) * ckpt["norm_std"] + mean
+            for i, prof in enumerate(out[:, 0].numpy()):
+                ax.plot(lt, prof, color=cmap(i / max(n_steps - 1, 1)), lw=1.2)
+            ax.set_title(f"latent {j}: {values[0]:+.2f} (blue) … {values[-1]:+.2f} (red)",
+                         fontsize=9)
+            ax.set_xlabel("local time (h)")
+            ax.set_xticks(range(0, 25, 6))
+    axes[0].set_ylabel(f"T (K) at latitude {lat_deg:g}°")
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+
+
+def _config_history(config: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """The producing configuration as FITS HISTORY cards (70 characters each)."""
+    import json
+
+    text = "vaemap config: " + json.dumps(config, sort_keys=True, separators=(",", ":"))
+    return [("HISTORY", text[i:i + 70]) for i in range(0, len(text), 70)]
+
+
+def run(latents: str | Path, profiles: str | Path, model: str | Path, outdir: str | Path,
+        config: Mapping[str, Any]) -> dict[str, Any]:
+    """Write every map product, the anomaly catalogue and the latent traversal.
+
+    In ``outdir``: ``<name>.fits`` and ``<name>.png`` for each of
+    :func:`map_products`; ``anomalies.ecsv`` (astropy ECSV) and
+    ``anomaly_profiles.png``; ``latent_traversal.png``.
+    """
     outdir = Path(outdir)
     params = config["maps"]
+    region = params["region"]
     written = []
-    with h5py.File(latents, "r") as h5:
+    with h5py.File(latents, "r") as h5, h5py.File(profiles, "r") as prof:
         nside = int(h5.attrs["nside"])
         latent_dim = int(h5["mu"].shape[1])
         pix = h5["pix"][...]
+        history = _config_history(config)
         for name, meta in map_products(latent_dim).items():
             values = _values(h5, name)
             header = {"PRODUCT": meta["fits"], "LATENTS": latent_dim,
                       "BETA": float(config["model"]["beta"])}
             write_partial_map(outdir / f"{name}.fits", pix, values, nside,
-                              column=name.upper(), unit=meta["unit"], extra_header=header)
+                              column=name.upper(), unit=meta["unit"], extra_header=header,
+                              history=history)
             render_png(outdir / f"{name}.png", pix, values, nside, title=meta["title"],
                        unit=meta["unit"], cmap=params["cmap"],
-                       percentiles=tuple(params["percentiles"]))
+                       percentiles=tuple(params["percentiles"]), region=region)
             written.append(name)
-    log.info("wrote %d map products to %s", len(written), outdir)
-    return {"products": written, "outdir": str(outdir)}
+        threshold = float(h5.attrs["anomaly_threshold"])
+        table = anomaly_catalogue(pix, h5["anomaly_score"][...], nside, threshold)
+        with atomic_path(outdir / "anomalies.ecsv") as tmp:
+            table.write(tmp, format="ascii.ecsv", overwrite=True)
+        _plot_region_profiles(outdir / "anomaly_profiles.png", table, h5, prof)
+        latent_traversal(outdir / "latent_traversal.png", Path(model), h5)
+    log.info("wrote %d map products, %d anomaly regions to %s", len(written), len(table),
+             outdir)
+    return {"products": written, "anomaly_regions": len(table), "outdir": str(outdir)}

@@ -43,18 +43,28 @@ def bin_edges(bins: int) -> np.ndarray:
 def max_cyclic_gap_h(observed: np.ndarray) -> np.ndarray:
     """Largest cyclic local-time gap, hours, between observed bins.
 
-    ``observed`` is boolean, shape (n, bins).  The gap is measured between bin
-    centres, wrapping through midnight; a pixel with no observed bin has a gap
-    of 24 h, one with a single bin 24 h too.
+    ``observed`` is boolean, shape (n, bins).  The gap is the run of empty bins
+    between two observed ones, wrapping through midnight; a pixel with fewer
+    than two observed bins has a gap of 24 h.  Vectorised over pixels: each
+    observed bin is paired with the next observed bin of its row.
     """
     n, bins = observed.shape
-    width = 24.0 / bins
     gaps = np.full(n, 24.0)
-    for i in range(n):  # one short argwhere per pixel; n is a tile, not the survey
-        idx = np.flatnonzero(observed[i])
-        if idx.size >= 2:
-            steps = np.diff(np.concatenate([idx, idx[:1] + bins]))
-            gaps[i] = (steps.max() - 1) * width
+    rows, cols = np.nonzero(observed)  # row-major: sorted by row, then bin
+    if rows.size == 0:
+        return gaps
+    counts = np.bincount(rows, minlength=n)
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    nxt = np.empty_like(cols)
+    nxt[:-1] = cols[1:]
+    last = starts + counts - 1  # last observed bin of each row wraps to its first + bins
+    has = counts > 0
+    nxt[last[has]] = cols[starts[has]] + bins
+    empty_run = nxt - cols - 1
+    longest = np.zeros(n, dtype=np.int64)
+    np.maximum.at(longest, rows, empty_run)
+    ok = counts >= 2
+    gaps[ok] = longest[ok] * (24.0 / bins)
     return gaps
 
 

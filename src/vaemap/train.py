@@ -35,6 +35,7 @@ from vaemap.model import (
     kl_per_latent,
     latitude_condition,
     masked_sse,
+    mean_profile,
     normalise,
 )
 
@@ -103,23 +104,68 @@ def _fingerprint(path: str | Path) -> str:
     return f"{stat.st_size}:{stat.st_mtime_ns}"
 
 
-def _normalisation(profile: np.ndarray, mode: str) -> tuple[np.ndarray, np.ndarray]:
-    """Per-bin or global (mean, std), each broadcastable to (channels, bins), kelvin."""
+LATITUDE_BAND_DEG = 5.0
+
+
+def _normalisation(profile: np.ndarray, lat: np.ndarray, mode: str
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Normalisation constants from the training pixels.
+
+    Returns ``(norm_lat (K,), mean (K, channels, bins), std (channels, bins))``,
+    kelvin. ``global``: one mean and std; ``per_bin``: each local-time bin
+    standardised; ``latitude``: mean profiles in 5° bands of |latitude|
+    (interpolated between band centres, see :func:`vaemap.model.mean_profile`)
+    and the per-bin spread around them — insolation, which latitude sets, is
+    then removed before the model sees the data.
+    """
     shape = profile.shape[1:]
     with np.errstate(invalid="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN bins
-        if mode == "per_bin":
-            mean = np.nanmean(profile, axis=0)
+        g_mean = np.nanmean(profile, axis=(0, 2), keepdims=True)[0]  # (C, 1)
+        g_std = np.nanstd(profile, axis=(0, 2), keepdims=True)[0]
+        bin_mean = np.nanmean(profile, axis=0)
+        # Bins no training pixel observed borrow the channel's global value.
+        bin_mean = np.where(np.isfinite(bin_mean), bin_mean, g_mean)
+        if mode == "global":
+            norm_lat = np.zeros(1)
+            mean = np.broadcast_to(np.nanmean(profile), shape)[None]
+            std = np.full(shape, np.nanstd(profile))
+        elif mode == "per_bin":
+            norm_lat = np.zeros(1)
+            mean = bin_mean[None]
             std = np.nanstd(profile, axis=0)
-            # Bins no training pixel observed borrow the channel's global value.
-            g_mean = np.nanmean(profile, axis=(0, 2), keepdims=True)[0]
-            g_std = np.nanstd(profile, axis=(0, 2), keepdims=True)[0]
-            mean = np.where(np.isfinite(mean), mean, g_mean)
             std = np.where(np.isfinite(std) & (std > 1e-3), std, g_std)
         else:
-            mean = np.full(shape, np.nanmean(profile))
-            std = np.full(shape, np.nanstd(profile))
-    return mean.astype(np.float32), np.maximum(std, 1e-3).astype(np.float32)
+            edges = np.arange(0.0, 90.0 + LATITUDE_BAND_DEG, LATITUDE_BAND_DEG)
+            band = np.clip(np.digitize(np.abs(lat), edges) - 1, 0, edges.size - 2)
+            means, centres = [], []
+            for k in range(edges.size - 1):
+                members = profile[band == k]
+                if members.shape[0] == 0:
+                    continue
+                m = np.nanmean(members, axis=0)
+                means.append(m)
+                centres.append(float(np.mean(np.abs(lat[band == k]))))
+            mean = np.stack(means)
+            # Bins a band never observed: interpolate from the other bands.
+            for c in range(shape[0]):
+                for b in range(shape[1]):
+                    col = mean[:, c, b]
+                    ok = np.isfinite(col)
+                    col[~ok] = (np.interp(np.array(centres)[~ok], np.array(centres)[ok],
+                                          col[ok]) if ok.any() else bin_mean[c, b])
+            norm_lat = np.array(centres)
+            idx = np.clip(np.searchsorted(norm_lat, np.abs(lat)), 1, max(norm_lat.size - 1, 1))
+            if norm_lat.size == 1:
+                fitted = np.broadcast_to(mean[0], profile.shape)
+            else:
+                lo = idx - 1
+                w = np.clip((np.abs(lat) - norm_lat[lo]) / (norm_lat[idx] - norm_lat[lo]), 0, 1)
+                fitted = (1 - w)[:, None, None] * mean[lo] + w[:, None, None] * mean[idx]
+            std = np.nanstd(profile - fitted, axis=0)
+            std = np.where(np.isfinite(std) & (std > 0.5), std, 0.5)
+    return (norm_lat.astype(np.float32), np.asarray(mean, np.float32),
+            np.maximum(std, 1e-3).astype(np.float32))
 
 
 def _arch(config: Mapping[str, Any], channels: int, bins: int) -> VAEConfig:
@@ -208,8 +254,9 @@ def run(
     """Train a β-VAE on ``profiles`` and write the checkpoint ``output`` (model.pt).
 
     ``model.pt`` is a plain dict loadable with ``torch.load(..., weights_only=True)``:
-    ``state_dict``, ``arch`` (:class:`VAEConfig` fields), ``norm_mean`` /
-    ``norm_std`` (channels, bins) kelvin, ``normalisation``, ``config`` (the
+    ``state_dict``, ``arch`` (:class:`VAEConfig` fields), ``norm_lat`` (K,)
+    degrees, ``norm_mean`` (K, channels, bins) and ``norm_std`` (channels, bins)
+    kelvin (see :func:`vaemap.model.mean_profile`), ``normalisation``, ``config`` (the
     model and train sections), ``metrics`` (final validation numbers) and
     ``history`` (per epoch).  The full training state (optimiser, scheduler,
     random generator) is kept in ``<output>.ckpt`` after every epoch; with
@@ -233,18 +280,22 @@ def run(
         raise ValueError(f"{profiles}: no training pixels left after the validation split")
     if val_idx.size == 0:
         val_idx = train_idx  # val_fraction 0: report on the training set
-    mean, std = _normalisation(data["profile"][train_idx], config["profiles"]["normalisation"])
+    norm_lat, mean, std = _normalisation(data["profile"][train_idx], data["lat"][train_idx],
+                                         config["profiles"]["normalisation"])
     arch = _arch(config, channels, bins)
     model = ProfileVAE(arch).to(device)
     log.info("training on %s: %d train / %d validation pixels, %d parameters", device,
              train_idx.size, val_idx.size, sum(p.numel() for p in model.parameters()))
 
     prof_t = torch.from_numpy(data["profile"]).to(device)
-    mean_t, std_t = torch.from_numpy(mean).to(device), torch.from_numpy(std).to(device)
+    lat_t = torch.from_numpy(data["lat"]).to(device)
+    std_t = torch.from_numpy(std).to(device)
+    mean_t = mean_profile(lat_t, torch.from_numpy(norm_lat).to(device),
+                          torch.from_numpy(mean).to(device))
     x, mask = normalise(prof_t, mean_t, std_t)
     weight = bin_weights(torch.from_numpy(data["count"].astype(np.int32)).to(device), std_t,
                          mcfg["noise_k"], mcfg["floor_k"])
-    cond = latitude_condition(torch.from_numpy(data["lat"]).to(device), arch.n_cond)
+    cond = latitude_condition(lat_t, arch.n_cond)
     tr = torch.from_numpy(train_idx).to(device)
     va = torch.from_numpy(val_idx).to(device)
     x_tr, m_tr, w_tr, c_tr = x[tr], mask[tr], weight[tr], cond[tr]
@@ -355,6 +406,7 @@ def run(
         "format": CHECKPOINT_FORMAT,
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "arch": arch.to_dict(),
+        "norm_lat": torch.from_numpy(norm_lat),
         "norm_mean": torch.from_numpy(mean),
         "norm_std": torch.from_numpy(std),
         "normalisation": config["profiles"]["normalisation"],

@@ -1,6 +1,8 @@
 rule maps:
     input:
-        f"{RESULTS}/latents.h5",
+        latents=f"{RESULTS}/latents.h5",
+        profiles=f"{RESULTS}/profiles.h5",
+        model=f"{RESULTS}/model/model.pt",
     output:
         fits=expand(f"{RESULTS}/maps/{{product}}.fits", product=PRODUCTS),
         png=[
@@ -12,6 +14,21 @@ rule maps:
             )
             for product in PRODUCTS
         ],
+        catalogue=report(
+            f"{RESULTS}/maps/anomalies.ecsv",
+            category="Anomalies",
+            caption="../report/anomalies.rst",
+        ),
+        anomaly_profiles=report(
+            f"{RESULTS}/maps/anomaly_profiles.png",
+            category="Anomalies",
+            caption="../report/anomaly_profiles.rst",
+        ),
+        traversal=report(
+            f"{RESULTS}/maps/latent_traversal.png",
+            category="Latents",
+            caption="../report/traversal.rst",
+        ),
     log:
         f"{LOGS}/maps.log",
     benchmark:
@@ -25,5 +42,5 @@ rule maps:
         cfg=step_config("maps", "model"),
         outdir=lambda wildcards, output: os.path.dirname(output.fits[0]),
     shell:
-        "vaemap maps {input} --outdir {params.outdir} --config-json {params.cfg:q} "
-        "--json > {log} 2>&1"
+        "vaemap maps {input.latents} --profiles {input.profiles} --model {input.model} "
+        "--outdir {params.outdir} --config-json {params.cfg:q} --json > {log} 2>&1"
