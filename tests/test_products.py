@@ -87,12 +87,16 @@ def test_maps_fits_and_png(trained, survey, tiny_config, tmp_path):
 
 
 def test_evaluate_with_and_without_truth(trained, survey, tiny_config, tmp_path):
-    m = evaluate.run(trained["latents"], survey["truth"], tmp_path / "t", tiny_config)
+    m = evaluate.run(trained["latents"], survey["truth"], tmp_path / "t", tiny_config,
+                     profiles=survey["profiles_h5"], model=trained["model"])
+    assert 0.0 <= m["mig"] <= 1.0 and 0.0 <= m["dci"]["disentanglement"] <= 1.0
+    assert set(m["baselines"]) == {"pca"}
+    assert "| MIG |" in (tmp_path / "t" / "metrics.md").read_text()
     assert m["ground_truth"] is True
     assert set(m["best_abs_spearman"]) == set(evaluate.FACTOR_NAMES)
     assert 0.0 <= m["anomaly"]["roc_auc"] <= 1.0
     assert json.loads((tmp_path / "t" / "metrics.json").read_text())["pixels"] == m["pixels"]
-    assert "| albedo |" in (tmp_path / "t" / "metrics.md").read_text()
+    assert "| best abs Spearman, albedo |" in (tmp_path / "t" / "metrics.md").read_text()
     real = evaluate.run(trained["latents"], None, tmp_path / "r", tiny_config)
     assert real["ground_truth"] is False and "no ground truth" in real["note"]
     assert "spearman" not in real
@@ -117,3 +121,23 @@ def test_anomaly_catalogue_groups_connected_pixels():
     assert table["area"][0] > 0
     empty = maps.anomaly_catalogue(pix, np.zeros(pix.size), nside, threshold=3.5)
     assert len(empty) == 0
+
+
+def test_mig_and_dci_on_known_codes():
+    rng = np.random.default_rng(1)
+    factors = rng.uniform(size=(4000, 3))
+    perfect = factors[:, [2, 0, 1]] * np.array([3.0, -1.0, 0.5])  # permuted, rescaled
+    mig, gaps = evaluate.mutual_information_gap(perfect, factors)
+    assert mig > 0.8 and gaps.min() > 0.8
+    d = evaluate.dci(perfect, factors)
+    assert d["disentanglement"] > 0.95 and d["completeness"] > 0.95
+    assert d["informativeness_r2"] > 0.99
+    rotation = np.linalg.qr(rng.normal(size=(3, 3)))[0]
+    entangled = factors @ rotation
+    mig_e, _ = evaluate.mutual_information_gap(entangled, factors)
+    d_e = evaluate.dci(entangled, factors)
+    assert mig_e < 0.5 * mig
+    assert d_e["disentanglement"] < 0.7 and d_e["completeness"] < 0.7
+    assert d_e["informativeness_r2"] > 0.99  # rotation loses no information
+    noise = rng.normal(size=(4000, 3))
+    assert evaluate.dci(noise, factors)["informativeness_r2"] < 0.05

@@ -81,13 +81,22 @@ def _step_encode(args, cfg):
 def _step_maps(args, cfg):
     from vaemap import maps
 
-    return maps.run(args.latents, args.profiles, args.model, args.outdir, cfg)
+    return maps.run(args.latents, args.profiles, args.model, args.outdir, cfg,
+                    threads=args.threads)
 
 
 def _step_evaluate(args, cfg):
     from vaemap import evaluate
 
-    return evaluate.run(args.latents, args.truth, args.outdir, cfg)
+    return evaluate.run(args.latents, args.truth, args.outdir, cfg, profiles=args.profiles,
+                        model=args.model)
+
+
+def _step_summarize(args, cfg):
+    from vaemap import evaluate
+
+    rows = evaluate.summarize(args.metrics, args.labels, args.output, args.csv)
+    return {"rows": len(rows), "output": args.output}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -149,6 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("latents", help="latents.h5")
     p.add_argument("--profiles", required=True, help="profiles.h5 (for the anomaly figure)")
     p.add_argument("--model", required=True, help="model.pt (for the latent traversal)")
+    p.add_argument("--threads", type=int, default=1, help="figures drawn in parallel")
     p.add_argument("--outdir", required=True, help="output directory")
     _common(p)
 
@@ -156,7 +166,17 @@ def build_parser() -> argparse.ArgumentParser:
             "(when simulated) and report KL, active units, reconstruction statistics.")
     p.add_argument("latents", help="latents.h5")
     p.add_argument("--truth", help="truth.h5 from simulate (omit for real data)")
+    p.add_argument("--profiles", help="profiles.h5, with --model: adds the PCA baseline")
+    p.add_argument("--model", help="model.pt (its normalisation is used for the baseline)")
     p.add_argument("--outdir", required=True, help="output directory")
+    _common(p)
+
+    p = add("summarize", _step_summarize, "Compare several evaluate metrics.json files in one "
+            "Markdown (and CSV) table, e.g. a beta sweep.")
+    p.add_argument("metrics", nargs="+", help="metrics.json files")
+    p.add_argument("--labels", nargs="+", required=True, help="one label per file")
+    p.add_argument("--output", required=True, help="Markdown table to write")
+    p.add_argument("--csv", help="CSV table to write")
     _common(p)
     return parser
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,17 @@ from scipy import stats
 
 from vaemap.io import atomic_path
 
-__all__ = ["average_precision", "roc_auc", "run", "spearman_matrix"]
+__all__ = [
+    "average_precision",
+    "dci",
+    "mutual_information_gap",
+    "pca_baseline",
+    "roc_auc",
+    "run",
+    "score_code",
+    "spearman_matrix",
+    "summarize",
+]
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +76,128 @@ def spearman_matrix(latents: np.ndarray, factors: np.ndarray) -> np.ndarray:
             if a.std() > 0 and b.std() > 0:
                 rho[i, j] = np.corrcoef(a, b)[0, 1]
     return rho
+
+
+def _discretise(values: np.ndarray, bins: int) -> np.ndarray:
+    """Equal-count bins (ranks), robust to skewed and bimodal factors."""
+    ranks = stats.rankdata(values, method="average")
+    return np.minimum((ranks - 1) * bins // max(values.size, 1), bins - 1).astype(np.int64)
+
+
+def _mutual_information(a: np.ndarray, b: np.ndarray) -> float:
+    """Mutual information (nats) of two discrete integer arrays."""
+    joint = np.zeros((a.max() + 1, b.max() + 1))
+    np.add.at(joint, (a, b), 1.0)
+    joint /= joint.sum()
+    pa, pb = joint.sum(axis=1, keepdims=True), joint.sum(axis=0, keepdims=True)
+    nz = joint > 0
+    return float((joint[nz] * np.log(joint[nz] / (pa @ pb)[nz])).sum())
+
+
+def mutual_information_gap(code: np.ndarray, factors: np.ndarray, bins: int = 20
+                           ) -> tuple[float, np.ndarray]:
+    """Mutual Information Gap (Chen et al. 2018) and the per-factor gaps.
+
+    For each factor, the difference between the largest and second-largest
+    mutual information with any single latent, divided by the factor's
+    entropy; both latents and factors are discretised into ``bins``
+    equal-count bins. 1 = each factor captured by exactly one latent; 0 = no
+    latent stands out.
+    """
+    dz = np.column_stack([_discretise(code[:, j], bins) for j in range(code.shape[1])])
+    gaps = np.zeros(factors.shape[1])
+    for k in range(factors.shape[1]):
+        v = _discretise(factors[:, k], bins)
+        entropy = _mutual_information(v, v)
+        if entropy <= 0 or code.shape[1] < 2:
+            continue
+        mi = np.sort([_mutual_information(dz[:, j], v) for j in range(code.shape[1])])[::-1]
+        gaps[k] = (mi[0] - mi[1]) / entropy
+    return float(gaps.mean()), gaps
+
+
+def dci(code: np.ndarray, factors: np.ndarray, ridge: float = 1e-3) -> dict[str, Any]:
+    """Disentanglement, completeness and informativeness (Eastwood & Williams 2018).
+
+    The importance of latent j for factor k is |w_jk| of a ridge regression of
+    the standardised factor on the standardised latents (the linear variant of
+    DCI); informativeness is the mean R² of those regressions. Disentanglement
+    is 1 − entropy (base #factors) of each latent's importance distribution,
+    weighted by the latent's share of the total importance; completeness is
+    1 − entropy (base #latents) of each factor's.
+    """
+    n_lat, n_fac = code.shape[1], factors.shape[1]
+    z = (code - code.mean(0)) / np.where(code.std(0) > 0, code.std(0), 1.0)
+    y = (factors - factors.mean(0)) / np.where(factors.std(0) > 0, factors.std(0), 1.0)
+    gram = z.T @ z / len(z) + ridge * np.eye(n_lat)
+    weights = np.linalg.solve(gram, z.T @ y / len(z))  # (latents, factors)
+    r2 = 1.0 - ((y - z @ weights) ** 2).mean(0) / np.maximum((y**2).mean(0), 1e-12)
+    importance = np.abs(weights) + 1e-12
+
+    def entropy(p: np.ndarray, base: int) -> np.ndarray:
+        p = p / p.sum(axis=-1, keepdims=True)
+        return -(p * np.log(p)).sum(axis=-1) / np.log(base)
+
+    d_per = 1.0 - entropy(importance, n_fac) if n_fac > 1 else np.ones(n_lat)
+    c_per = 1.0 - entropy(importance.T, n_lat) if n_lat > 1 else np.ones(n_fac)
+    rho = importance.sum(1) / importance.sum()
+    return {"disentanglement": float((rho * d_per).sum()),
+            "completeness": float(c_per.mean()),
+            "informativeness_r2": float(np.clip(r2, 0, 1).mean()),
+            "importance": importance.round(4).tolist()}
+
+
+def pca_baseline(profiles: Path, model_path: Path, n_components: int
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """PCA of the same normalised profiles the VAE sees.
+
+    Masked bins are imputed with the normalisation mean (0 in normalised
+    units). Returns ``(pix, scores (n, n_components), anomaly score)``, the
+    anomaly score being the robust z of the PCA reconstruction's mean absolute
+    error (kelvin) over observed bins — the same statistic as the VAE's.
+    """
+    import torch
+
+    from vaemap.encode import robust_z
+    from vaemap.model import mean_profile, normalise
+
+    ckpt = torch.load(model_path, map_location="cpu", weights_only=True)
+    with h5py.File(profiles, "r") as h5:
+        pix, lat = h5["pix"][...], h5["lat"][...]
+        prof = torch.from_numpy(h5["profile"][...])
+    mean = mean_profile(torch.from_numpy(lat), ckpt["norm_lat"], ckpt["norm_mean"])
+    x, mask = normalise(prof, mean, ckpt["norm_std"])
+    flat = x.flatten(1).numpy().astype(np.float64)
+    centre = flat.mean(0)
+    _, _, vt = np.linalg.svd(flat - centre, full_matrices=False)
+    basis = vt[:n_components]
+    scores = (flat - centre) @ basis.T
+    recon = (scores @ basis + centre).reshape(x.shape)
+    err_k = np.abs((recon - x.numpy()) * ckpt["norm_std"].numpy()) * mask.numpy()
+    l1 = err_k.reshape(len(pix), -1).sum(1) / np.maximum(mask.flatten(1).sum(1).numpy(), 1)
+    return pix, scores, robust_z(l1)
+
+
+def score_code(code: np.ndarray, factors: np.ndarray, score: np.ndarray,
+               kind: np.ndarray) -> dict[str, Any]:
+    """All ground-truth metrics of one representation and one anomaly score."""
+    rho = spearman_matrix(code, factors)
+    mig, gaps = mutual_information_gap(code, factors)
+    label = kind > 0
+    out: dict[str, Any] = {
+        "spearman": {f: rho[:, j].round(4).tolist() for j, f in enumerate(FACTOR_NAMES)},
+        "best_abs_spearman": {f: float(np.abs(rho[:, j]).max())
+                              for j, f in enumerate(FACTOR_NAMES)},
+        "mig": mig,
+        "mig_per_factor": dict(zip(FACTOR_NAMES, gaps.round(4).tolist(), strict=True)),
+        "dci": dci(code, factors),
+        "anomaly": {"n_anomalous_pixels": int(label.sum()), "roc_auc": roc_auc(score, label),
+                    "average_precision": average_precision(score, label)},
+    }
+    for k, name in ((1, "warm_rocky"), (2, "cold_spot")):
+        sel = (kind == k) | ~label
+        out["anomaly"][f"roc_auc_{name}"] = roc_auc(score[sel], label[sel])
+    return out
 
 
 def _truth_at(truth_path: Path, pix: np.ndarray, nside: int) -> dict[str, np.ndarray]:
@@ -132,9 +264,17 @@ def _kl_bars(kl: list[float], variance: np.ndarray, path: Path) -> None:
 
 
 def run(latents: str | Path, truth: str | Path | None, outdir: str | Path,
-        config: Mapping[str, Any]) -> dict[str, Any]:
-    """Write ``metrics.json``, ``metrics.md``, ``kl.png`` and, with ground truth,
-    ``correlation.png`` to ``outdir``."""
+        config: Mapping[str, Any], *, profiles: str | Path | None = None,
+        model: str | Path | None = None) -> dict[str, Any]:
+    """Score the latents and write ``metrics.json``, ``metrics.md`` and ``kl.png``.
+
+    With ground truth (``truth``): Spearman matrix, MIG and DCI of the latents
+    against the generating factors, anomaly ROC-AUC and average precision
+    (overall and per kind), and ``correlation.png``; with ``profiles`` and
+    ``model`` too, the same metrics for a PCA baseline with as many components
+    as latents. Without ground truth: KL per latent, active units and
+    reconstruction statistics, and a note saying so.
+    """
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
     with h5py.File(latents, "r") as h5:
@@ -153,22 +293,19 @@ def run(latents: str | Path, truth: str | Path | None, outdir: str | Path,
                         "p95": float(np.percentile(rms, 95))} if pix.size else {},
         "ground_truth": truth is not None and Path(truth).exists(),
     }
-    rho = None
     if metrics["ground_truth"]:
         t = _truth_at(Path(truth), pix, nside)
         factors = np.column_stack([t[k] for k in FACTOR_NAMES])
-        rho = spearman_matrix(mu, factors)
-        metrics["spearman"] = {f: rho[:, j].round(4).tolist() for j, f in enumerate(FACTOR_NAMES)}
-        metrics["best_abs_spearman"] = {f: float(np.abs(rho[:, j]).max())
-                                        for j, f in enumerate(FACTOR_NAMES)}
-        label = t["anomaly_mask"] > 0
-        metrics["anomaly"] = {"n_anomalous_pixels": int(label.sum()),
-                              "roc_auc": roc_auc(score, label),
-                              "average_precision": average_precision(score, label)}
-        for kind, name in ((1, "warm_rocky"), (2, "cold_spot")):
-            sel = (t["anomaly_kind"] == kind) | ~label
-            metrics["anomaly"][f"roc_auc_{name}"] = roc_auc(score[sel], label[sel])
-        _heatmap(rho, outdir / "correlation.png", "latents × ground-truth factors")
+        kind = np.nan_to_num(t["anomaly_kind"]).astype(int)
+        metrics.update(score_code(mu, factors, score, kind))
+        if profiles is not None and model is not None:
+            pca_pix, pca_code, pca_score = pca_baseline(Path(profiles), Path(model),
+                                                        mu.shape[1])
+            if not np.array_equal(pca_pix, pix):
+                raise ValueError(f"{profiles} and {latents} hold different pixels")
+            metrics["baselines"] = {"pca": score_code(pca_code, factors, pca_score, kind)}
+        _heatmap(np.array([metrics["spearman"][f] for f in FACTOR_NAMES]).T,
+                 outdir / "correlation.png", "latents × ground-truth factors")
     else:
         metrics["note"] = ("no ground truth for these data: disentanglement and anomaly "
                            "detection cannot be scored; KL, active units and reconstruction "
@@ -179,7 +316,7 @@ def run(latents: str | Path, truth: str | Path | None, outdir: str | Path,
     with atomic_path(outdir / "metrics.md") as tmp:
         tmp.write_text(_markdown(metrics))
     log.info("evaluate: %s", json.dumps({k: metrics[k] for k in metrics
-                                         if k in ("active_units", "best_abs_spearman",
+                                         if k in ("active_units", "best_abs_spearman", "mig",
                                                   "anomaly")}))
     return metrics
 
@@ -191,15 +328,76 @@ def _markdown(m: Mapping[str, Any]) -> str:
         r = m["recon_rms_k"]
         lines += [f"Reconstruction RMS (K): median {r['median']:.2f}, mean {r['mean']:.2f}, "
                   f"95th percentile {r['p95']:.2f}", ""]
-    if m["ground_truth"]:
-        lines += ["| factor | best abs Spearman | Spearman per latent |", "|---|---|---|"]
-        for f in FACTOR_NAMES:
-            per = ", ".join(f"{v:+.2f}" for v in m["spearman"][f])
-            lines.append(f"| {f} | {m['best_abs_spearman'][f]:.3f} | {per} |")
-        a = m["anomaly"]
-        lines += ["", "| anomaly metric | value |", "|---|---|"]
-        lines += [f"| {k} | {v:.3f} |" if isinstance(v, float) else f"| {k} | {v} |"
-                  for k, v in a.items()]
-    else:
-        lines.append(m["note"])
+    if not m["ground_truth"]:
+        return "\n".join([*lines, m["note"]]) + "\n"
+    methods = {"VAE": m, **{k.upper(): v for k, v in m.get("baselines", {}).items()}}
+    names = list(methods)
+    lines += ["## Against the ground truth", "",
+              "| metric | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
+    for f in FACTOR_NAMES:
+        lines.append(f"| best abs Spearman, {f} | "
+                     + " | ".join(f"{v['best_abs_spearman'][f]:.3f}" for v in methods.values())
+                     + " |")
+    rows = [("MIG", lambda v: v["mig"]),
+            ("DCI disentanglement", lambda v: v["dci"]["disentanglement"]),
+            ("DCI completeness", lambda v: v["dci"]["completeness"]),
+            ("DCI informativeness (R²)", lambda v: v["dci"]["informativeness_r2"]),
+            ("anomaly ROC-AUC", lambda v: v["anomaly"]["roc_auc"]),
+            ("anomaly average precision", lambda v: v["anomaly"]["average_precision"]),
+            ("ROC-AUC warm rocky", lambda v: v["anomaly"]["roc_auc_warm_rocky"]),
+            ("ROC-AUC cold spot", lambda v: v["anomaly"]["roc_auc_cold_spot"])]
+    for label, get in rows:
+        lines.append(f"| {label} | " + " | ".join(f"{get(v):.3f}" for v in methods.values())
+                     + " |")
+    lines += ["", "Spearman ρ per latent (VAE):", "",
+              "| factor | " + " | ".join(f"latent {i}" for i in range(len(m['kl_per_latent'])))
+              + " |", "|---" * (len(m["kl_per_latent"]) + 1) + "|"]
+    for f in FACTOR_NAMES:
+        lines.append(f"| {f} | " + " | ".join(f"{v:+.2f}" for v in m["spearman"][f]) + " |")
+    lines += ["", f"Anomalous pixels in the truth: {m['anomaly']['n_anomalous_pixels']}."]
     return "\n".join(lines) + "\n"
+
+
+def summarize(metrics: Sequence[str | Path], labels: Sequence[str], output: str | Path,
+              csv_path: str | Path | None = None) -> list[dict[str, Any]]:
+    """One comparison table (Markdown, optional CSV) of several ``metrics.json``.
+
+    Rows: one per file (labelled), plus the PCA baseline of any file that has
+    one. Columns: best |Spearman| per factor, MIG, DCI, anomaly ROC-AUC / AP,
+    active latents, median reconstruction RMS.
+    """
+    if len(metrics) != len(labels):
+        raise ValueError(f"{len(metrics)} metrics files but {len(labels)} labels")
+    rows: list[dict[str, Any]] = []
+
+    def row(label: str, m: Mapping[str, Any], base: Mapping[str, Any]) -> dict[str, Any]:
+        r: dict[str, Any] = {"model": label, "active_units": base.get("active_units", ""),
+                             "median_rms_k": base.get("recon_rms_k", {}).get("median", "")}
+        if "best_abs_spearman" in m:
+            r.update({f"spearman_{f}": m["best_abs_spearman"][f] for f in FACTOR_NAMES})
+            r.update({"mig": m["mig"], "dci_d": m["dci"]["disentanglement"],
+                      "dci_c": m["dci"]["completeness"],
+                      "dci_i": m["dci"]["informativeness_r2"],
+                      "auc": m["anomaly"]["roc_auc"], "ap": m["anomaly"]["average_precision"]})
+        return r
+
+    for path, label in zip(metrics, labels, strict=True):
+        m = json.loads(Path(path).read_text())
+        rows.append(row(label, m, m))
+        for name, base in m.get("baselines", {}).items():
+            rows.append(row(f"{name.upper()} ({label})", base, {}))
+    columns = list(dict.fromkeys(k for r in rows for k in r))
+
+    def fmt(v: Any) -> str:
+        return f"{v:.3f}" if isinstance(v, float) else str(v)
+
+    lines = ["# Model comparison", "", "| " + " | ".join(columns) + " |",
+             "|---" * len(columns) + "|"]
+    lines += ["| " + " | ".join(fmt(r.get(c, "")) for c in columns) + " |" for r in rows]
+    with atomic_path(output) as tmp:
+        tmp.write_text("\n".join(lines) + "\n")
+    if csv_path is not None:
+        with atomic_path(csv_path) as tmp:
+            tmp.write_text("\n".join([",".join(columns)] + [
+                ",".join(fmt(r.get(c, "")) for c in columns) for r in rows]) + "\n")
+    return rows

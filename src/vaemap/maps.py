@@ -9,7 +9,9 @@ percentile colour limits, unobserved pixels in grey).
 from __future__ import annotations
 
 import logging
+import multiprocessing
 from collections.abc import Mapping
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -255,12 +257,13 @@ def _config_history(config: Mapping[str, Any]) -> list[tuple[str, str]]:
 
 
 def run(latents: str | Path, profiles: str | Path, model: str | Path, outdir: str | Path,
-        config: Mapping[str, Any]) -> dict[str, Any]:
+        config: Mapping[str, Any], threads: int = 1) -> dict[str, Any]:
     """Write every map product, the anomaly catalogue and the latent traversal.
 
     In ``outdir``: ``<name>.fits`` and ``<name>.png`` for each of
     :func:`map_products`; ``anomalies.ecsv`` (astropy ECSV) and
-    ``anomaly_profiles.png``; ``latent_traversal.png``.
+    ``anomaly_profiles.png``; ``latent_traversal.png``. ``threads`` figures
+    are drawn at once (separate processes).
     """
     outdir = Path(outdir)
     params = config["maps"]
@@ -271,17 +274,24 @@ def run(latents: str | Path, profiles: str | Path, model: str | Path, outdir: st
         latent_dim = int(h5["mu"].shape[1])
         pix = h5["pix"][...]
         history = _config_history(config)
-        for name, meta in map_products(latent_dim).items():
-            values = _values(h5, name)
-            header = {"PRODUCT": meta["fits"], "LATENTS": latent_dim,
-                      "BETA": float(config["model"]["beta"])}
-            write_partial_map(outdir / f"{name}.fits", pix, values, nside,
-                              column=name.upper(), unit=meta["unit"], extra_header=header,
-                              history=history)
-            render_png(outdir / f"{name}.png", pix, values, nside, title=meta["title"],
-                       unit=meta["unit"], cmap=params["cmap"],
-                       percentiles=tuple(params["percentiles"]), region=region)
-            written.append(name)
+        # Rendering dominates; figures are independent, so draw them in parallel.
+        with ProcessPoolExecutor(max_workers=max(1, threads),
+                                 mp_context=multiprocessing.get_context("spawn")) as pool:
+            jobs = []
+            for name, meta in map_products(latent_dim).items():
+                values = _values(h5, name)
+                header = {"PRODUCT": meta["fits"], "LATENTS": latent_dim,
+                          "BETA": float(config["model"]["beta"])}
+                write_partial_map(outdir / f"{name}.fits", pix, values, nside,
+                                  column=name.upper(), unit=meta["unit"], extra_header=header,
+                                  history=history)
+                jobs.append(pool.submit(
+                    render_png, outdir / f"{name}.png", pix, values, nside,
+                    title=meta["title"], unit=meta["unit"], cmap=params["cmap"],
+                    percentiles=tuple(params["percentiles"]), region=region))
+                written.append(name)
+            for job in jobs:
+                job.result()
         threshold = float(h5.attrs["anomaly_threshold"])
         table = anomaly_catalogue(pix, h5["anomaly_score"][...], nside, threshold)
         with atomic_path(outdir / "anomalies.ecsv") as tmp:

@@ -69,8 +69,24 @@ def report_if_truth(path, **kwargs):
     return [report(path, **kwargs)] if config["data"]["source"] == "simulate" else []
 
 
-def final_outputs():
+def sweep_labels():
+    """``param=value`` for every configured sweep value, in config order."""
     return [
+        f"{param}={value}"
+        for param in ("beta", "latent_dim")
+        for value in config["sweep"][param]
+    ]
+
+
+def sweep_metrics():
+    return [f"{RESULTS}/sweep/{label}/metrics.json" for label in sweep_labels()]
+
+
+def final_outputs():
+    outputs = [
         *expand(f"{RESULTS}/maps/{{product}}.fits", product=PRODUCTS),
         f"{RESULTS}/evaluate/metrics.json",
     ]
+    if sweep_labels():
+        outputs.append(f"{RESULTS}/sweep/summary.md")
+    return outputs

@@ -2,6 +2,8 @@ rule evaluate:
     input:
         unpack(truth_input),
         latents=f"{RESULTS}/latents.h5",
+        profiles=f"{RESULTS}/profiles.h5",
+        model=f"{RESULTS}/model/model.pt",
     output:
         metrics=f"{RESULTS}/evaluate/metrics.json",
         table=report(
@@ -34,5 +36,6 @@ rule evaluate:
         ),
         outdir=lambda wildcards, output: os.path.dirname(output.metrics),
     shell:
-        "vaemap evaluate {input.latents} {params.truth} --outdir {params.outdir} "
+        "vaemap evaluate {input.latents} {params.truth} --profiles {input.profiles} "
+        "--model {input.model} --outdir {params.outdir} "
         "--json > {log} 2>&1"

@@ -35,7 +35,7 @@ rule maps:
         f"{BENCH}/maps.tsv"
     conda:
         "../envs/vaemap.yaml"
-    threads: 1
+    threads: 2
     resources:
         mem_mb=2000,
     params:
@@ -43,4 +43,5 @@ rule maps:
         outdir=lambda wildcards, output: os.path.dirname(output.fits[0]),
     shell:
         "vaemap maps {input.latents} --profiles {input.profiles} --model {input.model} "
-        "--outdir {params.outdir} --config-json {params.cfg:q} --json > {log} 2>&1"
+        "--outdir {params.outdir} --threads {threads} --config-json {params.cfg:q} --json "
+        "> {log} 2>&1"
