@@ -36,7 +36,11 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-FACTOR_NAMES = ("albedo", "h_param", "slope_ew", "slope_ns", "rock_fraction")
+#: Factors scored against the latents. ``slope_pole`` is the north/south slope
+#: signed by hemisphere (positive = facing the pole): a north-facing slope is
+#: cold in the north and warm in the south, so the raw ``slope_ns`` of
+#: truth.h5 has no single thermal effect and correlates with nothing globally.
+FACTOR_NAMES = ("albedo", "h_param", "slope_ew", "slope_pole", "rock_fraction")
 
 
 def roc_auc(score: np.ndarray, label: np.ndarray) -> float:
@@ -205,22 +209,24 @@ def _truth_at(truth_path: Path, pix: np.ndarray, nside: int) -> dict[str, np.nda
     with h5py.File(truth_path, "r") as h5:
         t_nside = int(h5.attrs["nside"])
         t_pix = h5["pix"][...]
-        fields = {k: h5[k][...] for k in (*FACTOR_NAMES, "anomaly_mask", "anomaly_kind")}
+        fields = {k: h5[k][...] for k in ("lat", "albedo", "h_param", "slope_ew", "slope_ns",
+                                          "rock_fraction", "anomaly_mask", "anomaly_kind")}
     full = {}
     for key, val in fields.items():
         arr = np.full(12 * t_nside**2, np.nan)
         arr[t_pix] = val
         full[key] = arr
     if t_nside == nside:
-        return {k: v[pix] for k, v in full.items()}
-    if t_nside < nside:
+        out = {k: v[pix] for k, v in full.items()}
+    elif t_nside < nside:
         shift = 2 * (int(np.log2(nside)) - int(np.log2(t_nside)))
-        return {k: v[pix >> shift] for k, v in full.items()}
-    shift = 2 * (int(np.log2(t_nside)) - int(np.log2(nside)))
-    children = (pix[:, None] << shift) + np.arange(1 << shift)[None, :]
-    out = {k: np.nanmean(v[children], axis=1) for k, v in full.items() if k in FACTOR_NAMES}
-    out["anomaly_mask"] = np.nanmax(full["anomaly_mask"][children], axis=1)
-    out["anomaly_kind"] = np.nanmax(full["anomaly_kind"][children], axis=1)
+        out = {k: v[pix >> shift] for k, v in full.items()}
+    else:  # finer truth: average the children, anomalous if any child is
+        shift = 2 * (int(np.log2(t_nside)) - int(np.log2(nside)))
+        children = (pix[:, None] << shift) + np.arange(1 << shift)[None, :]
+        out = {k: (np.nanmax if k.startswith("anomaly") else np.nanmean)(v[children], axis=1)
+               for k, v in full.items()}
+    out["slope_pole"] = out["slope_ns"] * np.sign(out["lat"])
     return out
 
 

@@ -41,8 +41,8 @@ def map_products(latent_dim: int) -> dict[str, dict[str, str]]:
                                "fits": "reconstruction error, RMS over observed bins"}
     products["recon_l1"] = {"title": "reconstruction error (L1)", "unit": "K",
                             "fits": "reconstruction error, mean abs over observed bins"}
-    products["anomaly_score"] = {"title": "anomaly score (robust z of L1 error)", "unit": "",
-                                 "fits": "anomaly score, robust z of the L1 error"}
+    products["anomaly_score"] = {"title": "anomaly score (robust z of the reconstruction error)",
+                                 "unit": "", "fits": "anomaly score, robust z of the error"}
     products["n_obs"] = {"title": "observations per pixel", "unit": "count",
                          "fits": "accepted observations per pixel"}
     return products
