@@ -40,7 +40,7 @@ def main() -> None:
     parser.add_argument("--baseline-pixels", type=int, default=500)
     parser.add_argument("--preset", default="moseley2020", choices=["small", "moseley2020"])
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--batch-size", type=int, default=8192)
+    parser.add_argument("--batch-size", type=int, default=1024)
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="vaemap-encode-bench-"))
     profiles = workdir / "profiles.h5"

@@ -78,7 +78,7 @@ def run(profiles: str | Path, model_path: str | Path, output: str | Path,
             raise ValueError(f"{profiles}: profiles of shape {shape[1:]} do not match the "
                              f"model's (channels, bins) = ({arch['channels']}, {arch['bins']})")
         pix = src["pix"][...]
-        n_obs = src["n_obs"][...]
+        n_obs = np.empty(n, np.int32)
         mu = np.empty((n, arch["latent_dim"]), np.float32)
         logvar = np.empty_like(mu)
         rms = np.empty(n, np.float32)
@@ -95,6 +95,7 @@ def run(profiles: str | Path, model_path: str | Path, output: str | Path,
                 for a in range(0, n, batch):
                     b = min(a + batch, n)
                     prof = torch.from_numpy(src["profile"][a:b]).to(device)
+                    n_obs[a:b] = src["count"][a:b].sum(axis=(1, 2))
                     lat = torch.from_numpy(src["lat"][a:b]).to(device)
                     mean = mean_profile(lat, norm_lat, norm_mean)
                     x, mask = normalise(prof, mean, std)
