@@ -141,3 +141,22 @@ def test_mig_and_dci_on_known_codes():
     assert d_e["informativeness_r2"] > 0.99  # rotation loses no information
     noise = rng.normal(size=(4000, 3))
     assert evaluate.dci(noise, factors)["informativeness_r2"] < 0.05
+
+
+def test_connected_regions_and_region_recall():
+    from vaemap.healpix import connected_regions
+
+    nside = 16
+    pix = np.arange(hp.nside2npix(nside))
+    disc_a = hp.query_disc(nside, hp.ang2vec(30.0, 10.0, lonlat=True), np.radians(6), nest=True)
+    disc_b = hp.query_disc(nside, hp.ang2vec(200.0, -40.0, lonlat=True), np.radians(6),
+                           nest=True)
+    n, label = connected_regions(nside, np.concatenate([disc_a, disc_b]))
+    assert n == 2 and len(set(label[: disc_a.size])) == 1
+    kind = np.zeros(pix.size, int)
+    kind[disc_a], kind[disc_b] = 1, 2
+    score = np.zeros(pix.size)
+    score[disc_a[0]] = 10.0  # one pixel of the warm region is found; the cold one is missed
+    recall = evaluate.region_recall(pix, nside, kind, score, threshold=3.5)
+    assert recall["warm_rocky_regions"] == 1 and recall["warm_rocky_found"] == 1
+    assert recall["cold_spot_regions"] == 1 and recall["cold_spot_found"] == 0

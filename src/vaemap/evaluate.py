@@ -204,6 +204,27 @@ def score_code(code: np.ndarray, factors: np.ndarray, score: np.ndarray,
     return out
 
 
+def region_recall(pix: np.ndarray, nside: int, kind: np.ndarray, score: np.ndarray,
+                  threshold: float) -> dict[str, Any]:
+    """Which injected anomalies the catalogue finds.
+
+    Injected anomalies are grouped into connected regions; a region counts as
+    found when any of its pixels scores above ``threshold`` (so it appears in
+    the anomaly catalogue). Returns the number of regions and of found regions
+    per kind.
+    """
+    from vaemap.healpix import connected_regions
+
+    result: dict[str, Any] = {"threshold": threshold}
+    for k, name in ((1, "warm_rocky"), (2, "cold_spot")):
+        members = np.flatnonzero(kind == k)
+        n, label = connected_regions(nside, pix[members])
+        found = [bool((score[members[label == r]] > threshold).any()) for r in range(n)]
+        result[f"{name}_regions"] = n
+        result[f"{name}_found"] = int(sum(found))
+    return result
+
+
 def _truth_at(truth_path: Path, pix: np.ndarray, nside: int) -> dict[str, np.ndarray]:
     """Ground truth at the map pixels (averaging finer truth, or taking the parent's)."""
     with h5py.File(truth_path, "r") as h5:
@@ -290,6 +311,7 @@ def run(latents: str | Path, truth: str | Path | None, outdir: str | Path,
         logvar = h5["logvar"][...].astype(np.float64)
         score = h5["anomaly_score"][...].astype(np.float64)
         rms = h5["recon_error"][...]
+        threshold = float(h5.attrs.get("anomaly_threshold", config["encode"]["anomaly_threshold"]))
     kl = 0.5 * (mu**2 + np.exp(logvar) - 1.0 - logvar)
     metrics: dict[str, Any] = {
         "pixels": int(pix.size),
@@ -304,6 +326,7 @@ def run(latents: str | Path, truth: str | Path | None, outdir: str | Path,
         factors = np.column_stack([t[k] for k in FACTOR_NAMES])
         kind = np.nan_to_num(t["anomaly_kind"]).astype(int)
         metrics.update(score_code(mu, factors, score, kind))
+        metrics["anomaly"]["catalogue"] = region_recall(pix, nside, kind, score, threshold)
         if profiles is not None and model is not None:
             pca_pix, pca_code, pca_score = pca_baseline(Path(profiles), Path(model),
                                                         mu.shape[1])
@@ -360,7 +383,11 @@ def _markdown(m: Mapping[str, Any]) -> str:
               + " |", "|---" * (len(m["kl_per_latent"]) + 1) + "|"]
     for f in FACTOR_NAMES:
         lines.append(f"| {f} | " + " | ".join(f"{v:+.2f}" for v in m["spearman"][f]) + " |")
-    lines += ["", f"Anomalous pixels in the truth: {m['anomaly']['n_anomalous_pixels']}."]
+    cat = m["anomaly"]["catalogue"]
+    lines += ["", f"Anomalous pixels in the truth: {m['anomaly']['n_anomalous_pixels']}. "
+              f"Injected regions found in the catalogue (score > {cat['threshold']:g}): "
+              f"warm rocky {cat['warm_rocky_found']}/{cat['warm_rocky_regions']}, "
+              f"cold spots {cat['cold_spot_found']}/{cat['cold_spot_regions']}."]
     return "\n".join(lines) + "\n"
 
 

@@ -11,6 +11,7 @@ import numpy as np
 
 __all__ = [
     "MOON_RADIUS_KM",
+    "connected_regions",
     "lonlat_to_pix",
     "parent_pix",
     "pix_to_lonlat",
@@ -93,3 +94,26 @@ def write_partial_map(
         hp.write_map(str(tmp), full, nest=True, partial=True, column_names=[column],
                      column_units=unit or None, extra_header=header, dtype=np.float32,
                      overwrite=True)
+
+
+def connected_regions(nside: int, pix: np.ndarray) -> tuple[int, np.ndarray]:
+    """Group NESTED pixels into connected regions (8-neighbour adjacency).
+
+    Returns ``(n_regions, label)`` with ``label[i]`` the region of ``pix[i]``.
+    """
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    pix = np.asarray(pix, dtype=np.int64)
+    if pix.size == 0:
+        return 0, np.empty(0, dtype=np.int64)
+    order = np.argsort(pix)
+    neighbours = hp.get_all_neighbours(nside, pix, nest=True).T  # (n, 8), -1 = none
+    pos = np.searchsorted(pix[order], neighbours.clip(min=0))
+    pos = np.minimum(pos, pix.size - 1)
+    hit = (neighbours >= 0) & (pix[order][pos] == neighbours)
+    rows = np.repeat(np.arange(pix.size), 8).reshape(-1, 8)[hit]
+    cols = order[pos[hit]]
+    graph = coo_matrix((np.ones(rows.size), (rows, cols)), shape=(pix.size, pix.size))
+    n, label = connected_components(graph, directed=False)
+    return int(n), label

@@ -119,10 +119,8 @@ def anomaly_catalogue(pix: np.ndarray, score: np.ndarray, nside: int, threshold:
     import astropy.units as u
     import healpy as hp
     from astropy.table import Table
-    from scipy.sparse import coo_matrix
-    from scipy.sparse.csgraph import connected_components
 
-    from vaemap.healpix import MOON_RADIUS_KM
+    from vaemap.healpix import MOON_RADIUS_KM, connected_regions
 
     hot = np.flatnonzero(np.isfinite(score) & (score > threshold))
     columns = ["region", "lon", "lat", "area", "n_pixels", "peak_score", "mean_score",
@@ -131,17 +129,7 @@ def anomaly_catalogue(pix: np.ndarray, score: np.ndarray, nside: int, threshold:
         table = Table(names=columns, dtype=[int, float, float, float, int, float, float, int])
     else:
         hot_pix = pix[hot]
-        index = {p: i for i, p in enumerate(hot_pix)}
-        neighbours = hp.get_all_neighbours(nside, hot_pix, nest=True).T  # (n, 8)
-        rows, cols = [], []
-        for i, nb in enumerate(neighbours):
-            for q in nb:
-                j = index.get(int(q), -1) if q >= 0 else -1
-                if j >= 0:
-                    rows.append(i)
-                    cols.append(j)
-        graph = coo_matrix((np.ones(len(rows)), (rows, cols)), shape=(hot.size, hot.size))
-        n_regions, label = connected_components(graph, directed=False)
+        n_regions, label = connected_regions(nside, hot_pix)
         vec = np.array(hp.pix2vec(nside, hot_pix, nest=True)).T
         weight = score[hot]
         area_px = hp.nside2pixarea(nside) * MOON_RADIUS_KM**2
@@ -161,7 +149,7 @@ def anomaly_catalogue(pix: np.ndarray, score: np.ndarray, nside: int, threshold:
     table.meta.update({"nside": nside, "ordering": "NESTED", "body": "MOON",
                        "threshold": threshold,
                        "description": "connected regions of pixels whose anomaly score "
-                                      "(robust z of the L1 reconstruction error) exceeds "
+                                      "(robust z of the reconstruction error) exceeds "
                                       "the threshold; lon east [0, 360), planetocentric lat"})
     return table
 
