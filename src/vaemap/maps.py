@@ -213,24 +213,32 @@ def latent_traversal(path: Path, model_path: Path, latents: h5py.File, n_steps: 
     bins = ckpt["arch"]["bins"]
     lt = (np.arange(bins) + 0.5) * 24.0 / bins
     cmap = plt.get_cmap("coolwarm")
-    fig, axes = plt.subplots(1, k, figsize=(3.6 * k, 3.6), sharey=True, constrained_layout=True)
-    axes = np.atleast_1d(axes)
+    # Top row: the profiles; bottom row: their difference from the median code's
+    # profile, which makes night-time effects (a few kelvin) visible.
+    fig, axes = plt.subplots(2, k, figsize=(3.6 * k, 6.0), sharex=True, sharey="row",
+                             constrained_layout=True, squeeze=False)
     lat = torch.tensor([lat_deg])
     mean = mean_profile(lat, ckpt["norm_lat"], ckpt["norm_mean"])[0]
+    cond = latitude_condition(lat.repeat(n_steps), ckpt["arch"]["n_cond"])
     with torch.inference_mode():
-        for j, ax in enumerate(axes):
+        base = (model.decode(torch.from_numpy(median[None]).float(), cond[:1])
+                * ckpt["norm_std"] + mean)[0, 0].numpy()
+        for j in range(k):
             values = np.percentile(mu[:, j], np.linspace(5, 95, n_steps))
             z = np.repeat(median[None], n_steps, axis=0)
             z[:, j] = values
-            cond = latitude_condition(lat.repeat(n_steps), ckpt["arch"]["n_cond"])
             out = model.decode(torch.from_numpy(z).float(), cond) * ckpt["norm_std"] + mean
             for i, prof in enumerate(out[:, 0].numpy()):
-                ax.plot(lt, prof, color=cmap(i / max(n_steps - 1, 1)), lw=1.2)
-            ax.set_title(f"latent {j}: {values[0]:+.2f} (blue) … {values[-1]:+.2f} (red)",
-                         fontsize=9)
-            ax.set_xlabel("local time (h)")
-            ax.set_xticks(range(0, 25, 6))
-    axes[0].set_ylabel(f"T (K) at latitude {lat_deg:g}°")
+                colour = cmap(i / max(n_steps - 1, 1))
+                axes[0, j].plot(lt, prof, color=colour, lw=1.2)
+                axes[1, j].plot(lt, prof - base, color=colour, lw=1.2)
+            axes[0, j].set_title(f"latent {j}: {values[0]:+.2f} (blue) … {values[-1]:+.2f} "
+                                 f"(red)", fontsize=9)
+            axes[1, j].axhline(0.0, color="0.5", lw=0.6)
+            axes[1, j].set_xlabel("local time (h)")
+            axes[1, j].set_xticks(range(0, 25, 6))
+    axes[0, 0].set_ylabel(f"T (K) at latitude {lat_deg:g}°")
+    axes[1, 0].set_ylabel("ΔT from the median code (K)")
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=100)
     plt.close(fig)
