@@ -111,7 +111,7 @@ class ProfileVAE(nn.Module):
             if cond is None:
                 raise ValueError("this model is conditioned on latitude: pass cond")
             z = torch.cat([z, cond.to(z.dtype)], dim=1)
-        h = self.from_latent(z).view(z.shape[0], self.cfg.width, self.reduced)
+        h = self.from_latent(z).view(-1, self.cfg.width, self.reduced)  # -1: traceable
         return self.decoder(h)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor, cond: torch.Tensor | None = None,
