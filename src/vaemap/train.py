@@ -128,7 +128,7 @@ def _normalisation(profile: np.ndarray, lat: np.ndarray, mode: str
         bin_mean = np.where(np.isfinite(bin_mean), bin_mean, g_mean)
         if mode == "global":
             norm_lat = np.zeros(1)
-            mean = np.broadcast_to(np.nanmean(profile), shape)[None]
+            mean = np.full((1, *shape), np.nanmean(profile))
             std = np.full(shape, np.nanstd(profile))
         elif mode == "per_bin":
             norm_lat = np.zeros(1)
