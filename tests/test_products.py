@@ -84,6 +84,7 @@ def test_maps_fits_and_png(trained, survey, tiny_config, tmp_path):
     assert header["BODY"] == "MOON"
     assert header["TTYPE2"] == "RECON_ERROR" and header["TUNIT2"] == "K"
     assert int(header["NSIDE"]) == nside
+    assert header["PIXKM"] == pytest.approx(1778.0 / nside, rel=0.05)
 
 
 def test_evaluate_with_and_without_truth(trained, survey, tiny_config, tmp_path):

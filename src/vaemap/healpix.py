@@ -85,6 +85,7 @@ def write_partial_map(
         ("COORDTYP", "PLANETOCENTRIC", "latitude planetocentric, degrees north"),
         ("LONCONV", "EAST", "longitude positive east, [0, 360)"),
         ("BUNIT", unit, "unit of the map values"),
+        ("PIXKM", round(pixel_side_km(nside), 3), "approximate pixel side on the Moon, km"),
         ("CREATOR", f"vaemap {__version__}", "software that wrote this map"),
     ]
     for key, value in (extra_header or {}).items():
