@@ -155,13 +155,9 @@ def _normalisation(profile: np.ndarray, lat: np.ndarray, mode: str
                     col[~ok] = (np.interp(np.array(centres)[~ok], np.array(centres)[ok],
                                           col[ok]) if ok.any() else bin_mean[c, b])
             norm_lat = np.array(centres)
-            idx = np.clip(np.searchsorted(norm_lat, np.abs(lat)), 1, max(norm_lat.size - 1, 1))
-            if norm_lat.size == 1:
-                fitted = np.broadcast_to(mean[0], profile.shape)
-            else:
-                lo = idx - 1
-                w = np.clip((np.abs(lat) - norm_lat[lo]) / (norm_lat[idx] - norm_lat[lo]), 0, 1)
-                fitted = (1 - w)[:, None, None] * mean[lo] + w[:, None, None] * mean[idx]
+            fitted = mean_profile(torch.from_numpy(np.asarray(lat, np.float32)),
+                                  torch.from_numpy(norm_lat.astype(np.float32)),
+                                  torch.from_numpy(mean.astype(np.float32))).numpy()
             std = np.nanstd(profile - fitted, axis=0)
             std = np.where(np.isfinite(std) & (std > 0.5), std, 0.5)
     return (norm_lat.astype(np.float32), np.asarray(mean, np.float32),

@@ -64,6 +64,11 @@ def truth_input(wildcards):
     return {}
 
 
+def truth_flag(wildcards, input):
+    """The --truth option of `vaemap evaluate`, when the rule has a truth input."""
+    return f"--truth {input.truth}" if "truth" in input.keys() else ""
+
+
 def report_if_truth(path, **kwargs):
     """A report() output that exists only when there is ground truth (simulated data)."""
     return [report(path, **kwargs)] if config["data"]["source"] == "simulate" else []

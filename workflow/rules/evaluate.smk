@@ -31,9 +31,7 @@ rule evaluate:
     resources:
         mem_mb=2000,
     params:
-        truth=lambda wildcards, input: (
-            f"--truth {input.truth}" if "truth" in input.keys() else ""
-        ),
+        truth=truth_flag,
         outdir=lambda wildcards, output: os.path.dirname(output.metrics),
     shell:
         "vaemap evaluate {input.latents} {params.truth} --profiles {input.profiles} "

@@ -62,9 +62,7 @@ rule evaluate_sweep:
         "../envs/vaemap.yaml"
     threads: 1
     params:
-        truth=lambda wildcards, input: (
-            f"--truth {input.truth}" if "truth" in input.keys() else ""
-        ),
+        truth=truth_flag,
         outdir=lambda wildcards, output: os.path.dirname(output.metrics),
     shell:
         "vaemap evaluate {input.latents} {params.truth} --outdir {params.outdir} --json "
