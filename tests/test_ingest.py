@@ -230,3 +230,19 @@ def test_blosc_compression_round_trips(tmp_path):
     with h5py.File(tmp_path / "z.h5") as h5:
         assert h5["tb"][...].size == 50
         np.testing.assert_allclose(h5["tb"][...], 103.3, rtol=1e-6)
+
+
+@pytest.mark.parametrize("time_ordered", [True, False])
+def test_sort_rows_equals_two_key_stable_sort(time_ordered):
+    from vaemap.ingest import _sort_rows
+
+    rng = np.random.default_rng(3)
+    n = 5000
+    jdate = np.round(rng.uniform(0, 50, n), 1)  # many equal times: ties must stay stable
+    if time_ordered:
+        jdate = np.sort(jdate)
+    data = {"pix": rng.integers(0, 40, n), "jdate": jdate, "det": np.arange(n)}
+    out = _sort_rows(data)
+    order = np.lexsort((data["jdate"], data["pix"]))
+    for key in data:
+        np.testing.assert_array_equal(out[key], data[key][order])
