@@ -27,15 +27,49 @@ def test_circular_padding_makes_the_encoder_shift_equivariant():
     torch.testing.assert_close(conv(shifted), torch.roll(conv(x), 5, dims=2))
 
 
-def test_masked_bins_do_not_change_the_encoding():
+@pytest.mark.parametrize("layout", ["conv", "strided"])
+def test_masked_bins_do_not_change_the_encoding(layout):
     torch.manual_seed(0)
-    model = ProfileVAE(VAEConfig(bins=24, depth=2, width=8)).eval()
+    model = ProfileVAE(VAEConfig(bins=24, depth=2, width=8, layout=layout)).eval()
     x = torch.randn(3, 1, 24)
     mask = (torch.rand(3, 1, 24) > 0.5).float()
     noisy = x + 100.0 * (1 - mask) * torch.randn_like(x)  # garbage only where unobserved
     mu1, _ = model.encode(x, mask)
     mu2, _ = model.encode(noisy, mask)
     torch.testing.assert_close(mu1, mu2)
+
+
+def test_pair_layer_is_a_kernel2_stride2_convolution():
+    from vaemap.model import _PairDown, _PairUp
+
+    torch.manual_seed(0)
+    down, up = _PairDown(3, 5), _PairUp(5, 3)
+    conv = torch.nn.Conv1d(3, 5, 2, stride=2)
+    tconv = torch.nn.ConvTranspose1d(5, 3, 2, stride=2)
+    with torch.no_grad():
+        # pair input is [bin 2i channels, bin 2i+1 channels]: weight (out, k*in)
+        conv.weight.copy_(down.linear.weight.view(5, 2, 3).permute(0, 2, 1))
+        conv.bias.copy_(down.linear.bias)
+        # up output is [bin 2i channels, bin 2i+1 channels]: weight (k*out, in)
+        tconv.weight.copy_(up.linear.weight.view(2, 3, 5).permute(2, 1, 0))
+        # (the pair layer may give the two output bins different biases; the
+        # transposed conv cannot, so compare with equal ones)
+        up.linear.bias.copy_(tconv.bias.repeat(2))
+    x = torch.randn(4, 3, 16)
+    h = down(x.transpose(1, 2))
+    torch.testing.assert_close(h.transpose(1, 2), conv(x))
+    torch.testing.assert_close(up(h).transpose(1, 2), tconv(h.transpose(1, 2)))
+
+
+def test_strided_layout_shapes_and_unknown_names():
+    model = ProfileVAE(VAEConfig(bins=120, depth=3, width=32, n_cond=0, layout="strided",
+                                 activation="relu")).eval()
+    recon, mu, logvar = model(torch.randn(5, 1, 120), torch.ones(5, 1, 120), sample=False)
+    assert recon.shape == (5, 1, 120) and mu.shape == logvar.shape == (5, 4)
+    with pytest.raises(ValueError, match="layout 'dense'"):
+        ProfileVAE(VAEConfig(layout="dense"))
+    with pytest.raises(ValueError, match="activation 'tanh'"):
+        ProfileVAE(VAEConfig(activation="tanh"))
 
 
 def test_loss_terms():

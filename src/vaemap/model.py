@@ -41,22 +41,68 @@ class VAEConfig:
     depth: int = 3
     kernel: int = 5
     n_cond: int = 2  # decoder conditioning inputs (0 = none)
+    #: "conv": overlapping stride-2 circular convs (kernel 4) down, nearest
+    #: upsampling + circular convs up. "strided": Moseley et al. (2020)'s
+    #: non-overlapping kernel-2 stride-2 layers down and their transposes up,
+    #: computed as matrix products over pairs of neighbouring bins (2-3x faster
+    #: on CPU than the same convolutions).
+    layout: str = "conv"
+    activation: str = "gelu"  # "gelu" or "relu" (Moseley 2020)
 
     def to_dict(self) -> dict[str, int]:
         return asdict(self)
 
 
-#: Named architecture presets; ``moseley2020`` mirrors the paper's size
-#: (≈ 30 k parameters, no conditioning).
+#: Named architecture presets. ``moseley2020`` follows the paper's layout:
+#: kernel-2 stride-2 layers with ReLU, transposed in the decoder, no
+#: conditioning (≈ 17 k parameters at 120 bins: three halvings instead of the
+#: paper's seven, as 120 bins are not a power of two).
 PRESETS: dict[str, dict[str, Any]] = {
     "small": {},
-    "moseley2020": {"width": 32, "depth": 3, "kernel": 3, "n_cond": 0},
+    "moseley2020": {"width": 32, "depth": 3, "kernel": 3, "n_cond": 0, "layout": "strided",
+                    "activation": "relu"},
 }
+_ACTIVATIONS = {"gelu": nn.GELU, "relu": nn.ReLU}
+LAYOUTS = ("conv", "strided")
 
 
 def _conv(c_in: int, c_out: int, kernel: int, stride: int = 1) -> nn.Conv1d:
     return nn.Conv1d(c_in, c_out, kernel, stride=stride, padding=kernel // 2,
                      padding_mode="circular")
+
+
+class _Transpose(nn.Module):
+    """Swap channels and bins: (n, C, L) <-> (n, L, C)."""
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return h.transpose(1, 2)
+
+
+class _PairDown(nn.Module):
+    """A kernel-2 stride-2 convolution on channels-last input (n, L, C) -> (n, L/2, C').
+
+    Neighbouring bins never overlap, so the convolution is one matrix product
+    over the pairs (n·L/2, 2C) x (2C, C'): the form CPUs run fastest.
+    """
+
+    def __init__(self, c_in: int, c_out: int):
+        super().__init__()
+        self.linear = nn.Linear(2 * c_in, c_out)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return self.linear(h.reshape(h.shape[0], h.shape[1] // 2, -1))
+
+
+class _PairUp(nn.Module):
+    """The transpose of :class:`_PairDown`: (n, L, C) -> (n, 2L, C'), channels last
+    (with a bias per output bin of the pair, where a transposed conv shares one)."""
+
+    def __init__(self, c_in: int, c_out: int):
+        super().__init__()
+        self.linear = nn.Linear(c_in, 2 * c_out)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return self.linear(h).reshape(h.shape[0], 2 * h.shape[1], -1)
 
 
 class ProfileVAE(nn.Module):
@@ -74,29 +120,46 @@ class ProfileVAE(nn.Module):
         if cfg.bins % factor:
             raise ValueError(f"bins ({cfg.bins}) must be divisible by 2**depth ({factor}); "
                              f"choose profiles.bins or model.depth accordingly")
+        if cfg.layout not in LAYOUTS:
+            raise ValueError(f"layout {cfg.layout!r}: expected one of {', '.join(LAYOUTS)}")
+        if cfg.activation not in _ACTIVATIONS:
+            raise ValueError(f"activation {cfg.activation!r}: expected one of "
+                             f"{', '.join(_ACTIVATIONS)}")
         self.cfg = cfg
         k = cfg.kernel
+        act = _ACTIVATIONS[cfg.activation]
         # Channels per resolution level (0 = full resolution): half the width at
         # full resolution, the full width below. Convolutions at full resolution
         # dominate the cost, so this halves the training time at equal accuracy.
         widths = [max(cfg.width // 2, 4)] + [cfg.width] * cfg.depth
-        # Encoder: one full-resolution conv, then stride-2 convs halve the length.
-        layers: list[nn.Module] = [_conv(2 * cfg.channels, widths[0], k), nn.GELU()]
-        for level in range(cfg.depth):
-            layers += [nn.Conv1d(widths[level], widths[level + 1], 4, stride=2, padding=1,
-                                 padding_mode="circular"), nn.GELU()]
-        self.encoder = nn.Sequential(*layers)
         self.reduced = cfg.bins // factor
+        # Both layouts start and end with a circular conv at full resolution, so
+        # the profile is seen across midnight.
+        layers: list[nn.Module] = [_conv(2 * cfg.channels, widths[0], k), act()]
+        dec: list[nn.Module] = []
+        if cfg.layout == "conv":
+            for level in range(cfg.depth):
+                layers += [nn.Conv1d(widths[level], widths[level + 1], 4, stride=2, padding=1,
+                                     padding_mode="circular"), act()]
+            unflatten = nn.Unflatten(1, (cfg.width, self.reduced))
+            # Nearest upsampling + circular conv (overlapping transposed convs
+            # cannot pad circularly and would leave a seam at midnight).
+            for level in range(cfg.depth, 0, -1):
+                dec += [nn.Upsample(scale_factor=2, mode="nearest"),
+                        _conv(widths[level], widths[level - 1], k), act()]
+        else:  # strided, channels last in between
+            layers.append(_Transpose())
+            for level in range(cfg.depth):
+                layers += [_PairDown(widths[level], widths[level + 1]), act()]
+            unflatten = nn.Unflatten(1, (self.reduced, cfg.width))
+            for level in range(cfg.depth, 0, -1):
+                dec += [_PairUp(widths[level], widths[level - 1]), act()]
+            dec.append(_Transpose())
+        self.encoder = nn.Sequential(*layers)
         self.to_latent = nn.Linear(cfg.width * self.reduced, 2 * cfg.latent_dim)
         self.from_latent = nn.Sequential(
-            nn.Linear(cfg.latent_dim + cfg.n_cond, cfg.width * self.reduced), nn.GELU())
-        # Decoder: nearest upsampling + circular conv (transposed convs cannot
-        # pad circularly, and would leave a seam at midnight).
-        dec: list[nn.Module] = []
-        for level in range(cfg.depth, 0, -1):
-            dec += [nn.Upsample(scale_factor=2, mode="nearest"),
-                    _conv(widths[level], widths[level - 1], k), nn.GELU()]
-        dec += [_conv(widths[0], cfg.channels, k)]
+            nn.Linear(cfg.latent_dim + cfg.n_cond, cfg.width * self.reduced), act(), unflatten)
+        dec.append(_conv(widths[0], cfg.channels, k))
         self.decoder = nn.Sequential(*dec)
 
     def encode(self, x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -111,8 +174,7 @@ class ProfileVAE(nn.Module):
             if cond is None:
                 raise ValueError("this model is conditioned on latitude: pass cond")
             z = torch.cat([z, cond.to(z.dtype)], dim=1)
-        h = self.from_latent(z).view(-1, self.cfg.width, self.reduced)  # -1: traceable
-        return self.decoder(h)
+        return self.decoder(self.from_latent(z))
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor, cond: torch.Tensor | None = None,
                 sample: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -167,7 +167,8 @@ def _normalisation(profile: np.ndarray, lat: np.ndarray, mode: str
 def _arch(config: Mapping[str, Any], channels: int, bins: int) -> VAEConfig:
     m = config["model"]
     arch = {"width": m["width"], "depth": m["depth"], "latent_dim": m["latent_dim"],
-            "n_cond": 2 if m["condition_on_latitude"] else 0}
+            "n_cond": 2 if m["condition_on_latitude"] else 0, "layout": m["layout"],
+            "activation": m["activation"]}
     arch.update(PRESETS[m["preset"]])
     return VAEConfig(channels=channels, bins=bins, **arch)
 
