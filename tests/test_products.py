@@ -98,11 +98,30 @@ def test_evaluate_with_and_without_truth(trained, survey, tiny_config, tmp_path)
     assert 0.0 <= m["anomaly"]["roc_auc"] <= 1.0
     assert json.loads((tmp_path / "t" / "metrics.json").read_text())["pixels"] == m["pixels"]
     assert "| best abs Spearman, albedo |" in (tmp_path / "t" / "metrics.md").read_text()
+    assert set(m["linear_probe"]["r2"]) == set(evaluate.FACTOR_NAMES)
+    assert "linear probe of the profiles" in (tmp_path / "t" / "metrics.md").read_text()
     real = evaluate.run(trained["latents"], None, tmp_path / "r", tiny_config)
     assert real["ground_truth"] is False and "no ground truth" in real["note"]
     assert "spearman" not in real
     assert (tmp_path / "r" / "kl.png").exists()
     assert not (tmp_path / "r" / "correlation.png").exists()
+
+
+def test_linear_probe_known_answers(trained, survey):
+    """A factor that is a linear function of two bins is read back (R² ≈ 1, ρ ≈ 1);
+    a factor independent of the data is not (R² ≤ ~0)."""
+    pix, lat, x, _, _ = evaluate._normalised_profiles(survey["profiles_h5"], trained["model"])
+    n = len(pix)
+    rng = np.random.default_rng(0)
+    flat = x.reshape(n, -1)
+    linear = 2.0 * flat[:, 3] - flat[:, 10] + 0.3 * np.sin(np.radians(lat))
+    factors = np.column_stack([linear, rng.normal(size=n), linear, linear, linear])
+    with h5py.File(trained["latents"]) as h5:
+        nside = int(h5.attrs["nside"])
+    probe = evaluate.linear_probe(survey["profiles_h5"], trained["model"], nside, factors,
+                                  ridge=1e-6)
+    assert probe["r2"]["albedo"] > 0.95 and probe["best_abs_spearman"]["albedo"] > 0.95
+    assert probe["r2"]["h_param"] < 0.05 and probe["best_abs_spearman"]["h_param"] < 0.3
 
 
 def test_anomaly_catalogue_groups_connected_pixels():
