@@ -46,3 +46,25 @@ def trained(tmp_path_factory, survey, tiny_config) -> dict:
                      tiny_config)
     return {"root": root, "model": root / "model.pt", "metrics": metrics, "encode": enc,
             "latents": root / "latents.h5"}
+
+
+def strongest_anomaly_distance_deg(truth_h5: Path, catalogue_ecsv: Path) -> float:
+    """Angular distance (degrees) from the strongest injected anomaly — the warm
+    rocky pixel with the largest rock fraction — to the nearest region centre of
+    the anomaly catalogue (inf when the catalogue is empty)."""
+    import h5py
+    import healpy as hp
+    import numpy as np
+    from astropy.table import Table
+
+    with h5py.File(truth_h5) as h5:
+        nside = int(h5.attrs["nside"])
+        pix, kind, rock = h5["pix"][...], h5["anomaly_kind"][...], h5["rock_fraction"][...]
+    strongest = pix[np.argmax(np.where(kind == 1, rock, -np.inf))]
+    target = hp.pix2vec(nside, int(strongest), nest=True)
+    table = Table.read(catalogue_ecsv, format="ascii.ecsv")
+    if len(table) == 0:
+        return float("inf")
+    centres = np.array(hp.ang2vec(np.asarray(table["lon"]), np.asarray(table["lat"]),
+                                  lonlat=True)).reshape(-1, 3)
+    return float(np.degrees(np.arccos(np.clip(centres @ np.asarray(target), -1, 1))).min())

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from astropy.io import fits
 from astropy.table import Table
+from conftest import strongest_anomaly_distance_deg
 from PIL import Image
 
 from vaemap import evaluate, maps
@@ -75,6 +76,10 @@ def test_maps_fits_and_png(trained, survey, tiny_config, tmp_path):
                                   score)
     catalogue = Table.read(tmp_path / "anomalies.ecsv", format="ascii.ecsv")
     assert catalogue["lon"].unit == "deg" and catalogue.meta["ordering"] == "NESTED"
+    # The strongest injected anomaly is in the catalogue: a region centred on it
+    # (within the injected radius plus one pixel).
+    reach = tiny_config["simulate"]["anomaly_radius_deg"] + np.degrees(hp.nside2resol(nside))
+    assert strongest_anomaly_distance_deg(survey["truth"], tmp_path / "anomalies.ecsv") < reach
     for figure in ("anomaly_profiles.png", "latent_traversal.png"):
         image = np.asarray(Image.open(tmp_path / figure).convert("L"), dtype=float)
         assert image.std() > 10
