@@ -185,3 +185,31 @@ def test_connected_regions_and_region_recall():
     recall = evaluate.region_recall(pix, nside, kind, score, threshold=3.5)
     assert recall["warm_rocky_regions"] == 1 and recall["warm_rocky_found"] == 1
     assert recall["cold_spot_regions"] == 1 and recall["cold_spot_found"] == 0
+
+
+def test_tiles_then_merge_equal_one_job(trained, survey, tiny_config, tmp_path):
+    from vaemap import encode
+
+    cfg = {**tiny_config, "encode": {**tiny_config["encode"], "tile_nside": 1}}
+    parts = []
+    for index in reversed(range(12)):  # any order: merge sorts the parts
+        parts.append(tmp_path / f"tile_{index}.h5")
+        encode.run(survey["profiles_h5"], trained["model"], parts[-1], cfg, tile=f"1/{index}")
+    summary = encode.merge(parts, tmp_path / "latents.h5", cfg)
+    with h5py.File(trained["latents"]) as one, h5py.File(tmp_path / "latents.h5") as merged:
+        assert summary["pixels"] == one["pix"].size
+        assert set(merged) == set(one)
+        for key in ("pix", "n_obs", "anomaly"):
+            np.testing.assert_array_equal(merged[key][...], one[key][...])
+        for key in ("mu", "logvar", "recon_error", "recon_norm_l1", "anomaly_score", "recon"):
+            np.testing.assert_allclose(merged[key][...], one[key][...], rtol=1e-4, atol=1e-4)
+        assert merged.attrs["ordering"] == "NESTED" and "anomaly_metric" in merged.attrs
+    with h5py.File(parts[0]) as part:
+        assert "anomaly_score" not in part and part.attrs["part_of_tile"] == "1/11"
+    with pytest.raises(ValueError, match="overlap"):
+        encode.merge([parts[0], parts[0]], tmp_path / "bad.h5", cfg)
+    with pytest.raises(ValueError, match="not an encode tile part"):
+        encode.merge([trained["latents"]], tmp_path / "bad.h5", cfg)
+    for bad, message in (("3/0", "power of 2"), ("1/12", "outside"), ("x", "NSIDE/INDEX")):
+        with pytest.raises(ValueError, match=message):
+            encode.parse_tile(bad)

@@ -57,6 +57,18 @@ def test_invalid_config_fails_with_key_path(tmp_path):
     assert "model.beta" in proc.stdout + proc.stderr
 
 
+def test_encode_scatters_over_tiles(tmp_path):
+    cfg = yaml.safe_load(TINY.read_text())
+    cfg["encode"] = {"tile_nside": 1}
+    (tmp_path / "tiles.yaml").write_text(yaml.safe_dump(cfg))
+    proc = snakemake("-n", "--configfile", str(tmp_path / "tiles.yaml"), "--directory",
+                     str(tmp_path))
+    table = proc.stdout.split("Job stats:", 1)[1]
+    assert re.search(r"^encode_tile\s+12$", table, re.M)
+    assert re.search(r"^merge_latents\s+1$", table, re.M)
+    assert not re.search(r"^encode\s", table, re.M)
+
+
 @pytest.mark.slow
 def test_end_to_end_products_rerun_and_report(tmp_path):
     config = tmp_path / "config.yaml"

@@ -75,7 +75,13 @@ def _step_train(args, cfg):
 def _step_encode(args, cfg):
     from vaemap import encode
 
-    return encode.run(args.profiles, args.model, args.output, cfg)
+    return encode.run(args.profiles, args.model, args.output, cfg, tile=args.tile)
+
+
+def _step_merge_latents(args, cfg):
+    from vaemap import encode
+
+    return encode.merge(args.parts, args.output, cfg)
 
 
 def _step_maps(args, cfg):
@@ -150,6 +156,15 @@ def build_parser() -> argparse.ArgumentParser:
             "anomaly score (latents.h5).")
     p.add_argument("profiles", help="profiles.h5")
     p.add_argument("model", help="model.pt")
+    p.add_argument("--output", required=True, help="latents.h5 to write")
+    p.add_argument("--tile", metavar="NSIDE/INDEX",
+                   help="encode only this NESTED tile (e.g. 2/17) into a part for "
+                        "`vaemap merge-latents`, which adds the anomaly score")
+    _common(p)
+
+    p = add("merge-latents", _step_merge_latents, "Combine the tile parts of `vaemap encode "
+            "--tile` into latents.h5 and score the anomalies over all pixels.")
+    p.add_argument("parts", nargs="+", metavar="PART", help="tile parts (any order)")
     p.add_argument("--output", required=True, help="latents.h5 to write")
     _common(p)
 

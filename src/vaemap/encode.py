@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +31,7 @@ from vaemap.io import atomic_path, provenance_attrs, write_dataset
 from vaemap.model import latitude_condition, load_checkpoint, mean_profile, normalise
 from vaemap.train import resolve_device
 
-__all__ = ["robust_z", "run"]
+__all__ = ["merge", "parse_tile", "robust_z", "run"]
 
 log = logging.getLogger(__name__)
 
@@ -78,9 +78,29 @@ def _inference_module(model: torch.nn.Module, example: tuple[torch.Tensor, ...])
         return wrapper
 
 
+#: Per-pixel datasets of latents.h5 (besides ``recon``), their units, and
+#: whether a tile part carries them (the anomaly score needs every pixel).
+_PIXEL_DATASETS = {"pix": None, "mu": None, "logvar": None, "recon_error": "K",
+                   "recon_l1": "K", "recon_norm_l1": "", "n_obs": None}
+
+
+def parse_tile(tile: str) -> tuple[int, int]:
+    """``"NSIDE/INDEX"`` -> (nside, index) of a NESTED tile; ValueError names what is wrong."""
+    try:
+        nside_s, index_s = tile.split("/")
+        nside, index = int(nside_s), int(index_s)
+    except ValueError:
+        raise ValueError(f"tile {tile!r}: expected NSIDE/INDEX, e.g. 2/17") from None
+    if nside < 1 or nside & (nside - 1):
+        raise ValueError(f"tile {tile!r}: nside {nside} is not a power of 2")
+    if not 0 <= index < 12 * nside**2:
+        raise ValueError(f"tile {tile!r}: index outside 0..{12 * nside**2 - 1}")
+    return nside, index
+
+
 def run(profiles: str | Path, model_path: str | Path, output: str | Path,
-        config: Mapping[str, Any]) -> dict[str, Any]:
-    """Write ``latents.h5`` for every pixel of ``profiles``.
+        config: Mapping[str, Any], *, tile: str | None = None) -> dict[str, Any]:
+    """Write ``latents.h5`` for every pixel of ``profiles`` (or one tile's part of it).
 
     Datasets: ``pix`` (n,), ``mu`` and ``logvar`` (n, latent), ``recon_error``
     (n, RMS over observed bins, K), ``recon_l1`` (n, mean |error|, K),
@@ -88,6 +108,11 @@ def run(profiles: str | Path, model_path: str | Path, output: str | Path,
     robust z of the error chosen by ``encode.anomaly_metric``), ``anomaly`` (n, 0/1 above
     ``encode.anomaly_threshold``), ``n_obs`` (n,) and, with
     ``encode.store_recon``, ``recon`` (n, channels, bins) kelvin.
+
+    With ``tile="NSIDE/INDEX"`` only the pixels inside that NESTED tile are
+    encoded and the file is a *part* without the anomaly score (a robust z
+    needs the median and MAD over every pixel): :func:`merge` combines the
+    parts into ``latents.h5``. This is how encoding scales out over many jobs.
     """
     params = config["encode"]
     device = resolve_device(config["device"])
@@ -98,32 +123,35 @@ def run(profiles: str | Path, model_path: str | Path, output: str | Path,
     arch = ckpt["arch"]
     batch = params["batch_size"]
     with h5py.File(profiles, "r") as src:
-        n = src["pix"].shape[0]
         shape = src["profile"].shape
         if shape[1:] != (arch["channels"], arch["bins"]):
             raise ValueError(f"{profiles}: profiles of shape {shape[1:]} do not match the "
                              f"model's (channels, bins) = ({arch['channels']}, {arch['bins']})")
-        pix = src["pix"][...]
-        n_obs = np.empty(n, np.int32)
-        mu = np.empty((n, arch["latent_dim"]), np.float32)
-        logvar = np.empty_like(mu)
-        rms = np.empty(n, np.float32)
-        l1 = np.empty(n, np.float32)
-        norm_l1 = np.empty(n, np.float32)
+        all_pix = src["pix"][...]
+        lo, hi = 0, all_pix.size
+        if tile is not None:
+            tile_nside, index = parse_tile(tile)
+            nside = int(src.attrs["nside"])
+            if tile_nside > nside:
+                raise ValueError(f"tile {tile!r}: finer than the profiles' nside {nside}")
+            per_tile = (nside // tile_nside) ** 2  # NESTED: a tile is a contiguous range
+            lo, hi = np.searchsorted(all_pix, [index * per_tile, (index + 1) * per_tile])
+        pix = all_pix[lo:hi]
+        n = pix.size
+        arrays = {"pix": pix, "n_obs": np.empty(n, np.int32),
+                  "mu": np.empty((n, arch["latent_dim"]), np.float32),
+                  "logvar": np.empty((n, arch["latent_dim"]), np.float32),
+                  "recon_error": np.empty(n, np.float32), "recon_l1": np.empty(n, np.float32),
+                  "recon_norm_l1": np.empty(n, np.float32)}
         with atomic_path(output) as tmp, h5py.File(tmp, "w") as out:
-            recon_ds = None
-            if params["store_recon"]:
-                recon_ds = out.create_dataset("recon", shape=shape, dtype=np.float32,
-                                              chunks=(min(max(n, 1), 4096), *shape[1:]),
-                                              compression="gzip", shuffle=True)
-                recon_ds.attrs["unit"] = "K"
+            recon_ds = _recon_dataset(out, (n, *shape[1:])) if params["store_recon"] else None
             net = None
             with torch.inference_mode():
                 for a in range(0, n, batch):
                     b = min(a + batch, n)
-                    prof = torch.from_numpy(src["profile"][a:b]).to(device)
-                    n_obs[a:b] = src["count"][a:b].sum(axis=(1, 2))
-                    lat = torch.from_numpy(src["lat"][a:b]).to(device)
+                    prof = torch.from_numpy(src["profile"][lo + a:lo + b]).to(device)
+                    arrays["n_obs"][a:b] = src["count"][lo + a:lo + b].sum(axis=(1, 2))
+                    lat = torch.from_numpy(src["lat"][lo + a:lo + b]).to(device)
                     mean = mean_profile(lat, norm_lat, norm_mean)
                     x, mask = normalise(prof, mean, std)
                     cond = latitude_condition(lat, arch["n_cond"])
@@ -133,34 +161,112 @@ def run(profiles: str | Path, model_path: str | Path, output: str | Path,
                     recon_k = recon * std + mean
                     err = torch.where(mask > 0, recon_k - prof, torch.zeros((), device=device))
                     n_bins = mask.flatten(1).sum(1).clamp(min=1)
-                    rms[a:b] = torch.sqrt((err**2).flatten(1).sum(1) / n_bins).cpu().numpy()
-                    l1[a:b] = (err.abs().flatten(1).sum(1) / n_bins).cpu().numpy()
-                    norm_l1[a:b] = ((err / std).abs().flatten(1).sum(1) / n_bins).cpu().numpy()
-                    mu[a:b] = m.cpu().numpy()
-                    logvar[a:b] = lv.cpu().numpy()
+                    arrays["recon_error"][a:b] = torch.sqrt(
+                        (err**2).flatten(1).sum(1) / n_bins).cpu().numpy()
+                    arrays["recon_l1"][a:b] = (err.abs().flatten(1).sum(1) / n_bins).cpu().numpy()
+                    arrays["recon_norm_l1"][a:b] = (
+                        (err / std).abs().flatten(1).sum(1) / n_bins).cpu().numpy()
+                    arrays["mu"][a:b] = m.cpu().numpy()
+                    arrays["logvar"][a:b] = lv.cpu().numpy()
                     if recon_ds is not None:
                         recon_ds[a:b] = recon_k.cpu().numpy()
-            error = norm_l1 if params["anomaly_metric"] == "normalised_l1" else l1
-            score = robust_z(error).astype(np.float32)
-            anomaly = (score > params["anomaly_threshold"]).astype(np.uint8)
-            out.attrs.update(provenance_attrs(
-                config, nside=int(ckpt["nside"]), ordering="NESTED", body="MOON",
-                model=str(model_path), latent_dim=arch["latent_dim"],
-                anomaly_threshold=params["anomaly_threshold"],
-                anomaly_metric=params["anomaly_metric"],
-                anomaly_score="0.6745 (x - median) / MAD of the anomaly_metric error"))
-            write_dataset(out, "pix", pix)
-            write_dataset(out, "mu", mu)
-            write_dataset(out, "logvar", logvar)
-            write_dataset(out, "recon_error", rms, attrs={"unit": "K"})
-            write_dataset(out, "recon_l1", l1, attrs={"unit": "K"})
-            write_dataset(out, "recon_norm_l1", norm_l1, attrs={"unit": ""})
-            write_dataset(out, "anomaly_score", score)
-            write_dataset(out, "anomaly", anomaly)
-            write_dataset(out, "n_obs", n_obs)
-    summary = {"pixels": int(n), "anomalous": int(anomaly.sum()),
-               "median_recon_error_k": float(np.median(rms)) if n else float("nan"),
+            attrs = {"nside": int(ckpt["nside"]), "ordering": "NESTED", "body": "MOON",
+                     "model": str(model_path), "latent_dim": arch["latent_dim"]}
+            for key, values in arrays.items():
+                write_dataset(out, key, values, attrs={"unit": _PIXEL_DATASETS[key]}
+                              if _PIXEL_DATASETS[key] is not None else None)
+            if tile is None:
+                _, anomaly = _write_score(out, arrays, params)
+                out.attrs.update(provenance_attrs(config, **attrs, **_score_attrs(params)))
+            else:
+                out.attrs.update(provenance_attrs(config, **attrs, part_of_tile=tile))
+    if tile is not None:
+        log.info("encoded tile %s: %d pixels (a part: run `vaemap merge-latents`)", tile, n)
+        return {"pixels": int(n), "tile": tile, "output": str(output)}
+    return _summary(arrays["recon_error"], anomaly, output)
+
+
+def _recon_dataset(out: h5py.File, shape: tuple[int, ...]) -> h5py.Dataset:
+    ds = out.create_dataset("recon", shape=shape, dtype=np.float32,
+                            chunks=(min(max(shape[0], 1), 4096), *shape[1:]),
+                            compression="gzip", shuffle=True)
+    ds.attrs["unit"] = "K"
+    return ds
+
+
+def _score_attrs(params: Mapping[str, Any]) -> dict[str, Any]:
+    return {"anomaly_threshold": params["anomaly_threshold"],
+            "anomaly_metric": params["anomaly_metric"],
+            "anomaly_score": "0.6745 (x - median) / MAD of the anomaly_metric error"}
+
+
+def _write_score(out: h5py.File, arrays: Mapping[str, np.ndarray], params: Mapping[str, Any]
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """Robust z of the chosen error over all pixels, and the 0/1 anomaly flag."""
+    error = arrays["recon_norm_l1" if params["anomaly_metric"] == "normalised_l1"
+                   else "recon_l1"]
+    score = robust_z(error).astype(np.float32)
+    anomaly = (score > params["anomaly_threshold"]).astype(np.uint8)
+    write_dataset(out, "anomaly_score", score)
+    write_dataset(out, "anomaly", anomaly)
+    return score, anomaly
+
+
+def _summary(rms: np.ndarray, anomaly: np.ndarray, output) -> dict[str, Any]:
+    summary = {"pixels": int(rms.size), "anomalous": int(anomaly.sum()),
+               "median_recon_error_k": float(np.median(rms)) if rms.size else float("nan"),
                "output": str(output)}
-    log.info("encoded %d pixels: median RMS %.2f K, %d above the anomaly threshold", n,
-             summary["median_recon_error_k"], summary["anomalous"])
+    log.info("encoded %d pixels: median RMS %.2f K, %d above the anomaly threshold",
+             summary["pixels"], summary["median_recon_error_k"], summary["anomalous"])
     return summary
+
+
+def merge(parts: Sequence[str | Path], output: str | Path, config: Mapping[str, Any]
+          ) -> dict[str, Any]:
+    """Combine tile parts written by ``run(..., tile=...)`` into one ``latents.h5``.
+
+    Parts are ordered by their first pixel (tiles are NESTED ranges, so the
+    result is pixel-sorted) and must not overlap; the anomaly score is then
+    computed over every pixel, exactly as a single job would have. The small
+    per-pixel arrays (about 60 bytes per pixel with 4 latents: 3 GB for the 50 M
+    pixels of nside 2048) are gathered in memory; the reconstructions, the bulk
+    of the data, are copied part by part.
+    """
+    params = config["encode"]
+    handles = [h5py.File(p, "r") for p in parts]
+    try:
+        for path, h in zip(parts, handles, strict=True):
+            if "part_of_tile" not in h.attrs:
+                raise ValueError(f"{path}: not an encode tile part (no part_of_tile attribute)")
+        first = [int(h["pix"][0]) if h["pix"].size else -1 for h in handles]
+        order = np.argsort(first, kind="stable")
+        handles = [handles[i] for i in order]
+        ref = handles[0]
+        arrays = {}
+        for key in _PIXEL_DATASETS:
+            arrays[key] = np.concatenate([h[key][...] for h in handles])
+        if np.any(np.diff(arrays["pix"]) <= 0):
+            raise ValueError("tile parts overlap or repeat pixels: "
+                             + ", ".join(str(parts[i]) for i in order))
+        with atomic_path(output) as tmp, h5py.File(tmp, "w") as out:
+            for key, values in arrays.items():
+                write_dataset(out, key, values, attrs={"unit": _PIXEL_DATASETS[key]}
+                              if _PIXEL_DATASETS[key] is not None else None)
+            if all("recon" in h for h in handles):
+                recon = _recon_dataset(out, (arrays["pix"].size, *ref["recon"].shape[1:]))
+                start = 0
+                for h in handles:
+                    for a in range(0, h["recon"].shape[0], 65536):
+                        block = h["recon"][a:a + 65536]
+                        recon[start:start + len(block)] = block
+                        start += len(block)
+            _, anomaly = _write_score(out, arrays, params)
+            attrs = {"nside": int(ref.attrs["nside"]), "latent_dim": int(ref.attrs["latent_dim"]),
+                     **{k: str(ref.attrs[k]) for k in ("ordering", "body", "model")}}
+            out.attrs.update(provenance_attrs(
+                config, **attrs, **_score_attrs(params),
+                merged_from=[str(parts[i]) for i in order]))
+    finally:
+        for h in handles:
+            h.close()
+    return _summary(arrays["recon_error"], anomaly, output)

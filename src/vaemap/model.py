@@ -134,31 +134,33 @@ class ProfileVAE(nn.Module):
         widths = [max(cfg.width // 2, 4)] + [cfg.width] * cfg.depth
         self.reduced = cfg.bins // factor
         # Both layouts start and end with a circular conv at full resolution, so
-        # the profile is seen across midnight.
+        # the profile is seen across midnight. (Modules are created encoder,
+        # latent layers, decoder, in this order: it fixes the initial weights.)
+        strided = cfg.layout == "strided"
         layers: list[nn.Module] = [_conv(2 * cfg.channels, widths[0], k), act()]
-        dec: list[nn.Module] = []
-        if cfg.layout == "conv":
-            for level in range(cfg.depth):
-                layers += [nn.Conv1d(widths[level], widths[level + 1], 4, stride=2, padding=1,
-                                     padding_mode="circular"), act()]
-            unflatten = nn.Unflatten(1, (cfg.width, self.reduced))
-            # Nearest upsampling + circular conv (overlapping transposed convs
-            # cannot pad circularly and would leave a seam at midnight).
-            for level in range(cfg.depth, 0, -1):
-                dec += [nn.Upsample(scale_factor=2, mode="nearest"),
-                        _conv(widths[level], widths[level - 1], k), act()]
-        else:  # strided, channels last in between
+        if strided:  # channels last in between
             layers.append(_Transpose())
-            for level in range(cfg.depth):
-                layers += [_PairDown(widths[level], widths[level + 1]), act()]
-            unflatten = nn.Unflatten(1, (self.reduced, cfg.width))
-            for level in range(cfg.depth, 0, -1):
-                dec += [_PairUp(widths[level], widths[level - 1]), act()]
-            dec.append(_Transpose())
+        for level in range(cfg.depth):
+            down = (_PairDown(widths[level], widths[level + 1]) if strided else
+                    nn.Conv1d(widths[level], widths[level + 1], 4, stride=2, padding=1,
+                              padding_mode="circular"))
+            layers += [down, act()]
         self.encoder = nn.Sequential(*layers)
         self.to_latent = nn.Linear(cfg.width * self.reduced, 2 * cfg.latent_dim)
         self.from_latent = nn.Sequential(
-            nn.Linear(cfg.latent_dim + cfg.n_cond, cfg.width * self.reduced), act(), unflatten)
+            nn.Linear(cfg.latent_dim + cfg.n_cond, cfg.width * self.reduced), act(),
+            nn.Unflatten(1, (self.reduced, cfg.width) if strided else (cfg.width, self.reduced)))
+        dec: list[nn.Module] = []
+        for level in range(cfg.depth, 0, -1):
+            if strided:
+                dec += [_PairUp(widths[level], widths[level - 1]), act()]
+            else:
+                # Nearest upsampling + circular conv (overlapping transposed convs
+                # cannot pad circularly and would leave a seam at midnight).
+                dec += [nn.Upsample(scale_factor=2, mode="nearest"),
+                        _conv(widths[level], widths[level - 1], k), act()]
+        if strided:
+            dec.append(_Transpose())
         dec.append(_conv(widths[0], cfg.channels, k))
         self.decoder = nn.Sequential(*dec)
 
