@@ -92,6 +92,9 @@ def test_end_to_end_products_rerun_and_report(tmp_path):
     assert len(list((results / "logs" / "ingest").glob("*.log"))) == 2  # one job per table
     assert not (results / "ingest").exists() or not any((results / "ingest").iterdir())
     assert (results / "evaluate" / "metrics.json").exists()
+    summary = (results / "sweep" / "summary.md").read_text()  # AE baseline by default
+    for row in ("| main(beta=0.2) |", "| main(beta=0.2) + ICA |", "| AE(beta=0) |", "| PCA ("):
+        assert row in summary
 
     # A second run is a no-op.
     again = snakemake(*common, "-n")
@@ -102,7 +105,10 @@ def test_end_to_end_products_rerun_and_report(tmp_path):
     cfg["model"]["beta"] = 0.7
     config.write_text(yaml.safe_dump(cfg))
     changed = snakemake(*common, "-n")
-    assert planned_jobs(changed.stdout) == {"train", "encode", "maps", "evaluate", "all"}
+    # (the sweep's β = 0 autoencoder does not depend on the main β: not re-trained;
+    # only the comparison table is rebuilt)
+    assert planned_jobs(changed.stdout) == {"train", "encode", "maps", "evaluate",
+                                            "sweep_summary", "all"}
 
     report = tmp_path / "report.html"
     snakemake(*common[:4], "--report", str(report))

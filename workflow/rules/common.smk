@@ -31,6 +31,20 @@ def step_config(*sections):
     )
 
 
+def sweep_step_config(*sections):
+    """step_config for a sweep model: the model section with the swept value in
+    place, so a sweep model re-runs only when its own settings change (the β = 0
+    autoencoder does not depend on the main model's β)."""
+
+    def params(wildcards):
+        value = json.loads(wildcards.value)
+        cfg = {name: config[name] for name in sections}
+        cfg["model"] = {**cfg["model"], wildcards.param: value}
+        return json.dumps(cfg, sort_keys=True, separators=(",", ":"))
+
+    return params
+
+
 def rdr_tables():
     """RDR tables to ingest, keyed by a unique name for the per-table ingest jobs:
     the simulated ones, or the configured real files."""
@@ -80,6 +94,14 @@ def sweep_labels():
         f"{param}={value}"
         for param in ("beta", "latent_dim")
         for value in config["sweep"][param]
+    ]
+
+
+def sweep_table_labels():
+    """Row labels of the sweep summary: the main model, then each sweep model."""
+    names = {"beta=0": "AE(beta=0)"}
+    return [f"main(beta={config['model']['beta']:g})"] + [
+        names.get(label, label) for label in sweep_labels()
     ]
 
 

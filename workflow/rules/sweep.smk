@@ -21,11 +21,10 @@ rule train_sweep:
         mem_mb=8000,
         gpu=1 if config["train"]["gpu"] else 0,
     params:
-        cfg=step_config("ingest", "profiles", "model", "train", "seed", "device"),
+        cfg=sweep_step_config("ingest", "profiles", "model", "train", "seed", "device"),
     shell:
         "vaemap train {input} --output {output.model} --metrics {output.metrics} "
-        "--resume --no-progress --config-json {params.cfg:q} "
-        "--set model.{wildcards.param}={wildcards.value} --json > {log} 2>&1"
+        "--resume --no-progress --config-json {params.cfg:q} --json > {log} 2>&1"
 
 
 rule encode_sweep:
@@ -86,7 +85,7 @@ rule sweep_summary:
         "../envs/vaemap.yaml"
     threads: 1
     params:
-        labels=["main"] + sweep_labels(),
+        labels=sweep_table_labels(),
     shell:
-        "vaemap summarize {input.main} {input.variants} --labels {params.labels} "
+        "vaemap summarize {input.main} {input.variants} --labels {params.labels:q} "
         "--output {output.table} --csv {output.csv} > {log} 2>&1"
