@@ -26,10 +26,13 @@ __all__ = ["map_products", "render_png", "run"]
 log = logging.getLogger(__name__)
 
 
-def map_products(latent_dim: int) -> dict[str, dict[str, str]]:
+def map_products(latent_dim: int, independent_components: bool = False
+                 ) -> dict[str, dict[str, str]]:
     """Names, titles and units of the map products for ``latent_dim`` latents.
 
-    The names are the file stems, ``<name>.fits`` and ``<name>.png``.
+    The names are the file stems, ``<name>.fits`` and ``<name>.png``; with
+    ``independent_components`` also ``ic0`` ... (the latent means rotated to
+    independent components, see :func:`vaemap.evaluate.ica_components`).
     """
     products: dict[str, dict[str, str]] = {}
     for k in range(latent_dim):
@@ -37,6 +40,11 @@ def map_products(latent_dim: int) -> dict[str, dict[str, str]]:
                                      "fits": f"latent {k} posterior mean (mu)"}
         products[f"latent{k}_sigma"] = {"title": f"latent {k}: posterior σ", "unit": "",
                                         "fits": f"latent {k} posterior std (sigma)"}
+    if independent_components:
+        for k in range(latent_dim):
+            products[f"ic{k}"] = {"title": f"independent component {k} of the latent means",
+                                  "unit": "", "fits": f"independent component {k} of the "
+                                                      f"latent means (FastICA, unit variance)"}
     products["recon_error"] = {"title": "reconstruction error (RMS)", "unit": "K",
                                "fits": "reconstruction error, RMS over observed bins"}
     products["recon_l1"] = {"title": "reconstruction error (L1)", "unit": "K",
@@ -48,7 +56,9 @@ def map_products(latent_dim: int) -> dict[str, dict[str, str]]:
     return products
 
 
-def _values(h5: h5py.File, name: str) -> np.ndarray:
+def _values(h5: h5py.File, name: str, ica: np.ndarray | None = None) -> np.ndarray:
+    if name.startswith("ic"):
+        return ica[:, int(name[2:])].astype(np.float32)
     if name.startswith("latent"):
         k = int(name[len("latent"):].split("_")[0])
         if name.endswith("_mu"):
@@ -270,12 +280,18 @@ def run(latents: str | Path, profiles: str | Path, model: str | Path, outdir: st
         latent_dim = int(h5["mu"].shape[1])
         pix = h5["pix"][...]
         history = _config_history(config)
+        ica = None
+        if params["independent_components"]:
+            from vaemap.evaluate import ica_components
+
+            # The same rotation (data, seed) that evaluate scores as "VAE + ICA".
+            ica = ica_components(h5["mu"][...].astype(np.float64))
         # Rendering dominates; figures are independent, so draw them in parallel.
         with ProcessPoolExecutor(max_workers=max(1, threads),
                                  mp_context=multiprocessing.get_context("spawn")) as pool:
             jobs = []
-            for name, meta in map_products(latent_dim).items():
-                values = _values(h5, name)
+            for name, meta in map_products(latent_dim, ica is not None).items():
+                values = _values(h5, name, ica)
                 header = {"PRODUCT": meta["fits"], "LATENTS": latent_dim,
                           "BETA": float(config["model"]["beta"])}
                 write_partial_map(outdir / f"{name}.fits", pix, values, nside,

@@ -17,7 +17,11 @@ except ConfigError as exc:
 RESULTS = config["results"]
 LOGS = f"{RESULTS}/logs"
 BENCH = f"{RESULTS}/benchmarks"
-PRODUCTS = list(map_products(config["model"]["latent_dim"]))
+PRODUCTS = list(
+    map_products(
+        config["model"]["latent_dim"], config["maps"]["independent_components"]
+    )
+)
 
 
 def step_config(*sections):
