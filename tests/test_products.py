@@ -230,3 +230,19 @@ def test_ica_unmixes_rotated_independent_sources():
     ic = np.abs(evaluate.spearman_matrix(evaluate.ica_components(code), sources))
     assert raw.max(axis=0).min() < 0.9
     assert ic.max(axis=0).min() > 0.98 and ic.max(axis=1).min() > 0.98
+
+
+def test_summarize_table_with_seed_spread(trained, survey, tiny_config, tmp_path):
+    m = evaluate.run(trained["latents"], survey["truth"], tmp_path / "e", tiny_config,
+                     profiles=survey["profiles_h5"], model=trained["model"])
+    path = tmp_path / "e" / "metrics.json"
+    rows = evaluate.summarize([path, path, path], ["main", "seed=1", "beta=0"],
+                              tmp_path / "summary.md", tmp_path / "summary.csv")
+    labels = [r["model"] for r in rows]
+    assert labels[:3] == ["main", "main + ICA", "PCA (main)"]
+    assert "beta=0" in labels and labels[-2:] == ["mean of 2 seeds", "std of 2 seeds"]
+    mean, std = rows[-2], rows[-1]
+    assert mean["auc"] == pytest.approx(m["anomaly"]["roc_auc"]) and std["auc"] == 0.0
+    assert "| mean of 2 seeds |" in (tmp_path / "summary.md").read_text()
+    header = (tmp_path / "summary.csv").read_text().splitlines()[0].split(",")
+    assert header[0] == "model" and "spearman_h_param" in header

@@ -57,6 +57,17 @@ def test_invalid_config_fails_with_key_path(tmp_path):
     assert "model.beta" in proc.stdout + proc.stderr
 
 
+def test_seed_sweep_plans_one_model_per_seed(tmp_path):
+    cfg = yaml.safe_load(TINY.read_text())
+    cfg["sweep"] = {"seed": [1, 2]}
+    (tmp_path / "seeds.yaml").write_text(yaml.safe_dump(cfg))
+    proc = snakemake("-n", "--configfile", str(tmp_path / "seeds.yaml"), "--directory",
+                     str(tmp_path))
+    table = proc.stdout.split("Job stats:", 1)[1]
+    assert re.search(r"^train_sweep\s+3$", table, re.M)  # seeds 1, 2 and the default β = 0 AE
+    assert '"seed":2' in proc.stdout  # the swept seed reaches the training command
+
+
 def test_encode_scatters_over_tiles(tmp_path):
     cfg = yaml.safe_load(TINY.read_text())
     cfg["encode"] = {"tile_nside": 1}

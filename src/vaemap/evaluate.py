@@ -490,9 +490,11 @@ def summarize(metrics: Sequence[str | Path], labels: Sequence[str], output: str 
               csv_path: str | Path | None = None) -> list[dict[str, Any]]:
     """One comparison table (Markdown, optional CSV) of several ``metrics.json``.
 
-    Rows: one per file (labelled), plus the PCA baseline of any file that has
-    one. Columns: best |Spearman| per factor, MIG, DCI, anomaly ROC-AUC / AP,
-    active latents, median reconstruction RMS.
+    Rows: one per file (labelled), plus the ICA rotation and PCA baseline of
+    any file that has them; when files labelled ``seed=...`` follow the first
+    (main) one, the mean and standard deviation over the main model and those
+    re-seeded copies. Columns: best |Spearman| per factor, MIG, DCI, anomaly
+    ROC-AUC / AP, active latents, median reconstruction RMS.
     """
     if len(metrics) != len(labels):
         raise ValueError(f"{len(metrics)} metrics files but {len(labels)} labels")
@@ -509,13 +511,24 @@ def summarize(metrics: Sequence[str | Path], labels: Sequence[str], output: str 
                       "auc": m["anomaly"]["roc_auc"], "ap": m["anomaly"]["average_precision"]})
         return r
 
-    for path, label in zip(metrics, labels, strict=True):
+    seed_rows: list[dict[str, Any]] = []
+    for i, (path, label) in enumerate(zip(metrics, labels, strict=True)):
         m = json.loads(Path(path).read_text())
         rows.append(row(label, m, m))
+        if i == 0 or label.startswith("seed="):  # the main model and its re-seeded copies
+            seed_rows.append(rows[-1])
         if "ica" in m:
             rows.append(row(f"{label} + ICA", m["ica"], m))
         for name, base in m.get("baselines", {}).items():
             rows.append(row(f"{name.upper()} ({label})", base, {}))
+    if len(seed_rows) > 1:  # run-to-run spread of the main model's settings
+        numeric = [k for k, v in seed_rows[0].items() if isinstance(v, (int, float))
+                   and not isinstance(v, bool) and k != "active_units"]
+        values = {k: np.array([float(r[k]) for r in seed_rows]) for k in numeric}
+        rows.append({"model": f"mean of {len(seed_rows)} seeds",
+                     **{k: float(v.mean()) for k, v in values.items()}})
+        rows.append({"model": f"std of {len(seed_rows)} seeds",
+                     **{k: float(v.std(ddof=1)) for k, v in values.items()}})
     columns = list(dict.fromkeys(k for r in rows for k in r))
 
     def fmt(v: Any) -> str:

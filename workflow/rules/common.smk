@@ -36,14 +36,18 @@ def step_config(*sections):
 
 
 def sweep_step_config(*sections):
-    """step_config for a sweep model: the model section with the swept value in
-    place, so a sweep model re-runs only when its own settings change (the β = 0
-    autoencoder does not depend on the main model's β)."""
+    """step_config for a sweep model: the swept value in place (``model.beta``,
+    ``model.latent_dim`` or the top-level ``seed``), so a sweep model re-runs only
+    when its own settings change (the β = 0 autoencoder does not depend on the
+    main model's β)."""
 
     def params(wildcards):
         value = json.loads(wildcards.value)
         cfg = {name: config[name] for name in sections}
-        cfg["model"] = {**cfg["model"], wildcards.param: value}
+        if wildcards.param == "seed":
+            cfg["seed"] = value
+        else:
+            cfg["model"] = {**cfg["model"], wildcards.param: value}
         return json.dumps(cfg, sort_keys=True, separators=(",", ":"))
 
     return params
@@ -96,7 +100,7 @@ def sweep_labels():
     """``param=value`` for every configured sweep value, in config order."""
     return [
         f"{param}={value}"
-        for param in ("beta", "latent_dim")
+        for param in ("beta", "latent_dim", "seed")
         for value in config["sweep"][param]
     ]
 

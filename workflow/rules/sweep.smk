@@ -1,4 +1,4 @@
-# Config-driven sweeps: one model per value of sweep.beta / sweep.latent_dim,
+# Config-driven sweeps: one model per value of sweep.beta / latent_dim / seed,
 # each trained, encoded and evaluated like the main model, then one table.
 
 
@@ -13,7 +13,7 @@ rule train_sweep:
     benchmark:
         f"{BENCH}/sweep/train_{{param}}={{value}}.tsv"
     wildcard_constraints:
-        param="beta|latent_dim",
+        param="beta|latent_dim|seed",
     conda:
         "../envs/vaemap.yaml"
     threads: config["train"]["threads"]
@@ -36,7 +36,7 @@ rule encode_sweep:
     log:
         f"{LOGS}/sweep/encode_{{param}}={{value}}.log",
     wildcard_constraints:
-        param="beta|latent_dim",
+        param="beta|latent_dim|seed",
     conda:
         "../envs/vaemap.yaml"
     threads: 2
@@ -56,7 +56,7 @@ rule evaluate_sweep:
     log:
         f"{LOGS}/sweep/evaluate_{{param}}={{value}}.log",
     wildcard_constraints:
-        param="beta|latent_dim",
+        param="beta|latent_dim|seed",
     conda:
         "../envs/vaemap.yaml"
     threads: 1
