@@ -36,7 +36,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 
 from vaemap.healpix import lonlat_to_pix, wrap_lon
-from vaemap.io import atomic_path, file_checksum, h5_compression, provenance_attrs, read_json_attr
+from vaemap.io import RowWriter, atomic_path, file_checksum, provenance_attrs, read_json_attr
 from vaemap.rdr import FILL_VALUES, RDR_COLUMNS, REQUIRED_COLUMNS
 
 __all__ = [
@@ -369,26 +369,11 @@ def _concat(parts: Sequence[Mapping[str, np.ndarray]]) -> dict[str, np.ndarray]:
             for k in SAMPLE_FIELDS}
 
 
-class _SampleWriter:
+def _sample_writer(h5: h5py.File, compression: str) -> RowWriter:
     """Appends sorted rows to the samples.h5 datasets, chunked and compressed."""
-
-    def __init__(self, h5: h5py.File, compression: str, chunk_rows: int = OUTPUT_CHUNK_ROWS):
-        self.h5, self.rows = h5, 0
-        self.dsets = {}
-        for key, dtype in SAMPLE_FIELDS.items():
-            d = h5.create_dataset(key, shape=(0,), maxshape=(None,), dtype=dtype,
-                                  chunks=(chunk_rows,), **h5_compression(compression))
-            d.attrs["unit"] = SAMPLE_UNITS.get(key, "")
-            self.dsets[key] = d
-
-    def append(self, data: Mapping[str, np.ndarray]) -> None:
-        n = len(data["pix"])
-        if n == 0:
-            return
-        for key, d in self.dsets.items():
-            d.resize((self.rows + n,))
-            d[self.rows:] = data[key]
-        self.rows += n
+    return RowWriter(h5, {k: (dtype, ()) for k, dtype in SAMPLE_FIELDS.items()},
+                     compression=compression, chunk_rows=OUTPUT_CHUNK_ROWS,
+                     units={k: SAMPLE_UNITS.get(k, "") for k in SAMPLE_FIELDS})
 
 
 class _Run:
@@ -410,7 +395,7 @@ class _Run:
         return self.pos >= self.stop
 
 
-def _merge_runs(runs: Sequence[_Run], writer: _SampleWriter, block_rows: int) -> int:
+def _merge_runs(runs: Sequence[_Run], writer: RowWriter, block_rows: int) -> int:
     """Streaming k-way merge of sorted runs into ``writer``; returns duplicates dropped.
 
     Each round emits every buffered row whose pixel is below the smallest
@@ -545,7 +530,7 @@ def _write_output(output: Path, runs: Sequence[_Run], params: Mapping[str, Any],
     """Merge ``runs`` into ``output`` (atomically); returns the duplicates dropped."""
     block = max(params["chunk_rows"] // max(len(runs), 1), 4096)
     with atomic_path(output) as tmp, h5py.File(tmp, "w") as h5:
-        writer = _SampleWriter(h5, params["compression"])
+        writer = _sample_writer(h5, params["compression"])
         duplicates = _merge_runs(runs, writer, block)
         attrs["rejected"]["duplicate"] += duplicates
         attrs["accepted"] = writer.rows

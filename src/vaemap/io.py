@@ -21,6 +21,7 @@ from vaemap import __version__
 
 __all__ = [
     "COMPRESSIONS",
+    "RowWriter",
     "atomic_path",
     "file_checksum",
     "h5_compression",
@@ -134,3 +135,35 @@ def write_dataset(
     for key, value in (attrs or {}).items():
         dset.attrs[key] = value
     return dset
+
+
+class RowWriter:
+    """Appends rows to resizable, chunked, compressed datasets of one group.
+
+    ``fields`` maps dataset name to ``(dtype, row_shape)``; ``units`` gives
+    the ``unit`` attribute of some of them. Writers that stream (ingest,
+    profiles) use it so that memory never holds more than one block of rows.
+    """
+
+    def __init__(self, group: h5py.Group, fields: Mapping[str, tuple[Any, tuple[int, ...]]],
+                 *, compression: str = "gzip", chunk_rows: int = 65536,
+                 units: Mapping[str, str] | None = None):
+        self.rows = 0
+        self.dsets: dict[str, h5py.Dataset] = {}
+        for name, (dtype, row_shape) in fields.items():
+            d = group.create_dataset(name, shape=(0, *row_shape), maxshape=(None, *row_shape),
+                                     dtype=dtype, chunks=(chunk_rows, *row_shape),
+                                     **h5_compression(compression))
+            if units and name in units:
+                d.attrs["unit"] = units[name]
+            self.dsets[name] = d
+
+    def append(self, data: Mapping[str, np.ndarray]) -> None:
+        """Append one block: an array per field, all with the same number of rows."""
+        n = len(next(iter(data.values())))
+        if n == 0:
+            return
+        for name, d in self.dsets.items():
+            d.resize((self.rows + n, *d.shape[1:]))
+            d[self.rows:] = data[name]
+        self.rows += n

@@ -17,7 +17,6 @@ per chunk.
 from __future__ import annotations
 
 import logging
-import warnings
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -26,7 +25,7 @@ import h5py
 import numpy as np
 
 from vaemap.healpix import parent_pix, pix_to_lonlat
-from vaemap.io import atomic_path, provenance_attrs, read_json_attr, write_dataset
+from vaemap.io import RowWriter, atomic_path, provenance_attrs, read_json_attr, write_dataset
 
 __all__ = ["bin_edges", "max_cyclic_gap_h", "run"]
 
@@ -118,20 +117,30 @@ def run(samples: str | Path, output: str | Path, config: Mapping[str, Any]) -> d
     empty bins; ``count`` (n, channels, bins) uint16; ``n_obs`` (n,) int32.
     Attributes: nside, bin edges (hours), channels, normalisation constants of
     the population (per bin and global), rejected pixel counts.
+
+    Profiles are written as they are built and the population statistics are
+    running sums, so memory is bounded by the read chunk, not by the map size.
     """
     params = config["profiles"]
     channels = list(config["ingest"]["channels"])
     nside, bins = params["nside"], params["bins"]
-    out_pix, out_prof, out_count = [], [], []
+    n_ch = len(channels)
     rejected = {"too_few_observations": 0, "gap_too_large": 0}
-    with h5py.File(samples, "r") as h5:
+    # Per (channel, bin): observed profiles, sum and sum of squares of their values (K).
+    n_val, s1, s2 = (np.zeros((n_ch, bins)) for _ in range(3))
+    with h5py.File(samples, "r") as h5, atomic_path(output) as tmp, \
+            h5py.File(tmp, "w") as out:
         nside_in = int(h5.attrs["nside"])
         if nside_in < nside:
             raise ValueError(f"{samples}: samples nside {nside_in} is coarser than "
                              f"profiles.nside {nside}")
-        input_rows = int(h5["pix"].shape[0])
-        source = {"path": str(samples), "rows": input_rows,
+        source = {"path": str(samples), "rows": int(h5["pix"].shape[0]),
                   "rejected_rows": read_json_attr(h5.attrs, "rejected", {})}
+        writer = RowWriter(out, {"pix": (np.int64, ()), "lat": (np.float32, ()),
+                                 "lon": (np.float32, ()),
+                                 "profile": (np.float32, (n_ch, bins)),
+                                 "count": (np.uint16, (n_ch, bins)), "n_obs": (np.int32, ())},
+                           chunk_rows=4096, units={"lat": "deg", "lon": "deg", "profile": "K"})
         for chunk in _iter_pixel_chunks(h5, nside_in, nside, READ_ROWS):
             pixels, sums, counts = _bin_chunk(chunk, channels, bins)
             n_obs = counts.sum(axis=(1, 2))
@@ -143,39 +152,35 @@ def run(samples: str | Path, output: str | Path, config: Mapping[str, Any]) -> d
             keep = ~(few | gap)
             with np.errstate(invalid="ignore", divide="ignore"):
                 mean = np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
-            out_pix.append(pixels[keep])
-            out_prof.append(mean[keep].astype(np.float32))
-            out_count.append(np.minimum(counts[keep], np.iinfo(np.uint16).max).astype(np.uint16))
-
-    pix = np.concatenate(out_pix) if out_pix else np.empty(0, np.int64)
-    profile = (np.concatenate(out_prof) if out_prof
-               else np.empty((0, len(channels), bins), np.float32))
-    count = (np.concatenate(out_count) if out_count
-             else np.empty((0, len(channels), bins), np.uint16))
-    lon, lat = pix_to_lonlat(nside, pix)
-    with np.errstate(invalid="ignore"), warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN bins
-        bin_mean = np.nanmean(profile, axis=0) if pix.size else np.zeros((len(channels), bins))
-        bin_std = np.nanstd(profile, axis=0) if pix.size else np.ones((len(channels), bins))
-    global_mean = float(np.nanmean(profile)) if pix.size else 0.0
-    global_std = float(np.nanstd(profile)) if pix.size else 1.0
-    attrs = provenance_attrs(
-        config, nside=nside, ordering="NESTED", body="MOON", channels=channels,
-        bin_edges_h=bin_edges(bins), rejected_pixels=rejected, input=source,
-        norm_global_mean=global_mean, norm_global_std=global_std,
-    )
-    with atomic_path(output) as tmp, h5py.File(tmp, "w") as h5:
-        h5.attrs.update(attrs)
-        write_dataset(h5, "pix", pix.astype(np.int64))
-        write_dataset(h5, "lat", lat.astype(np.float32), attrs={"unit": "deg"})
-        write_dataset(h5, "lon", lon.astype(np.float32), attrs={"unit": "deg"})
-        write_dataset(h5, "profile", profile, chunk_rows=4096, attrs={"unit": "K"})
-        write_dataset(h5, "count", count, chunk_rows=4096)
-        write_dataset(h5, "n_obs", count.sum(axis=(1, 2)).astype(np.int32))
-        write_dataset(h5, "norm_bin_mean", np.nan_to_num(bin_mean).astype(np.float32))
-        write_dataset(h5, "norm_bin_std", np.nan_to_num(bin_std, nan=1.0).astype(np.float32))
-    summary = {"pixels": int(pix.size), "rejected": rejected, "output": str(output),
-               "observed_bin_fraction": float((count > 0).mean()) if pix.size else 0.0}
-    log.info("profiles: %d pixels kept, rejected %s, %.0f%% of bins observed", pix.size,
-             rejected, 100 * summary["observed_bin_fraction"])
+            profile = mean[keep].astype(np.float32)
+            count = np.minimum(counts[keep], np.iinfo(np.uint16).max).astype(np.uint16)
+            lon, lat = pix_to_lonlat(nside, pixels[keep])
+            writer.append({"pix": pixels[keep].astype(np.int64), "lat": lat, "lon": lon,
+                           "profile": profile, "count": count,
+                           "n_obs": count.sum(axis=(1, 2)).astype(np.int32)})
+            observed = np.isfinite(profile)
+            values = np.where(observed, profile, 0.0).astype(np.float64)
+            n_val += observed.sum(axis=0)
+            s1 += values.sum(axis=0)
+            s2 += (values**2).sum(axis=0)
+        n = writer.rows
+        with np.errstate(invalid="ignore", divide="ignore"):
+            bin_mean = s1 / n_val
+            bin_std = np.sqrt(np.maximum(s2 / n_val - bin_mean**2, 0.0))
+        total = n_val.sum()
+        global_mean = float(s1.sum() / total) if total else 0.0
+        global_std = (float(np.sqrt(max(s2.sum() / total - global_mean**2, 0.0))) if total
+                      else 1.0)
+        out.attrs.update(provenance_attrs(
+            config, nside=nside, ordering="NESTED", body="MOON", channels=channels,
+            bin_edges_h=bin_edges(bins), rejected_pixels=rejected, input=source,
+            norm_global_mean=global_mean, norm_global_std=global_std,
+        ))
+        write_dataset(out, "norm_bin_mean", np.nan_to_num(bin_mean).astype(np.float32))
+        write_dataset(out, "norm_bin_std", np.nan_to_num(bin_std, nan=1.0).astype(np.float32))
+    observed_fraction = float(n_val.sum() / (n * n_ch * bins)) if n else 0.0
+    summary = {"pixels": int(n), "rejected": rejected, "output": str(output),
+               "observed_bin_fraction": observed_fraction}
+    log.info("profiles: %d pixels kept, rejected %s, %.0f%% of bins observed", n,
+             rejected, 100 * observed_fraction)
     return summary
