@@ -192,6 +192,7 @@ def test_connected_regions_and_region_recall():
 
 def test_tiles_then_merge_equal_one_job(trained, survey, tiny_config, tmp_path):
     from vaemap import encode
+    from vaemap.healpix import parse_tile
 
     cfg = {**tiny_config, "encode": {**tiny_config["encode"], "tile_nside": 1}}
     parts = []
@@ -215,7 +216,7 @@ def test_tiles_then_merge_equal_one_job(trained, survey, tiny_config, tmp_path):
         encode.merge([trained["latents"]], tmp_path / "bad.h5", cfg)
     for bad, message in (("3/0", "power of 2"), ("1/12", "outside"), ("x", "NSIDE/INDEX")):
         with pytest.raises(ValueError, match=message):
-            encode.parse_tile(bad)
+            parse_tile(bad)
 
 
 def test_ica_unmixes_rotated_independent_sources():

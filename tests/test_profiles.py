@@ -67,3 +67,26 @@ def test_chunked_streaming_matches_one_pass(survey, tiny_config, tmp_path, monke
         np.testing.assert_array_equal(a["pix"][...], b["pix"][...])
         np.testing.assert_allclose(a["profile"][...], b["profile"][...], equal_nan=True,
                                    rtol=1e-6)
+
+
+def test_tiles_then_merge_equal_one_job(survey, tiny_config, tmp_path):
+    parts = []
+    for index in reversed(range(12)):  # any order: merge sorts the parts
+        parts.append(tmp_path / f"tile_{index}.h5")
+        profiles.run(survey["samples"], parts[-1], tiny_config, tile=f"1/{index}")
+    summary = profiles.merge(parts, tmp_path / "profiles.h5", tiny_config)
+    assert summary["rejected"] == survey["profiles"]["rejected"]
+    with h5py.File(survey["profiles_h5"]) as one, h5py.File(tmp_path / "profiles.h5") as merged:
+        assert summary["pixels"] == one["pix"].shape[0]
+        for key in ("pix", "lat", "lon", "profile", "count", "n_obs"):
+            np.testing.assert_array_equal(merged[key][...], one[key][...])
+        np.testing.assert_array_equal(merged["norm_sums"][0], one["norm_sums"][0])  # counts
+        for key in ("norm_sums", "norm_bin_mean", "norm_bin_std"):  # summation order
+            np.testing.assert_allclose(merged[key][...], one[key][...], rtol=1e-6)
+        assert merged.attrs["ordering"] == "NESTED"
+    with pytest.raises(ValueError, match="overlap"):
+        profiles.merge([parts[0], parts[0]], tmp_path / "bad.h5", tiny_config)
+    with pytest.raises(ValueError, match="not a profiles tile part"):
+        profiles.merge([survey["profiles_h5"]], tmp_path / "bad.h5", tiny_config)
+    with pytest.raises(ValueError, match="finer than"):
+        profiles.run(survey["samples"], tmp_path / "bad.h5", tiny_config, tile="16/0")

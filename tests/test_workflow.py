@@ -68,9 +68,10 @@ def test_seed_sweep_plans_one_model_per_seed(tmp_path):
     assert '"seed":2' in proc.stdout  # the swept seed reaches the training command
 
 
-def test_encode_scatters_over_tiles(tmp_path):
+def test_profiles_and_encode_scatter_over_tiles(tmp_path):
     cfg = yaml.safe_load(TINY.read_text())
     cfg["encode"] = {"tile_nside": 1}
+    cfg["profiles"]["tile_nside"] = 2
     (tmp_path / "tiles.yaml").write_text(yaml.safe_dump(cfg))
     proc = snakemake("-n", "--configfile", str(tmp_path / "tiles.yaml"), "--directory",
                      str(tmp_path))
@@ -78,6 +79,8 @@ def test_encode_scatters_over_tiles(tmp_path):
     assert re.search(r"^encode_tile\s+12$", table, re.M)
     assert re.search(r"^merge_latents\s+1$", table, re.M)
     assert not re.search(r"^encode\s", table, re.M)
+    assert re.search(r"^profiles_tile\s+48$", table, re.M)
+    assert re.search(r"^merge_profiles\s+1$", table, re.M)
 
 
 @pytest.mark.slow

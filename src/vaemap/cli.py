@@ -61,7 +61,13 @@ def _step_merge(args, cfg):
 def _step_profiles(args, cfg):
     from vaemap import profiles
 
-    return profiles.run(args.samples, args.output, cfg)
+    return profiles.run(args.samples, args.output, cfg, tile=args.tile)
+
+
+def _step_merge_profiles(args, cfg):
+    from vaemap import profiles
+
+    return profiles.merge(args.parts, args.output, cfg)
 
 
 def _step_train(args, cfg):
@@ -139,6 +145,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("profiles", _step_profiles, "Fold samples on local time into per-pixel diurnal "
             "profiles (profiles.h5).")
     p.add_argument("samples", help="samples.h5")
+    p.add_argument("--output", required=True, help="profiles.h5 to write")
+    p.add_argument("--tile", metavar="NSIDE/INDEX",
+                   help="build only this NESTED tile (e.g. 2/17) into a part for "
+                        "`vaemap merge-profiles`")
+    _common(p)
+
+    p = add("merge-profiles", _step_merge_profiles, "Combine the tile parts of `vaemap "
+            "profiles --tile` into profiles.h5.")
+    p.add_argument("parts", nargs="+", metavar="PART", help="tile parts (any order)")
     p.add_argument("--output", required=True, help="profiles.h5 to write")
     _common(p)
 

@@ -27,11 +27,12 @@ import h5py
 import numpy as np
 import torch
 
+from vaemap.healpix import sorted_row_range, tile_pixel_range
 from vaemap.io import atomic_path, provenance_attrs, write_dataset
 from vaemap.model import latitude_condition, load_checkpoint, mean_profile, normalise
 from vaemap.train import resolve_device
 
-__all__ = ["merge", "parse_tile", "robust_z", "run"]
+__all__ = ["merge", "robust_z", "run"]
 
 log = logging.getLogger(__name__)
 
@@ -84,20 +85,6 @@ _PIXEL_DATASETS = {"pix": None, "mu": None, "logvar": None, "recon_error": "K",
                    "recon_l1": "K", "recon_norm_l1": "", "n_obs": None}
 
 
-def parse_tile(tile: str) -> tuple[int, int]:
-    """``"NSIDE/INDEX"`` -> (nside, index) of a NESTED tile; ValueError names what is wrong."""
-    try:
-        nside_s, index_s = tile.split("/")
-        nside, index = int(nside_s), int(index_s)
-    except ValueError:
-        raise ValueError(f"tile {tile!r}: expected NSIDE/INDEX, e.g. 2/17") from None
-    if nside < 1 or nside & (nside - 1):
-        raise ValueError(f"tile {tile!r}: nside {nside} is not a power of 2")
-    if not 0 <= index < 12 * nside**2:
-        raise ValueError(f"tile {tile!r}: index outside 0..{12 * nside**2 - 1}")
-    return nside, index
-
-
 def run(profiles: str | Path, model_path: str | Path, output: str | Path,
         config: Mapping[str, Any], *, tile: str | None = None) -> dict[str, Any]:
     """Write ``latents.h5`` for every pixel of ``profiles`` (or one tile's part of it).
@@ -127,16 +114,11 @@ def run(profiles: str | Path, model_path: str | Path, output: str | Path,
         if shape[1:] != (arch["channels"], arch["bins"]):
             raise ValueError(f"{profiles}: profiles of shape {shape[1:]} do not match the "
                              f"model's (channels, bins) = ({arch['channels']}, {arch['bins']})")
-        all_pix = src["pix"][...]
-        lo, hi = 0, all_pix.size
+        lo, hi = 0, src["pix"].shape[0]
         if tile is not None:
-            tile_nside, index = parse_tile(tile)
-            nside = int(src.attrs["nside"])
-            if tile_nside > nside:
-                raise ValueError(f"tile {tile!r}: finer than the profiles' nside {nside}")
-            per_tile = (nside // tile_nside) ** 2  # NESTED: a tile is a contiguous range
-            lo, hi = np.searchsorted(all_pix, [index * per_tile, (index + 1) * per_tile])
-        pix = all_pix[lo:hi]
+            lo, hi = sorted_row_range(src["pix"],
+                                      *tile_pixel_range(tile, int(src.attrs["nside"])))
+        pix = src["pix"][lo:hi]
         n = pix.size
         arrays = {"pix": pix, "n_obs": np.empty(n, np.int32),
                   "mu": np.empty((n, arch["latent_dim"]), np.float32),

@@ -118,3 +118,48 @@ def connected_regions(nside: int, pix: np.ndarray) -> tuple[int, np.ndarray]:
     graph = coo_matrix((np.ones(rows.size), (rows, cols)), shape=(pix.size, pix.size))
     n, label = connected_components(graph, directed=False)
     return int(n), label
+
+
+def parse_tile(tile: str) -> tuple[int, int]:
+    """``"NSIDE/INDEX"`` -> (nside, index) of a NESTED tile; ValueError says what is wrong."""
+    try:
+        nside_s, index_s = tile.split("/")
+        nside, index = int(nside_s), int(index_s)
+    except ValueError:
+        raise ValueError(f"tile {tile!r}: expected NSIDE/INDEX, e.g. 2/17") from None
+    if nside < 1 or nside & (nside - 1):
+        raise ValueError(f"tile {tile!r}: nside {nside} is not a power of 2")
+    if not 0 <= index < 12 * nside**2:
+        raise ValueError(f"tile {tile!r}: index outside 0..{12 * nside**2 - 1}")
+    return nside, index
+
+
+def tile_pixel_range(tile: str, nside: int) -> tuple[int, int]:
+    """The NESTED pixels ``[first, stop)`` at ``nside`` inside ``tile`` ("NSIDE/INDEX").
+
+    In NESTED ordering a tile is one contiguous block of pixels, which is why
+    steps scale out by tile: each job reads one slice of a pixel-sorted file.
+    """
+    tile_nside, index = parse_tile(tile)
+    if tile_nside > nside:
+        raise ValueError(f"tile {tile!r} is finer than the map's nside {nside}")
+    per_tile = (nside // tile_nside) ** 2
+    return index * per_tile, (index + 1) * per_tile
+
+
+def sorted_row_range(pix, first: int, stop: int) -> tuple[int, int]:
+    """Rows ``[lo, hi)`` of a sorted pixel column (array or HDF5 dataset) whose
+    pixel lies in ``[first, stop)``, by binary search: a dataset is read a few
+    elements at a time, never whole."""
+
+    def lower_bound(value: int) -> int:
+        lo, hi = 0, len(pix)
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if int(pix[mid]) < value:
+                lo = mid + 1
+            else:
+                hi = mid
+        return lo
+
+    return lower_bound(first), lower_bound(stop)

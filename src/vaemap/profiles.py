@@ -17,14 +17,14 @@ per chunk.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import h5py
 import numpy as np
 
-from vaemap.healpix import parent_pix, pix_to_lonlat
+from vaemap.healpix import parent_pix, pix_to_lonlat, sorted_row_range, tile_pixel_range
 from vaemap.io import RowWriter, atomic_path, provenance_attrs, read_json_attr, write_dataset
 
 __all__ = ["bin_edges", "max_cyclic_gap_h", "run"]
@@ -67,12 +67,12 @@ def max_cyclic_gap_h(observed: np.ndarray) -> np.ndarray:
     return gaps
 
 
-def _iter_pixel_chunks(h5: h5py.File, nside_in: int, nside_out: int, rows: int
+def _iter_pixel_chunks(h5: h5py.File, nside_in: int, nside_out: int, rows: int,
+                       start: int = 0, total: int | None = None
                        ) -> Iterator[dict[str, np.ndarray]]:
-    """Yield row chunks of samples.h5 that never split a map pixel."""
-    total = h5["pix"].shape[0]
+    """Yield row chunks of samples.h5 rows ``[start, total)`` that never split a map pixel."""
+    total = h5["pix"].shape[0] if total is None else total
     carry: dict[str, np.ndarray] | None = None
-    start = 0
     while start < total:
         stop = min(start + rows, total)
         chunk = {k: h5[k][start:stop] for k in ("pix", "local_time", "tb", "channel")}
@@ -109,40 +109,85 @@ def _bin_chunk(chunk: Mapping[str, np.ndarray], channels: list[int], bins: int
     return pixels, sums.reshape(shape), counts.reshape(shape)
 
 
-def run(samples: str | Path, output: str | Path, config: Mapping[str, Any]) -> dict[str, Any]:
-    """Build ``profiles.h5`` from ``samples.h5``.
+def _profile_writer(out: h5py.File, n_ch: int, bins: int) -> RowWriter:
+    return RowWriter(out, {"pix": (np.int64, ()), "lat": (np.float32, ()),
+                           "lon": (np.float32, ()), "profile": (np.float32, (n_ch, bins)),
+                           "count": (np.uint16, (n_ch, bins)), "n_obs": (np.int32, ())},
+                     chunk_rows=4096, units={"lat": "deg", "lon": "deg", "profile": "K"})
+
+
+def _finish(out: h5py.File, config: Mapping[str, Any], nside: int, sums: np.ndarray,
+            rejected: Mapping[str, int], **attrs: Any) -> float:
+    """Normalisation statistics and attributes; returns the observed-bin fraction.
+
+    ``sums`` (3, channels, bins) holds, per bin, the number of observed
+    profiles and the sum and sum of squares of their values (kelvin); it is
+    stored as ``norm_sums`` so that tile parts can be merged exactly.
+    """
+    n_val, s1, s2 = sums
+    with np.errstate(invalid="ignore", divide="ignore"):
+        bin_mean = s1 / n_val
+        bin_std = np.sqrt(np.maximum(s2 / n_val - bin_mean**2, 0.0))
+    total = n_val.sum()
+    global_mean = float(s1.sum() / total) if total else 0.0
+    global_std = float(np.sqrt(max(s2.sum() / total - global_mean**2, 0.0))) if total else 1.0
+    bins = sums.shape[2]
+    out.attrs.update(provenance_attrs(
+        config, nside=nside, ordering="NESTED", body="MOON",
+        channels=list(config["ingest"]["channels"]), bin_edges_h=bin_edges(bins),
+        rejected_pixels=dict(rejected), norm_global_mean=global_mean,
+        norm_global_std=global_std, **attrs))
+    write_dataset(out, "norm_bin_mean", np.nan_to_num(bin_mean).astype(np.float32))
+    write_dataset(out, "norm_bin_std", np.nan_to_num(bin_std, nan=1.0).astype(np.float32))
+    write_dataset(out, "norm_sums", sums)
+    n = out["pix"].shape[0]
+    return float(total / (n * sums[0].size)) if n else 0.0
+
+
+def _summary(n: int, rejected: Mapping[str, int], output, fraction: float) -> dict[str, Any]:
+    log.info("profiles: %d pixels kept, rejected %s, %.0f%% of bins observed", n,
+             dict(rejected), 100 * fraction)
+    return {"pixels": int(n), "rejected": dict(rejected), "output": str(output),
+            "observed_bin_fraction": fraction}
+
+
+def run(samples: str | Path, output: str | Path, config: Mapping[str, Any], *,
+        tile: str | None = None) -> dict[str, Any]:
+    """Build ``profiles.h5`` from ``samples.h5`` (or one NESTED tile's part of it).
 
     Output datasets: ``pix`` (n,) int64 NESTED at ``profiles.nside``; ``lat``,
     ``lon`` (n,) degrees; ``profile`` (n, channels, bins) float32 kelvin, NaN in
-    empty bins; ``count`` (n, channels, bins) uint16; ``n_obs`` (n,) int32.
-    Attributes: nside, bin edges (hours), channels, normalisation constants of
-    the population (per bin and global), rejected pixel counts.
+    empty bins; ``count`` (n, channels, bins) uint16; ``n_obs`` (n,) int32;
+    the population's per-bin ``norm_bin_mean`` / ``norm_bin_std`` (kelvin) and
+    ``norm_sums``. Attributes: nside, bin edges (hours), channels, global
+    normalisation constants, rejected pixel counts.
 
     Profiles are written as they are built and the population statistics are
     running sums, so memory is bounded by the read chunk, not by the map size.
+    With ``tile="NSIDE/INDEX"`` only that tile's samples are read (a binary
+    search in the pixel-sorted samples) and the file is a part for :func:`merge`.
     """
     params = config["profiles"]
     channels = list(config["ingest"]["channels"])
     nside, bins = params["nside"], params["bins"]
     n_ch = len(channels)
     rejected = {"too_few_observations": 0, "gap_too_large": 0}
-    # Per (channel, bin): observed profiles, sum and sum of squares of their values (K).
-    n_val, s1, s2 = (np.zeros((n_ch, bins)) for _ in range(3))
+    sums = np.zeros((3, n_ch, bins))
     with h5py.File(samples, "r") as h5, atomic_path(output) as tmp, \
             h5py.File(tmp, "w") as out:
         nside_in = int(h5.attrs["nside"])
         if nside_in < nside:
             raise ValueError(f"{samples}: samples nside {nside_in} is coarser than "
                              f"profiles.nside {nside}")
-        source = {"path": str(samples), "rows": int(h5["pix"].shape[0]),
+        lo, hi = 0, int(h5["pix"].shape[0])
+        if tile is not None:
+            tile_pixel_range(tile, nside)  # the tile must be no finer than the map
+            lo, hi = sorted_row_range(h5["pix"], *tile_pixel_range(tile, nside_in))
+        source = {"path": str(samples), "rows": hi - lo,
                   "rejected_rows": read_json_attr(h5.attrs, "rejected", {})}
-        writer = RowWriter(out, {"pix": (np.int64, ()), "lat": (np.float32, ()),
-                                 "lon": (np.float32, ()),
-                                 "profile": (np.float32, (n_ch, bins)),
-                                 "count": (np.uint16, (n_ch, bins)), "n_obs": (np.int32, ())},
-                           chunk_rows=4096, units={"lat": "deg", "lon": "deg", "profile": "K"})
-        for chunk in _iter_pixel_chunks(h5, nside_in, nside, READ_ROWS):
-            pixels, sums, counts = _bin_chunk(chunk, channels, bins)
+        writer = _profile_writer(out, n_ch, bins)
+        for chunk in _iter_pixel_chunks(h5, nside_in, nside, READ_ROWS, lo, hi):
+            pixels, bin_sums, counts = _bin_chunk(chunk, channels, bins)
             n_obs = counts.sum(axis=(1, 2))
             observed_any = counts.sum(axis=1) > 0  # (n, bins): any channel
             few = n_obs < params["min_observations"]
@@ -151,7 +196,7 @@ def run(samples: str | Path, output: str | Path, config: Mapping[str, Any]) -> d
             rejected["gap_too_large"] += int(gap.sum())
             keep = ~(few | gap)
             with np.errstate(invalid="ignore", divide="ignore"):
-                mean = np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
+                mean = np.where(counts > 0, bin_sums / np.maximum(counts, 1), np.nan)
             profile = mean[keep].astype(np.float32)
             count = np.minimum(counts[keep], np.iinfo(np.uint16).max).astype(np.uint16)
             lon, lat = pix_to_lonlat(nside, pixels[keep])
@@ -160,27 +205,57 @@ def run(samples: str | Path, output: str | Path, config: Mapping[str, Any]) -> d
                            "n_obs": count.sum(axis=(1, 2)).astype(np.int32)})
             observed = np.isfinite(profile)
             values = np.where(observed, profile, 0.0).astype(np.float64)
-            n_val += observed.sum(axis=0)
-            s1 += values.sum(axis=0)
-            s2 += (values**2).sum(axis=0)
+            sums += [observed.sum(axis=0), values.sum(axis=0), (values**2).sum(axis=0)]
+        extra = {"input": source} if tile is None else {"input": source, "part_of_tile": tile}
+        fraction = _finish(out, config, nside, sums, rejected, **extra)
         n = writer.rows
-        with np.errstate(invalid="ignore", divide="ignore"):
-            bin_mean = s1 / n_val
-            bin_std = np.sqrt(np.maximum(s2 / n_val - bin_mean**2, 0.0))
-        total = n_val.sum()
-        global_mean = float(s1.sum() / total) if total else 0.0
-        global_std = (float(np.sqrt(max(s2.sum() / total - global_mean**2, 0.0))) if total
-                      else 1.0)
-        out.attrs.update(provenance_attrs(
-            config, nside=nside, ordering="NESTED", body="MOON", channels=channels,
-            bin_edges_h=bin_edges(bins), rejected_pixels=rejected, input=source,
-            norm_global_mean=global_mean, norm_global_std=global_std,
-        ))
-        write_dataset(out, "norm_bin_mean", np.nan_to_num(bin_mean).astype(np.float32))
-        write_dataset(out, "norm_bin_std", np.nan_to_num(bin_std, nan=1.0).astype(np.float32))
-    observed_fraction = float(n_val.sum() / (n * n_ch * bins)) if n else 0.0
-    summary = {"pixels": int(n), "rejected": rejected, "output": str(output),
-               "observed_bin_fraction": observed_fraction}
-    log.info("profiles: %d pixels kept, rejected %s, %.0f%% of bins observed", n,
-             rejected, 100 * observed_fraction)
-    return summary
+    if tile is not None:
+        log.info("profiles tile %s: %d pixels (a part: run `vaemap merge-profiles`)", tile, n)
+    return _summary(n, rejected, output, fraction)
+
+
+def merge(parts: Sequence[str | Path], output: str | Path, config: Mapping[str, Any]
+          ) -> dict[str, Any]:
+    """Combine the tile parts of ``run(..., tile=...)`` into one ``profiles.h5``.
+
+    Parts are ordered by their first pixel and must not overlap; profiles are
+    copied part by part (bounded memory) and the normalisation sums and
+    rejection counts added, so the result equals a single job's.
+    """
+    handles = [h5py.File(p, "r") for p in parts]
+    try:
+        for path, h in zip(parts, handles, strict=True):
+            if "part_of_tile" not in h.attrs:
+                raise ValueError(f"{path}: not a profiles tile part (no part_of_tile attribute)")
+            if int(h.attrs["nside"]) != config["profiles"]["nside"] or \
+                    h["norm_sums"].shape[1:] != (len(config["ingest"]["channels"]),
+                                                 config["profiles"]["bins"]):
+                raise ValueError(f"{path}: nside, channels or bins differ from the config")
+        order = np.argsort([int(h["pix"][0]) if h["pix"].shape[0] else -1 for h in handles],
+                           kind="stable")
+        handles = [handles[i] for i in order]
+        rejected = {"too_few_observations": 0, "gap_too_large": 0}
+        sums = np.zeros(handles[0]["norm_sums"].shape)
+        last = -1
+        with atomic_path(output) as tmp, h5py.File(tmp, "w") as out:
+            writer = _profile_writer(out, sums.shape[1], sums.shape[2])
+            for i, h in zip(order, handles, strict=True):
+                n = h["pix"].shape[0]
+                if n and int(h["pix"][0]) <= last:
+                    raise ValueError(f"{parts[i]}: its pixels overlap another part's")
+                for a in range(0, n, 65536):
+                    writer.append({k: h[k][a:a + 65536] for k in writer.dsets})
+                last = int(h["pix"][-1]) if n else last
+                sums += h["norm_sums"][...]
+                for reason, count in read_json_attr(h.attrs, "rejected_pixels", {}).items():
+                    rejected[reason] = rejected.get(reason, 0) + int(count)
+            source = read_json_attr(handles[0].attrs, "input", {})
+            source["rows"] = sum(int(read_json_attr(h.attrs, "input", {}).get("rows", 0))
+                                 for h in handles)
+            fraction = _finish(out, config, config["profiles"]["nside"], sums, rejected,
+                               input=source, merged_from=[str(parts[i]) for i in order])
+            n = writer.rows
+    finally:
+        for h in handles:
+            h.close()
+    return _summary(n, rejected, output, fraction)
