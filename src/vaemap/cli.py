@@ -125,6 +125,21 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(func=func)
         return p
 
+    def add_tile_merge(step: str, func: Callable, product: str, note: str = "") -> str:
+        """The `merge-...` subcommand joining the tile parts of `step`; returns its name."""
+        name = f"merge-{product.split('.')[0]}"
+        p = add(name, func, f"Combine the tile parts of `vaemap {step} --tile` into "
+                            f"{product}{note}.")
+        p.add_argument("parts", nargs="+", metavar="PART", help="tile parts (any order)")
+        p.add_argument("--output", required=True, help=f"{product} to write")
+        _common(p)
+        return name
+
+    def tile_option(p: argparse.ArgumentParser, merge: str) -> None:
+        p.add_argument("--tile", metavar="NSIDE/INDEX",
+                       help=f"process only this NESTED tile (e.g. 2/17) into a part for "
+                            f"`vaemap {merge}`")
+
     p = add("simulate", _step_simulate, "Simulate a synthetic Moon survey: Diviner RDR tables "
             "(OUTDIR/rdr/), ground truth truth.h5 and truth_*.fits.")
     p.add_argument("--outdir", required=True, help="output directory")
@@ -146,15 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
             "profiles (profiles.h5).")
     p.add_argument("samples", help="samples.h5")
     p.add_argument("--output", required=True, help="profiles.h5 to write")
-    p.add_argument("--tile", metavar="NSIDE/INDEX",
-                   help="build only this NESTED tile (e.g. 2/17) into a part for "
-                        "`vaemap merge-profiles`")
-    _common(p)
-
-    p = add("merge-profiles", _step_merge_profiles, "Combine the tile parts of `vaemap "
-            "profiles --tile` into profiles.h5.")
-    p.add_argument("parts", nargs="+", metavar="PART", help="tile parts (any order)")
-    p.add_argument("--output", required=True, help="profiles.h5 to write")
+    tile_option(p, add_tile_merge("profiles", _step_merge_profiles, "profiles.h5"))
     _common(p)
 
     p = add("train", _step_train, "Train the convolutional β-VAE (model.pt).")
@@ -172,15 +179,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("profiles", help="profiles.h5")
     p.add_argument("model", help="model.pt")
     p.add_argument("--output", required=True, help="latents.h5 to write")
-    p.add_argument("--tile", metavar="NSIDE/INDEX",
-                   help="encode only this NESTED tile (e.g. 2/17) into a part for "
-                        "`vaemap merge-latents`, which adds the anomaly score")
-    _common(p)
-
-    p = add("merge-latents", _step_merge_latents, "Combine the tile parts of `vaemap encode "
-            "--tile` into latents.h5 and score the anomalies over all pixels.")
-    p.add_argument("parts", nargs="+", metavar="PART", help="tile parts (any order)")
-    p.add_argument("--output", required=True, help="latents.h5 to write")
+    tile_option(p, add_tile_merge("encode", _step_merge_latents, "latents.h5",
+                                  " and score the anomalies over all pixels"))
     _common(p)
 
     p = add("maps", _step_maps, "Write HEALPix FITS maps and PNG renderings of every product, "
