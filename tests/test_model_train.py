@@ -198,3 +198,19 @@ def test_normalisation_modes_centre_the_training_data(survey, mode):
     assert abs(residual) < 0.1 * np.nanstd(data["profile"])
     if mode == "latitude":  # removing latitude leaves much less spread than a global mean
         assert np.nanstd(data["profile"] - fitted) < 0.5 * np.nanstd(data["profile"])
+
+
+def test_total_correlation_known_cases():
+    """Independent latents have a total correlation near 0; a latent copied into a
+    second one (fully dependent) has a large one."""
+    from vaemap.model import total_correlation
+
+    torch.manual_seed(0)
+    n = 512
+    logvar = torch.full((n, 2), -6.0)  # narrow posteriors: q(z) follows the means
+    independent = torch.randn(n, 2)
+    copied = torch.randn(n, 1).repeat(1, 2)
+    tc_independent = total_correlation(independent, logvar).item()
+    tc_copied = total_correlation(copied, logvar).item()
+    assert abs(tc_independent) < 1.0
+    assert tc_copied > 2.0

@@ -11,6 +11,7 @@ rather than spend capacity on where the pixel is.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -221,6 +222,25 @@ def bin_weights(count: torch.Tensor, std: torch.Tensor, noise_k: float, floor_k:
 def kl_per_latent(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     """KL(q(z|x) || N(0, 1)) per profile and latent, shape (n, latent_dim), nats."""
     return 0.5 * (mu**2 + logvar.exp() - 1.0 - logvar)
+
+
+def total_correlation(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """Minibatch estimate of the total correlation of q(z), nats (a scalar).
+
+    TC = E[log q(z) − Σ_j log q(z_j)], the dependence between latents that a
+    β-TCVAE penalises (Chen et al. 2018); q is estimated from the batch's
+    posteriors at one sample z ~ q(z|x) per profile (the minibatch estimator,
+    biased upwards by a fraction of a nat when posteriors are much narrower
+    than the spread of the batch).
+    """
+    z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
+    # log N(z_i,d; mu_j,d, sigma_j,d) for every pair (i, j): (n, n, latent_dim)
+    log_qzd = -0.5 * (math.log(2 * math.pi) + logvar[None] +
+                      (z[:, None] - mu[None]) ** 2 * torch.exp(-logvar[None]))
+    log_qz = torch.logsumexp(log_qzd.sum(dim=2), dim=1)
+    log_prod = torch.logsumexp(log_qzd, dim=1).sum(dim=1)
+    n, d = mu.shape
+    return (log_qz - log_prod).mean() + (d - 1) * math.log(n)
 
 
 def mean_profile(lat_deg: torch.Tensor, norm_lat: torch.Tensor, norm_mean: torch.Tensor

@@ -37,6 +37,7 @@ from vaemap.model import (
     masked_sse,
     mean_profile,
     normalise,
+    total_correlation,
 )
 
 __all__ = ["load_profiles", "resolve_device", "run", "spatial_split"]
@@ -337,6 +338,7 @@ def run(
     use_amp = device.type == "cuda"
     batch = tcfg["batch_size"]
     beta = float(mcfg["beta"])
+    tc_weight = float(mcfg["tc_weight"])
     warm = tcfg["kl_warmup_epochs"]
     bar = tqdm(range(start_epoch, tcfg["epochs"]), desc="train", unit="epoch",
                disable=not progress, initial=start_epoch, total=tcfg["epochs"])
@@ -353,6 +355,8 @@ def run(
             nll = 0.5 * masked_sse(recon.float(), x_tr[idx], w_tr[idx])
             kl = kl_per_latent(mu.float(), logvar.float()).sum(dim=1)
             loss = (nll + beta_eff * kl).mean()
+            if tc_weight:
+                loss = loss + tc_weight * total_correlation(mu.float(), logvar.float())
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

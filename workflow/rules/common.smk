@@ -48,6 +48,9 @@ def sweep_step_config(*sections):
             cfg["seed"] = value
         else:
             cfg["model"] = {**cfg["model"], wildcards.param: value}
+        # beta = 0 is the plain autoencoder: no total-correlation term either
+        if wildcards.param == "beta" and value == 0:
+            cfg["model"]["tc_weight"] = 0.0
         return json.dumps(cfg, sort_keys=True, separators=(",", ":"))
 
     return params
