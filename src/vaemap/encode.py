@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from vaemap.healpix import sorted_row_range, tile_pixel_range
-from vaemap.io import atomic_path, provenance_attrs, write_dataset
+from vaemap.io import atomic_path, open_tile_parts, provenance_attrs, write_dataset
 from vaemap.model import latitude_condition, load_checkpoint, mean_profile, normalise
 from vaemap.train import resolve_device
 
@@ -79,8 +79,8 @@ def _inference_module(model: torch.nn.Module, example: tuple[torch.Tensor, ...])
         return wrapper
 
 
-#: Per-pixel datasets of latents.h5 (besides ``recon``), their units, and
-#: whether a tile part carries them (the anomaly score needs every pixel).
+#: Per-pixel datasets of latents.h5 that tile parts carry too (all but ``recon``
+#: and the anomaly score, which needs every pixel), and their units.
 _PIXEL_DATASETS = {"pix": None, "mu": None, "logvar": None, "recon_error": "K",
                    "recon_l1": "K", "recon_norm_l1": "", "n_obs": None}
 
@@ -154,9 +154,7 @@ def run(profiles: str | Path, model_path: str | Path, output: str | Path,
                         recon_ds[a:b] = recon_k.cpu().numpy()
             attrs = {"nside": int(ckpt["nside"]), "ordering": "NESTED", "body": "MOON",
                      "model": str(model_path), "latent_dim": arch["latent_dim"]}
-            for key, values in arrays.items():
-                write_dataset(out, key, values, attrs={"unit": _PIXEL_DATASETS[key]}
-                              if _PIXEL_DATASETS[key] is not None else None)
+            _write_pixel_datasets(out, arrays)
             if tile is None:
                 _, anomaly = _write_score(out, arrays, params)
                 out.attrs.update(provenance_attrs(config, **attrs, **_score_attrs(params)))
@@ -166,6 +164,12 @@ def run(profiles: str | Path, model_path: str | Path, output: str | Path,
         log.info("encoded tile %s: %d pixels (a part: run `vaemap merge-latents`)", tile, n)
         return {"pixels": int(n), "tile": tile, "output": str(output)}
     return _summary(arrays["recon_error"], anomaly, output)
+
+
+def _write_pixel_datasets(out: h5py.File, arrays: Mapping[str, np.ndarray]) -> None:
+    for key, values in arrays.items():
+        unit = _PIXEL_DATASETS[key]
+        write_dataset(out, key, values, attrs=None if unit is None else {"unit": unit})
 
 
 def _recon_dataset(out: h5py.File, shape: tuple[int, ...]) -> h5py.Dataset:
@@ -215,25 +219,15 @@ def merge(parts: Sequence[str | Path], output: str | Path, config: Mapping[str, 
     of the data, are copied part by part.
     """
     params = config["encode"]
-    handles = [h5py.File(p, "r") for p in parts]
-    try:
-        for path, h in zip(parts, handles, strict=True):
-            if "part_of_tile" not in h.attrs:
-                raise ValueError(f"{path}: not an encode tile part (no part_of_tile attribute)")
-        first = [int(h["pix"][0]) if h["pix"].size else -1 for h in handles]
-        order = np.argsort(first, kind="stable")
-        handles = [handles[i] for i in order]
+    with open_tile_parts(parts, "an encode tile part") as opened:
+        handles = [h for _, h in opened]
         ref = handles[0]
-        arrays = {}
-        for key in _PIXEL_DATASETS:
-            arrays[key] = np.concatenate([h[key][...] for h in handles])
-        if np.any(np.diff(arrays["pix"]) <= 0):
+        arrays = {key: np.concatenate([h[key][...] for h in handles]) for key in _PIXEL_DATASETS}
+        if np.any(np.diff(arrays["pix"]) <= 0):  # also catches a part out of order inside
             raise ValueError("tile parts overlap or repeat pixels: "
-                             + ", ".join(str(parts[i]) for i in order))
+                             + ", ".join(str(path) for path, _ in opened))
         with atomic_path(output) as tmp, h5py.File(tmp, "w") as out:
-            for key, values in arrays.items():
-                write_dataset(out, key, values, attrs={"unit": _PIXEL_DATASETS[key]}
-                              if _PIXEL_DATASETS[key] is not None else None)
+            _write_pixel_datasets(out, arrays)
             if all("recon" in h for h in handles):
                 recon = _recon_dataset(out, (arrays["pix"].size, *ref["recon"].shape[1:]))
                 start = 0
@@ -247,8 +241,5 @@ def merge(parts: Sequence[str | Path], output: str | Path, config: Mapping[str, 
                      **{k: str(ref.attrs[k]) for k in ("ordering", "body", "model")}}
             out.attrs.update(provenance_attrs(
                 config, **attrs, **_score_attrs(params),
-                merged_from=[str(parts[i]) for i in order]))
-    finally:
-        for h in handles:
-            h.close()
+                merged_from=[str(path) for path, _ in opened]))
     return _summary(arrays["recon_error"], anomaly, output)

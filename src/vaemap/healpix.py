@@ -6,6 +6,8 @@ latitudes degrees north. Thin wrappers over healpy with the ordering explicit.
 
 from __future__ import annotations
 
+import bisect
+
 import healpy as hp
 import numpy as np
 
@@ -151,15 +153,4 @@ def sorted_row_range(pix, first: int, stop: int) -> tuple[int, int]:
     """Rows ``[lo, hi)`` of a sorted pixel column (array or HDF5 dataset) whose
     pixel lies in ``[first, stop)``, by binary search: a dataset is read a few
     elements at a time, never whole."""
-
-    def lower_bound(value: int) -> int:
-        lo, hi = 0, len(pix)
-        while lo < hi:
-            mid = (lo + hi) // 2
-            if int(pix[mid]) < value:
-                lo = mid + 1
-            else:
-                hi = mid
-        return lo
-
-    return lower_bound(first), lower_bound(stop)
+    return bisect.bisect_left(pix, first), bisect.bisect_left(pix, stop)

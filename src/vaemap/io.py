@@ -9,7 +9,7 @@ import json
 import os
 import platform
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,7 @@ __all__ = [
     "atomic_path",
     "file_checksum",
     "h5_compression",
+    "open_tile_parts",
     "provenance_attrs",
     "read_json_attr",
     "write_dataset",
@@ -90,6 +91,32 @@ def read_json_attr(attrs: Mapping[str, Any], key: str, default: Any = None) -> A
     if isinstance(value, bytes):
         value = value.decode()
     return json.loads(value) if isinstance(value, str) else value
+
+
+@contextlib.contextmanager
+def open_tile_parts(parts: Sequence[str | Path], what: str
+                    ) -> Iterator[list[tuple[Path, h5py.File]]]:
+    """Open tile parts for a merge; ``what`` names them in errors ("a profiles tile part").
+
+    Yields ``(path, file)`` pairs in pixel order (tiles are NESTED ranges, so
+    ordering parts by their first pixel orders every pixel). Raises ValueError
+    naming the file when one is not a tile part (no ``part_of_tile``
+    attribute) or when its pixels overlap the previous part's. Only the first
+    and last pixel of each part are read here.
+    """
+    with contextlib.ExitStack() as stack:
+        opened = [(Path(p), stack.enter_context(h5py.File(p, "r"))) for p in parts]
+        for path, h in opened:
+            if "part_of_tile" not in h.attrs:
+                raise ValueError(f"{path}: not {what} (no part_of_tile attribute)")
+        opened.sort(key=lambda item: int(item[1]["pix"][0]) if len(item[1]["pix"]) else -1)
+        last = -1
+        for path, h in opened:
+            if len(h["pix"]):
+                if int(h["pix"][0]) <= last:
+                    raise ValueError(f"{path}: its pixels overlap another part's")
+                last = int(h["pix"][-1])
+        yield opened
 
 
 #: Compression names accepted by :func:`h5_compression` (and by the config schema).

@@ -25,7 +25,14 @@ import h5py
 import numpy as np
 
 from vaemap.healpix import parent_pix, pix_to_lonlat, sorted_row_range, tile_pixel_range
-from vaemap.io import RowWriter, atomic_path, provenance_attrs, read_json_attr, write_dataset
+from vaemap.io import (
+    RowWriter,
+    atomic_path,
+    open_tile_parts,
+    provenance_attrs,
+    read_json_attr,
+    write_dataset,
+)
 
 __all__ = ["bin_edges", "max_cyclic_gap_h", "run"]
 
@@ -222,40 +229,26 @@ def merge(parts: Sequence[str | Path], output: str | Path, config: Mapping[str, 
     copied part by part (bounded memory) and the normalisation sums and
     rejection counts added, so the result equals a single job's.
     """
-    handles = [h5py.File(p, "r") for p in parts]
-    try:
-        for path, h in zip(parts, handles, strict=True):
-            if "part_of_tile" not in h.attrs:
-                raise ValueError(f"{path}: not a profiles tile part (no part_of_tile attribute)")
+    with open_tile_parts(parts, "a profiles tile part") as opened:
+        for path, h in opened:
             if int(h.attrs["nside"]) != config["profiles"]["nside"] or \
                     h["norm_sums"].shape[1:] != (len(config["ingest"]["channels"]),
                                                  config["profiles"]["bins"]):
                 raise ValueError(f"{path}: nside, channels or bins differ from the config")
-        order = np.argsort([int(h["pix"][0]) if h["pix"].shape[0] else -1 for h in handles],
-                           kind="stable")
-        handles = [handles[i] for i in order]
         rejected = {"too_few_observations": 0, "gap_too_large": 0}
-        sums = np.zeros(handles[0]["norm_sums"].shape)
-        last = -1
+        sums = np.zeros(opened[0][1]["norm_sums"].shape)
         with atomic_path(output) as tmp, h5py.File(tmp, "w") as out:
             writer = _profile_writer(out, sums.shape[1], sums.shape[2])
-            for i, h in zip(order, handles, strict=True):
-                n = h["pix"].shape[0]
-                if n and int(h["pix"][0]) <= last:
-                    raise ValueError(f"{parts[i]}: its pixels overlap another part's")
-                for a in range(0, n, 65536):
+            for _, h in opened:
+                for a in range(0, h["pix"].shape[0], 65536):
                     writer.append({k: h[k][a:a + 65536] for k in writer.dsets})
-                last = int(h["pix"][-1]) if n else last
                 sums += h["norm_sums"][...]
                 for reason, count in read_json_attr(h.attrs, "rejected_pixels", {}).items():
                     rejected[reason] = rejected.get(reason, 0) + int(count)
-            source = read_json_attr(handles[0].attrs, "input", {})
+            source = read_json_attr(opened[0][1].attrs, "input", {})
             source["rows"] = sum(int(read_json_attr(h.attrs, "input", {}).get("rows", 0))
-                                 for h in handles)
+                                 for _, h in opened)
             fraction = _finish(out, config, config["profiles"]["nside"], sums, rejected,
-                               input=source, merged_from=[str(parts[i]) for i in order])
+                               input=source, merged_from=[str(path) for path, _ in opened])
             n = writer.rows
-    finally:
-        for h in handles:
-            h.close()
     return _summary(n, rejected, output, fraction)
