@@ -21,6 +21,7 @@ would need hundreds and are left a few kelvin from equilibrium.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -216,10 +217,26 @@ def surface_temperature_components(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Regolith and rock surface temperatures of each column, kelvin.
 
-    Same arguments as :func:`surface_temperature`. Returns ``(t_regolith,
-    t_rock)``, each of shape (n_columns, n_local_times); the rock temperature
-    is solved only for columns with ``rock_fraction > 0`` and is NaN elsewhere.
-    Radiometers see the two mixed inside the footprint (see :func:`mix_planck`).
+    Parameters
+    ----------
+    lat_deg : array_like, shape (n_columns,) or scalar
+        Latitude, degrees north.
+    local_time_h : array_like, shape (n_local_times,)
+        Local solar times, hours (12 h = noon).
+    albedo, h_param, slope_deg, azimuth_deg, rock_fraction : array_like
+        Normal bond albedo A0, H-parameter (m), facet slope (degrees), facet
+        azimuth (degrees clockwise from north, 90 = east-facing) and areal rock
+        fraction in [0, 1]; each broadcastable to ``(n_columns,)``.
+    solar_distance_au, declination_deg : float
+        Sun distance (AU) and sub-solar latitude (degrees).
+    steps_per_day : int
+        Implicit time steps per lunar day.
+
+    Returns ``(t_regolith, t_rock)``, each of shape (n_columns, n_local_times);
+    the rock temperature is solved only for columns with ``rock_fraction > 0``
+    and is NaN elsewhere. Radiometers see the two mixed inside the footprint
+    (see :func:`mix_planck`); :func:`surface_temperature` mixes them
+    bolometrically.
     """
     lat, alb, hpar, slope, az, rock = np.broadcast_arrays(
         *(np.atleast_1d(np.asarray(v, dtype=float))
@@ -266,36 +283,11 @@ def surface_temperature_components(
     return at_local_time(t_reg), at_local_time(t_rock)
 
 
-def surface_temperature(
-    lat_deg: np.ndarray | float,
-    local_time_h: np.ndarray | float,
-    *,
-    albedo: np.ndarray | float = 0.12,
-    h_param: np.ndarray | float = 0.06,
-    slope_deg: np.ndarray | float = 0.0,
-    azimuth_deg: np.ndarray | float = 0.0,
-    rock_fraction: np.ndarray | float = 0.0,
-    solar_distance_au: float = 1.0,
-    declination_deg: float = 0.0,
-    steps_per_day: int = 192,
-    props: RegolithProperties = RegolithProperties(),
-) -> np.ndarray:
+def surface_temperature(lat_deg: np.ndarray | float, local_time_h: np.ndarray | float, *,
+                        rock_fraction: np.ndarray | float = 0.0, **kwargs: Any) -> np.ndarray:
     """Periodic diurnal surface temperature of regolith columns, kelvin.
 
-    Parameters
-    ----------
-    lat_deg : array_like, shape (n_columns,) or scalar
-        Latitude, degrees north.
-    local_time_h : array_like, shape (n_local_times,)
-        Local solar times, hours (12 h = noon).
-    albedo, h_param, slope_deg, azimuth_deg, rock_fraction : array_like
-        Normal bond albedo A0, H-parameter (m), facet slope (degrees), facet
-        azimuth (degrees clockwise from north, 90 = east-facing) and areal rock
-        fraction in [0, 1]; each broadcastable to ``(n_columns,)``.
-    solar_distance_au, declination_deg : float
-        Sun distance (AU) and sub-solar latitude (degrees).
-    steps_per_day : int
-        Implicit time steps per lunar day.
+    Takes the arguments of :func:`surface_temperature_components`.
 
     Returns
     -------
@@ -303,11 +295,8 @@ def surface_temperature(
         Surface temperature in kelvin; with ``rock_fraction`` f the bolometric
         footprint temperature ``(f T_rock⁴ + (1 − f) T_regolith⁴)^(1/4)``.
     """
-    t_reg, t_rock = surface_temperature_components(
-        lat_deg, local_time_h, albedo=albedo, h_param=h_param, slope_deg=slope_deg,
-        azimuth_deg=azimuth_deg, rock_fraction=rock_fraction,
-        solar_distance_au=solar_distance_au, declination_deg=declination_deg,
-        steps_per_day=steps_per_day, props=props)
+    t_reg, t_rock = surface_temperature_components(lat_deg, local_time_h,
+                                                   rock_fraction=rock_fraction, **kwargs)
     f = np.broadcast_to(np.atleast_1d(np.asarray(rock_fraction, float)), (t_reg.shape[0],))
     f = f[:, None]
     mixed4 = np.where(f > 0, f * np.nan_to_num(t_rock) ** 4 + (1 - f) * t_reg**4, t_reg**4)

@@ -30,9 +30,11 @@ def step_config(*sections):
     Passing them as params makes Snakemake re-run a rule (and what depends on
     it) exactly when one of its own values changes.
     """
-    return json.dumps(
-        {name: config[name] for name in sections}, sort_keys=True, separators=(",", ":")
-    )
+    return _config_json({name: config[name] for name in sections})
+
+
+def _config_json(cfg):
+    return json.dumps(cfg, sort_keys=True, separators=(",", ":"))
 
 
 def sweep_step_config(*sections):
@@ -51,7 +53,7 @@ def sweep_step_config(*sections):
         # beta = 0 is the plain autoencoder: no total-correlation term either
         if wildcards.param == "beta" and value == 0:
             cfg["model"]["tc_weight"] = 0.0
-        return json.dumps(cfg, sort_keys=True, separators=(",", ":"))
+        return _config_json(cfg)
 
     return params
 
@@ -109,10 +111,15 @@ def sweep_labels():
 
 
 def sweep_table_labels():
-    """Row labels of the sweep summary: the main model, then each sweep model."""
-    names = {"beta=0": "AE(beta=0)"}
+    """Row labels of the sweep summary: the main model, then each sweep model
+    (β = 0 marked as the plain autoencoder, as sweep_step_config makes it)."""
+
+    def label(name):
+        param, value = name.split("=")
+        return f"AE({name})" if param == "beta" and float(value) == 0 else name
+
     return [f"main(beta={config['model']['beta']:g})"] + [
-        names.get(label, label) for label in sweep_labels()
+        label(name) for name in sweep_labels()
     ]
 
 
