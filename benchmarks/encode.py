@@ -31,7 +31,7 @@ from train import synthetic_profiles
 
 from vaemap import encode, train
 from vaemap.config import validate_config
-from vaemap.model import ProfileVAE, latitude_condition, mean_profile, normalise
+from vaemap.model import Normaliser, ProfileVAE, latitude_condition, resolve_device, save_checkpoint
 
 
 def main() -> None:
@@ -47,16 +47,15 @@ def main() -> None:
     synthetic_profiles(profiles, args.pixels)
     cfg = validate_config({"device": args.device, "model": {"preset": args.preset},
                            "encode": {"batch_size": args.batch_size, "store_recon": False}})
-    device = train.resolve_device(args.device)
+    device = resolve_device(args.device)
     with h5py.File(profiles) as h5:
         sample = h5["profile"][: min(args.pixels, 20000)]
         lat = h5["lat"][: min(args.pixels, 20000)]
-    norm_lat, mean, std = train._normalisation(sample, lat, "per_bin")
+    norm = Normaliser.fit(sample, lat, "per_bin")
     arch = train._arch(cfg, sample.shape[1], sample.shape[2])
     model = ProfileVAE(arch)
-    torch.save({"state_dict": model.state_dict(), "arch": arch.to_dict(),
-                "norm_lat": torch.from_numpy(norm_lat), "norm_mean": torch.from_numpy(mean),
-                "norm_std": torch.from_numpy(std), "nside": 64}, workdir / "model.pt")
+    save_checkpoint(workdir / "model.pt", model, norm, nside=64, channels=[7],
+                    config={"model": cfg["model"]})
 
     t0 = time.perf_counter()
     encode.run(profiles, workdir / "model.pt", workdir / "latents.h5", cfg)
@@ -66,15 +65,13 @@ def main() -> None:
 
     model = model.to(device).eval()
     m = min(args.baseline_pixels, sample.shape[0])
-    mean_t = torch.from_numpy(mean).to(device)
-    std_t = torch.from_numpy(std).to(device)
+    norm = norm.to(device)
     t0 = time.perf_counter()
     with torch.inference_mode():
         for i in range(m):
             prof = torch.from_numpy(sample[i:i + 1]).to(device)
             la = torch.from_numpy(lat[i:i + 1]).to(device)
-            x, mask = normalise(prof, mean_profile(la, torch.zeros(1, device=device), mean_t),
-                                std_t)
+            x, mask = norm.to_model(prof, la)
             mu, _ = model.encode(x, mask)
             model.decode(mu, latitude_condition(la, arch.n_cond))
     if device.type == "cuda":

@@ -27,7 +27,7 @@ import torch
 
 from vaemap import thermal
 from vaemap.evaluate import _truth_at, spearman_matrix
-from vaemap.model import latitude_condition, load_checkpoint, mean_profile, normalise
+from vaemap.model import latitude_condition, load_checkpoint
 from vaemap.simulate import facet_geometry
 
 PARAMS = ("albedo", "h_param", "slope_ew", "slope_ns")
@@ -98,15 +98,14 @@ def main() -> None:
     theta = invert(obs, mask, lat[sel], local_time, args.iterations)
     t_inv = (time.perf_counter() - t0) / sel.size
 
-    model, ckpt = load_checkpoint(res / "model" / "model.pt")
+    model, norm, ckpt = load_checkpoint(res / "model" / "model.pt")
     torch.set_num_threads(2)
     t0 = time.perf_counter()
     with torch.inference_mode():
         for a in range(0, pix.size, 1024):
             p = torch.from_numpy(prof[a:a + 1024])
             la = torch.from_numpy(lat[a:a + 1024])
-            x, m = normalise(p, mean_profile(la, ckpt["norm_lat"], ckpt["norm_mean"]),
-                             ckpt["norm_std"])
+            x, m = norm.to_model(p, la)
             z, _ = model.encode(x, m)
             model.decode(z, latitude_condition(la, ckpt["arch"]["n_cond"]))
     t_enc = (time.perf_counter() - t0) / pix.size

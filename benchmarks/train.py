@@ -31,13 +31,16 @@ import torch
 from vaemap import train
 from vaemap.config import validate_config
 from vaemap.model import (
+    Normaliser,
     ProfileVAE,
     bin_weights,
     kl_per_latent,
     latitude_condition,
     masked_sse,
     normalise,
+    resolve_device,
 )
+from vaemap.products import PROFILES
 
 
 def synthetic_profiles(path: Path, n: int, bins: int = 120, seed: int = 0) -> None:
@@ -52,12 +55,16 @@ def synthetic_profiles(path: Path, n: int, bins: int = 120, seed: int = 0) -> No
     count = (rng.uniform(size=(n, bins)) < 0.3).astype(np.uint16)
     prof = np.where(count > 0, prof, np.nan).astype(np.float32)
     with h5py.File(path, "w") as h5:
-        h5.attrs["nside"] = 64
-        h5["pix"] = np.arange(n)
+        h5.attrs.update({**PROFILES.identity(), "nside": 64, "ordering": "NESTED",
+                         "body": "MOON", "channels": "[7]",
+                         "bin_edges_h": np.linspace(0, 24, bins + 1), "rejected_pixels": "{}",
+                         "observed_bins": int(count.sum())})
+        h5["pix"] = np.arange(n, dtype=np.int64)
         h5["lat"] = lat
         h5["lon"] = np.zeros(n, np.float32)
         h5["profile"] = prof[:, None, :]
         h5["count"] = count[:, None, :]
+        h5["n_obs"] = count.sum(axis=1).astype(np.int32)
 
 
 class H5ProfileDataset(torch.utils.data.Dataset):
@@ -87,7 +94,8 @@ class H5ProfileDataset(torch.utils.data.Dataset):
 
 def naive_throughput(path: Path, cfg: dict, device: torch.device, steps: int) -> float:
     data = train.load_profiles(path)
-    _, mean, std = train._normalisation(data["profile"], data["lat"], "per_bin")
+    norm = Normaliser.fit(data["profile"], data["lat"], "per_bin")
+    mean, std = norm.norm_mean.numpy(), norm.std.numpy()
     arch = train._arch(cfg, data["profile"].shape[1], data["profile"].shape[2])
     model = ProfileVAE(arch).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=cfg["train"]["lr"])
@@ -128,12 +136,11 @@ def main() -> None:
         path = workdir / "profiles.h5"
         synthetic_profiles(path, args.pixels)
     cfg = validate_config({
-        "device": args.device, "model": {"preset": args.preset},
-        "profiles": {"normalisation": "per_bin"},
+        "device": args.device, "model": {"preset": args.preset, "normalisation": "per_bin"},
         "train": {"epochs": args.epochs, "batch_size": args.batch_size, "val_fraction": 0.1,
                   "patience": 100},
     })
-    device = train.resolve_device(args.device)
+    device = resolve_device(args.device)
     ours = train.run(path, workdir / "model.pt", cfg, progress=False)
     naive = naive_throughput(path, cfg, device, args.naive_steps)
     print(f"train benchmark on {device} ({torch.get_num_threads()} threads), preset "

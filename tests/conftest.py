@@ -48,6 +48,29 @@ def trained(tmp_path_factory, survey, tiny_config) -> dict:
             "latents": root / "latents.h5"}
 
 
+def write_product(path: Path, spec, arrays: dict, **attrs) -> None:
+    """Write a small product file by hand, as its writer would: every dataset of
+    ``spec`` (those not in ``arrays`` filled with zeros of the right dtype and
+    shape) and its identifying and required attributes (``attrs`` override)."""
+    import h5py
+    import numpy as np
+
+    n = len(next(iter(arrays.values())))
+    sizes = {d: arrays[name].shape[i] for name, f in spec.fields.items() if name in arrays
+             for i, d in enumerate(f.dims)}
+    defaults = {"nside": 8, "ordering": "NESTED", "body": "MOON", "channels": "[7]",
+                "rejected": "{}", "rejected_pixels": "{}", "inputs": "[]", "rows_read": n,
+                "accepted": n, "observed_bins": 0, "seed": 0, "latent_dim": sizes.get("latent", 0),
+                "model": "", "bin_edges_h": np.linspace(0, 24, sizes.get("bins", 24) + 1)}
+    with h5py.File(path, "w") as h5:
+        h5.attrs.update({**spec.identity(), **{k: defaults[k] for k in spec.attrs}, **attrs})
+        for name, f in spec.fields.items():
+            if name in arrays:
+                h5[name] = np.asarray(arrays[name]).astype(f.dtype)
+            elif not f.optional:
+                h5[name] = np.zeros((n, *f.row_shape(sizes)), f.dtype)
+
+
 def strongest_anomaly_distance_deg(truth_h5: Path, catalogue_ecsv: Path) -> float:
     """Angular distance (degrees) from the strongest injected anomaly — the warm
     rocky pixel with the largest rock fraction — to the nearest region centre of

@@ -2,20 +2,25 @@
 
 import csv
 
-import h5py
 import numpy as np
 import pytest
 import torch
+from conftest import write_product
 
 from vaemap import train
 from vaemap.model import (
+    CHECKPOINT_FORMAT,
+    CheckpointError,
+    Normaliser,
     ProfileVAE,
     VAEConfig,
     bin_weights,
     kl_per_latent,
     load_checkpoint,
     masked_sse,
+    resolve_device,
 )
+from vaemap.products import PROFILES
 
 
 def test_circular_padding_makes_the_encoder_shift_equivariant():
@@ -88,10 +93,13 @@ def test_bins_must_fit_the_depth():
 
 
 def test_training_products_and_checkpoint(trained):
-    model, ckpt = load_checkpoint(trained["model"])
+    model, norm, ckpt = load_checkpoint(trained["model"])
     assert isinstance(model, ProfileVAE)
-    for key in ("state_dict", "arch", "norm_mean", "norm_std", "config", "metrics", "history"):
+    for key in ("state_dict", "arch", "norm_mean", "norm_std", "config", "metrics", "history",
+                "nside", "channels"):
         assert key in ckpt
+    assert ckpt["format"] == CHECKPOINT_FORMAT and ckpt["channels"] == [7]
+    assert norm.std.shape == (1, 24)
     assert ckpt["arch"]["latent_dim"] == 4
     assert np.isfinite(trained["metrics"]["val_rms_k"])
     rows = list(csv.DictReader(open(trained["root"] / "metrics.csv")))
@@ -126,14 +134,8 @@ def test_resume_ignores_a_checkpoint_of_another_configuration(survey, tiny_confi
 
 
 def _write_profiles(path, profile, count):
-    n = profile.shape[0]
-    with h5py.File(path, "w") as h5:
-        h5.attrs["nside"] = 8
-        h5["pix"] = np.arange(n)
-        h5["lat"] = np.zeros(n, np.float32)
-        h5["lon"] = np.zeros(n, np.float32)
-        h5["profile"] = profile
-        h5["count"] = count
+    write_product(path, PROFILES, {"pix": np.arange(profile.shape[0]), "profile": profile,
+                                   "count": count, "n_obs": count.sum(axis=(1, 2))})
 
 
 def test_bad_profile_sets_are_clear_errors(tmp_path, tiny_config):
@@ -160,17 +162,39 @@ def test_incompatible_checkpoint_is_a_clear_error(trained, tmp_path):
     torch.save(ckpt, tmp_path / "bad.pt")
     with pytest.raises(ValueError, match="do not fit the declared architecture"):
         load_checkpoint(tmp_path / "bad.pt")
-    torch.save({"state_dict": {}}, tmp_path / "other.pt")
+    torch.save({"format": CHECKPOINT_FORMAT, "state_dict": {}}, tmp_path / "other.pt")
     with pytest.raises(ValueError, match="not a vaemap model checkpoint"):
         load_checkpoint(tmp_path / "other.pt")
 
 
+def test_checkpoint_of_another_format_or_unreadable_is_one_clear_error(trained, tmp_path):
+    ckpt = torch.load(trained["model"], weights_only=True)
+    torch.save({**ckpt, "format": 1}, tmp_path / "old.pt")
+    with pytest.raises(CheckpointError, match=r"old\.pt: checkpoint format 1, this vaemap "
+                                              r"reads format 2; retrain"):
+        load_checkpoint(tmp_path / "old.pt")
+    (tmp_path / "junk.pt").write_bytes(b"not a zip archive at all")
+    with pytest.raises(CheckpointError, match=r"junk\.pt: not a readable vaemap checkpoint"):
+        load_checkpoint(tmp_path / "junk.pt")
+    with pytest.raises(CheckpointError, match=r"missing\.pt: checkpoint not found"):
+        load_checkpoint(tmp_path / "missing.pt")
+
+
+def test_corrupt_training_state_is_set_aside(survey, tiny_config, tmp_path):
+    (tmp_path / "m.pt.ckpt").write_bytes(b"\x00" * 100)
+    out = train.run(survey["profiles_h5"], tmp_path / "m.pt", tiny_config, progress=False,
+                    resume=True)
+    assert out["epochs"] == tiny_config["train"]["epochs"]
+    assert (tmp_path / "m.pt.ckpt.corrupt").exists()
+    load_checkpoint(tmp_path / "m.pt")
+
+
 def test_device_auto_resolves_everywhere():
-    dev = train.resolve_device("auto")
+    dev = resolve_device("auto")
     assert dev.type == ("cuda" if torch.cuda.is_available() else "cpu")
     if not torch.cuda.is_available():
         with pytest.raises(RuntimeError, match="CUDA is not available"):
-            train.resolve_device("cuda")
+            resolve_device("cuda")
 
 
 def test_mean_profile_interpolates_in_absolute_latitude():
@@ -186,14 +210,18 @@ def test_mean_profile_interpolates_in_absolute_latitude():
 
 @pytest.mark.parametrize("mode", ["latitude", "per_bin", "global"])
 def test_normalisation_modes_centre_the_training_data(survey, mode):
-    from vaemap.model import mean_profile
-
     data = train.load_profiles(survey["profiles_h5"])
-    norm_lat, mean, std = train._normalisation(data["profile"], data["lat"], mode)
-    assert mean.ndim == 3 and std.shape == data["profile"].shape[1:]
-    assert np.isfinite(mean).all() and (std > 0).all()
-    fitted = mean_profile(torch.from_numpy(data["lat"]), torch.from_numpy(norm_lat),
-                          torch.from_numpy(mean)).numpy()
+    norm = Normaliser.fit(data["profile"], data["lat"], mode)
+    assert norm.norm_mean.ndim == 3 and norm.std.shape == data["profile"].shape[1:]
+    assert torch.isfinite(norm.norm_mean).all() and (norm.std > 0).all()
+    lat = torch.from_numpy(data["lat"])
+    fitted = norm.mean_at(lat).numpy()
+    # to_model and to_kelvin are inverses on observed bins
+    x, mask = norm.to_model(torch.from_numpy(data["profile"]), lat)
+    back = norm.to_kelvin(x, lat).numpy()
+    observed = mask.numpy() > 0
+    np.testing.assert_allclose(back[observed], data["profile"][observed], rtol=1e-5)
+    assert (x.numpy()[~observed] == 0).all()
     residual = np.nanmean(data["profile"] - fitted)
     assert abs(residual) < 0.1 * np.nanstd(data["profile"])
     if mode == "latitude":  # removing latitude leaves much less spread than a global mean

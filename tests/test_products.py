@@ -12,7 +12,8 @@ from conftest import strongest_anomaly_distance_deg
 from PIL import Image
 
 from vaemap import evaluate, maps
-from vaemap.encode import robust_z
+from vaemap.products import map_products
+from vaemap.stats import ica_components, robust_z
 
 
 def test_robust_z_known_values():
@@ -63,7 +64,7 @@ def test_maps_fits_and_png(trained, survey, tiny_config, tmp_path):
     with h5py.File(trained["latents"]) as h5:
         pix, mu, nside = h5["pix"][...], h5["mu"][...], int(h5.attrs["nside"])
         score = h5["anomaly_score"][...]
-    for name in maps.map_products(4, independent_components=True):
+    for name in map_products(4, independent_components=True):
         fits_path, png = tmp_path / f"{name}.fits", tmp_path / f"{name}.png"
         m = hp.read_map(fits_path, nest=None)
         assert m.size == hp.nside2npix(nside)
@@ -72,7 +73,7 @@ def test_maps_fits_and_png(trained, survey, tiny_config, tmp_path):
         assert image.std() > 10  # not blank
     m0 = hp.read_map(tmp_path / "latent0_mu.fits", nest=None)
     np.testing.assert_array_equal(m0[pix], mu[:, 0])  # exact, float32 both
-    ic = evaluate.ica_components(mu.astype(np.float64)).astype(np.float32)
+    ic = ica_components(mu.astype(np.float64)).astype(np.float32)
     np.testing.assert_array_equal(hp.read_map(tmp_path / "ic1.fits", nest=None)[pix], ic[:, 1])
     assert abs(float(np.std(ic[:, 1])) - 1.0) < 0.01  # unit variance
     np.testing.assert_array_equal(hp.read_map(tmp_path / "anomaly_score.fits", nest=None)[pix],
@@ -212,7 +213,7 @@ def test_tiles_then_merge_equal_one_job(trained, survey, tiny_config, tmp_path):
         assert "anomaly_score" not in part and part.attrs["part_of_tile"] == "1/11"
     with pytest.raises(ValueError, match="overlap"):
         encode.merge([parts[0], parts[0]], tmp_path / "bad.h5", cfg)
-    with pytest.raises(ValueError, match="not an encode tile part"):
+    with pytest.raises(ValueError, match="not a tile part of latents"):
         encode.merge([trained["latents"]], tmp_path / "bad.h5", cfg)
     for bad, message in (("3/0", "power of 2"), ("1/12", "outside"), ("x", "NSIDE/INDEX")):
         with pytest.raises(ValueError, match=message):
@@ -228,7 +229,7 @@ def test_ica_unmixes_rotated_independent_sources():
     code = sources @ np.array([[np.cos(angle), -np.sin(angle)],
                                [np.sin(angle), np.cos(angle)]])
     raw = np.abs(evaluate.spearman_matrix(code, sources))
-    ic = np.abs(evaluate.spearman_matrix(evaluate.ica_components(code), sources))
+    ic = np.abs(evaluate.spearman_matrix(ica_components(code), sources))
     assert raw.max(axis=0).min() < 0.9
     assert ic.max(axis=0).min() > 0.98 and ic.max(axis=1).min() > 0.98
 

@@ -7,6 +7,7 @@ import healpy as hp
 import numpy as np
 
 from vaemap import simulate
+from vaemap.products import TRUTH_FACTORS, simulated_rdr_names
 from vaemap.rdr import RDR_COLUMNS
 
 
@@ -23,7 +24,7 @@ def test_simulation_is_deterministic(tiny_config, tmp_path):
     cfg = {**tiny_config, "simulate": {**tiny_config["simulate"], "days": 20.0}}
     simulate.run(tmp_path / "a", cfg)
     simulate.run(tmp_path / "b", cfg)
-    for name in simulate.rdr_file_names(cfg["simulate"]["files"]):
+    for name in simulated_rdr_names(cfg["simulate"]["files"]):
         a = gzip.open(tmp_path / "a" / "rdr" / name).read()
         b = gzip.open(tmp_path / "b" / "rdr" / name).read()
         assert a == b
@@ -36,7 +37,7 @@ def test_truth_contract_and_fits(survey, tiny_config):
     with h5py.File(survey["truth"]) as h5:
         assert int(h5.attrs["nside"]) == nside
         np.testing.assert_array_equal(h5["pix"][...], np.arange(hp.nside2npix(nside)))
-        for key in simulate.FACTORS:
+        for key in TRUTH_FACTORS:
             assert h5[key].shape == (hp.nside2npix(nside),)
         kind = h5["anomaly_kind"][...]
         assert set(np.unique(kind)) <= {0, 1, 2} and (kind == 1).any() and (kind == 2).any()
@@ -75,7 +76,7 @@ def test_multichannel_brightness_reveals_rocks(tiny_config, tmp_path):
                                        "channels": [3, 7, 9], "noise_k": 0.0,
                                        "bad_fraction": 0.0}}
     simulate.run(tmp_path, cfg)
-    path = tmp_path / "rdr" / simulate.rdr_file_names(1)[0]
+    path = tmp_path / "rdr" / simulated_rdr_names(1)[0]
     table = pacsv.read_csv(path, read_options=pacsv.ReadOptions(skip_rows=3))
     c = table["c"].to_numpy()
     tb = table["tb"].to_numpy()

@@ -125,6 +125,14 @@ def test_end_to_end_products_rerun_and_report(tmp_path):
     assert planned_jobs(changed.stdout) == {"train", "encode", "maps", "evaluate",
                                             "sweep_summary", "all"}
 
+    # A key belongs to the step that reads it: the normalisation is training's, so
+    # changing it re-trains (the sweep model too) but does not rebuild the profiles.
+    cfg["model"]["normalisation"] = "per_bin"
+    config.write_text(yaml.safe_dump(cfg))
+    changed = planned_jobs(snakemake(*common, "-n").stdout)
+    assert {"train", "train_sweep", "encode", "encode_sweep"} <= changed
+    assert not changed & {"simulate", "ingest", "merge_samples", "profiles"}
+
     report = tmp_path / "report.html"
     snakemake(*common[:4], "--report", str(report))
     assert report.stat().st_size > 50_000

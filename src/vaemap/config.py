@@ -61,6 +61,10 @@ def _key_path(error: jsonschema.ValidationError) -> str:
     return path or "<root>"
 
 
+#: Keys that moved to the section of the step that reads them: old -> new.
+_MOVED_KEYS = {"profiles.normalisation": "model.normalisation"}
+
+
 def validate_config(config: Mapping[str, Any] | None, source: str = "config") -> dict[str, Any]:
     """Validate ``config`` against the schema and return a copy with defaults filled.
 
@@ -78,6 +82,11 @@ def validate_config(config: Mapping[str, Any] | None, source: str = "config") ->
         the offending value and the reason.
     """
     instance = copy.deepcopy(dict(config or {}))
+    for old, new in _MOVED_KEYS.items():
+        section, key = old.split(".")
+        if isinstance(instance.get(section), dict) and key in instance[section]:
+            raise ConfigError(f"{source}: {old}: this key moved to {new} (it is read only "
+                              f"by training); rename it in your configuration")
     given = set(instance)
     validator = _default_filling_validator()(load_schema())
     errors = sorted(validator.iter_errors(instance), key=lambda e: list(e.absolute_path))

@@ -17,6 +17,7 @@ from 0.75 to 0.88.
 
 from __future__ import annotations
 
+import json
 import logging
 import warnings
 from collections.abc import Mapping, Sequence
@@ -29,29 +30,13 @@ import torch
 
 from vaemap.healpix import sorted_row_range, tile_pixel_range
 from vaemap.io import atomic_path, open_tile_parts, provenance_attrs, write_dataset
-from vaemap.model import latitude_condition, load_checkpoint, mean_profile, normalise
-from vaemap.train import resolve_device
+from vaemap.model import latitude_condition, load_checkpoint, resolve_device
+from vaemap.products import LATENTS, PROFILES, open_product
+from vaemap.stats import robust_z
 
-__all__ = ["merge", "robust_z", "run"]
+__all__ = ["merge", "run"]
 
 log = logging.getLogger(__name__)
-
-
-def robust_z(values: np.ndarray) -> np.ndarray:
-    """Robust z-score 0.6745·(x − median)/MAD; NaN stays NaN.
-
-    With a zero MAD (more than half the values equal) the scale falls back to
-    the mean absolute deviation so that the score stays finite.
-    """
-    values = np.asarray(values, dtype=np.float64)
-    finite = values[np.isfinite(values)]
-    if finite.size == 0:
-        return np.full(values.shape, np.nan)
-    med = np.median(finite)
-    mad = np.median(np.abs(finite - med))
-    if mad == 0:
-        mad = np.mean(np.abs(finite - med)) / 0.7979 or 1.0
-    return 0.6745 * (values - med) / mad
 
 
 class _EncodeDecode(torch.nn.Module):
@@ -80,9 +65,8 @@ def _inference_module(model: torch.nn.Module, example: tuple[torch.Tensor, ...])
 
 
 #: Per-pixel datasets of latents.h5 that tile parts carry too (all but ``recon``
-#: and the anomaly score, which needs every pixel), and their units.
-_PIXEL_DATASETS = {"pix": None, "mu": None, "logvar": None, "recon_error": "K",
-                   "recon_l1": "K", "recon_norm_l1": "", "n_obs": None}
+#: and the anomaly score, which needs every pixel).
+_PIXEL_DATASETS = tuple(LATENTS.layout(part=True, latent=0))
 
 
 def run(profiles: str | Path, model_path: str | Path, output: str | Path,
@@ -103,28 +87,24 @@ def run(profiles: str | Path, model_path: str | Path, output: str | Path,
     """
     params = config["encode"]
     device = resolve_device(config["device"])
-    model, ckpt = load_checkpoint(model_path, device)
-    norm_lat = ckpt["norm_lat"].to(device)
-    norm_mean = ckpt["norm_mean"].to(device)
-    std = ckpt["norm_std"].to(device)
+    model, norm, ckpt = load_checkpoint(model_path, device)
     arch = ckpt["arch"]
     batch = params["batch_size"]
-    with h5py.File(profiles, "r") as src:
-        shape = src["profile"].shape
-        if shape[1:] != (arch["channels"], arch["bins"]):
-            raise ValueError(f"{profiles}: profiles of shape {shape[1:]} do not match the "
-                             f"model's (channels, bins) = ({arch['channels']}, {arch['bins']})")
+    # The profiles must be what the model was trained on: same pixels grid,
+    # channels and bins (a model of another nside would label pixels wrongly).
+    with open_product(profiles, PROFILES, nside=int(ckpt["nside"]), channels=ckpt["channels"],
+                      bins=arch["bins"], against=f"the model {model_path}") as src:
         lo, hi = 0, src["pix"].shape[0]
         if tile is not None:
             lo, hi = sorted_row_range(src["pix"],
                                       *tile_pixel_range(tile, int(src.attrs["nside"])))
         pix = src["pix"][lo:hi]
         n = pix.size
-        arrays = {"pix": pix, "n_obs": np.empty(n, np.int32),
-                  "mu": np.empty((n, arch["latent_dim"]), np.float32),
+        shape = src["profile"].shape
+        arrays = {"pix": pix, "mu": np.empty((n, arch["latent_dim"]), np.float32),
                   "logvar": np.empty((n, arch["latent_dim"]), np.float32),
                   "recon_error": np.empty(n, np.float32), "recon_l1": np.empty(n, np.float32),
-                  "recon_norm_l1": np.empty(n, np.float32)}
+                  "recon_norm_l1": np.empty(n, np.float32), "n_obs": src["n_obs"][lo:hi]}
         with atomic_path(output) as tmp, h5py.File(tmp, "w") as out:
             recon_ds = _recon_dataset(out, (n, *shape[1:])) if params["store_recon"] else None
             net = None
@@ -132,28 +112,28 @@ def run(profiles: str | Path, model_path: str | Path, output: str | Path,
                 for a in range(0, n, batch):
                     b = min(a + batch, n)
                     prof = torch.from_numpy(src["profile"][lo + a:lo + b]).to(device)
-                    arrays["n_obs"][a:b] = src["count"][lo + a:lo + b].sum(axis=(1, 2))
                     lat = torch.from_numpy(src["lat"][lo + a:lo + b]).to(device)
-                    mean = mean_profile(lat, norm_lat, norm_mean)
-                    x, mask = normalise(prof, mean, std)
+                    mean = norm.mean_at(lat)
+                    x, mask = norm.to_model(prof, mean=mean)
                     cond = latitude_condition(lat, arch["n_cond"])
                     if net is None:
                         net = _inference_module(model, (x, mask, cond))
                     m, lv, recon = net(x, mask, cond)
-                    recon_k = recon * std + mean
+                    recon_k = norm.to_kelvin(recon, mean=mean)
                     err = torch.where(mask > 0, recon_k - prof, torch.zeros((), device=device))
                     n_bins = mask.flatten(1).sum(1).clamp(min=1)
                     arrays["recon_error"][a:b] = torch.sqrt(
                         (err**2).flatten(1).sum(1) / n_bins).cpu().numpy()
                     arrays["recon_l1"][a:b] = (err.abs().flatten(1).sum(1) / n_bins).cpu().numpy()
                     arrays["recon_norm_l1"][a:b] = (
-                        (err / std).abs().flatten(1).sum(1) / n_bins).cpu().numpy()
+                        (err / norm.std).abs().flatten(1).sum(1) / n_bins).cpu().numpy()
                     arrays["mu"][a:b] = m.cpu().numpy()
                     arrays["logvar"][a:b] = lv.cpu().numpy()
                     if recon_ds is not None:
                         recon_ds[a:b] = recon_k.cpu().numpy()
-            attrs = {"nside": int(ckpt["nside"]), "ordering": "NESTED", "body": "MOON",
-                     "model": str(model_path), "latent_dim": arch["latent_dim"]}
+            attrs = {**LATENTS.identity(), "nside": int(ckpt["nside"]), "ordering": "NESTED",
+                     "body": "MOON", "model": str(model_path), "latent_dim": arch["latent_dim"],
+                     "channels": list(ckpt["channels"])}
             _write_pixel_datasets(out, arrays)
             if tile is None:
                 _, anomaly = _write_score(out, arrays, params)
@@ -167,9 +147,10 @@ def run(profiles: str | Path, model_path: str | Path, output: str | Path,
 
 
 def _write_pixel_datasets(out: h5py.File, arrays: Mapping[str, np.ndarray]) -> None:
-    for key, values in arrays.items():
-        unit = _PIXEL_DATASETS[key]
-        write_dataset(out, key, values, attrs=None if unit is None else {"unit": unit})
+    units = LATENTS.units()
+    for key in _PIXEL_DATASETS:
+        values = arrays[key].astype(LATENTS.fields[key].dtype, copy=False)
+        write_dataset(out, key, values, attrs={"unit": units[key]} if key in units else None)
 
 
 def _recon_dataset(out: h5py.File, shape: tuple[int, ...]) -> h5py.Dataset:
@@ -219,9 +200,14 @@ def merge(parts: Sequence[str | Path], output: str | Path, config: Mapping[str, 
     of the data, are copied part by part.
     """
     params = config["encode"]
-    with open_tile_parts(parts, "an encode tile part") as opened:
+    with open_tile_parts(parts, LATENTS) as opened:
         handles = [h for _, h in opened]
         ref = handles[0]
+        for path, h in opened[1:]:
+            for key in ("nside", "latent_dim", "model"):
+                if str(h.attrs[key]) != str(ref.attrs[key]):
+                    raise ValueError(f"{path}: {key} {h.attrs[key]} differs from "
+                                     f"{opened[0][0]}'s {ref.attrs[key]}")
         arrays = {key: np.concatenate([h[key][...] for h in handles]) for key in _PIXEL_DATASETS}
         if np.any(np.diff(arrays["pix"]) <= 0):  # also catches a part out of order inside
             raise ValueError("tile parts overlap or repeat pixels: "
@@ -237,7 +223,9 @@ def merge(parts: Sequence[str | Path], output: str | Path, config: Mapping[str, 
                         recon[start:start + len(block)] = block
                         start += len(block)
             _, anomaly = _write_score(out, arrays, params)
-            attrs = {"nside": int(ref.attrs["nside"]), "latent_dim": int(ref.attrs["latent_dim"]),
+            attrs = {**LATENTS.identity(), "nside": int(ref.attrs["nside"]),
+                     "latent_dim": int(ref.attrs["latent_dim"]),
+                     "channels": json.loads(ref.attrs["channels"]),
                      **{k: str(ref.attrs[k]) for k in ("ordering", "body", "model")}}
             out.attrs.update(provenance_attrs(
                 config, **attrs, **_score_attrs(params),

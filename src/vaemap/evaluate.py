@@ -12,21 +12,28 @@ from __future__ import annotations
 
 import json
 import logging
-import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import h5py
 import numpy as np
 from scipy import stats
 
+from vaemap.figures import pyplot, save_figure
 from vaemap.io import atomic_path
+from vaemap.products import (
+    ANOMALY_KINDS,
+    LATENTS,
+    PROFILES,
+    SCORED_FACTORS,
+    TRUTH,
+    open_product,
+)
+from vaemap.stats import ica_components, robust_z
 
 __all__ = [
     "average_precision",
     "dci",
-    "ica_components",
     "linear_probe",
     "mutual_information_gap",
     "pca_baseline",
@@ -39,11 +46,8 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-#: Factors scored against the latents. ``slope_pole`` is the north/south slope
-#: signed by hemisphere (positive = facing the pole): a north-facing slope is
-#: cold in the north and warm in the south, so the raw ``slope_ns`` of
-#: truth.h5 has no single thermal effect and correlates with nothing globally.
-FACTOR_NAMES = ("albedo", "h_param", "slope_ew", "slope_pole", "rock_fraction")
+#: Factors scored against the latents (see vaemap.products.SCORED_FACTORS).
+FACTOR_NAMES = SCORED_FACTORS
 
 
 def roc_auc(score: np.ndarray, label: np.ndarray) -> float:
@@ -161,16 +165,16 @@ def _normalised_profiles(profiles: Path, model_path: Path
     (channels, bins) the kelvin per normalised unit."""
     import torch
 
-    from vaemap.model import mean_profile, normalise
+    from vaemap.model import load_checkpoint
 
-    ckpt = torch.load(model_path, map_location="cpu", weights_only=True)
-    with h5py.File(profiles, "r") as h5:
+    _, norm, ckpt = load_checkpoint(model_path)
+    with open_product(profiles, PROFILES, nside=int(ckpt["nside"]), channels=ckpt["channels"],
+                      bins=int(ckpt["arch"]["bins"]), against=f"the model {model_path}") as h5:
         pix, lat = h5["pix"][...], h5["lat"][...]
         prof = torch.from_numpy(h5["profile"][...])
-    mean = mean_profile(torch.from_numpy(lat), ckpt["norm_lat"], ckpt["norm_mean"])
-    x, mask = normalise(prof, mean, ckpt["norm_std"])
+    x, mask = norm.to_model(prof, torch.from_numpy(lat))
     return (pix, lat, x.numpy().astype(np.float64), mask.numpy().astype(np.float64),
-            ckpt["norm_std"].numpy())
+            norm.std.numpy())
 
 
 def pca_baseline(profiles: Path, model_path: Path, n_components: int
@@ -182,8 +186,6 @@ def pca_baseline(profiles: Path, model_path: Path, n_components: int
     anomaly score being the robust z of the PCA reconstruction's mean absolute
     error (kelvin) over observed bins — the same statistic as the VAE's.
     """
-    from vaemap.encode import robust_z
-
     pix, _, x, mask, std = _normalised_profiles(profiles, model_path)
     flat = x.reshape(len(pix), -1)
     centre = flat.mean(0)
@@ -242,26 +244,6 @@ def linear_probe(profiles: Path, model_path: Path, nside: int, factors: np.ndarr
                                           strict=True))}
 
 
-def ica_components(code: np.ndarray, seed: int = 0) -> np.ndarray:
-    """Independent components of the latent means, shape (n, latent_dim), unit variance.
-
-    The Gaussian likelihood and prior of a VAE are unchanged by rotating the
-    latent space, and with a likelihood this precise (hundreds of observed bins
-    per profile) the KL term barely prefers one basis: the latents carry the
-    physics but may mix it across axes. Independent generative processes are
-    what disentanglement assumes, so FastICA's rotation to maximally
-    independent components is the unsupervised way to recover them; no ground
-    truth is used.
-    """
-    from sklearn.decomposition import FastICA
-
-    ica = FastICA(n_components=code.shape[1], whiten="unit-variance", random_state=seed,
-                  max_iter=2000, tol=1e-5)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # convergence warnings: the result is still scored
-        return ica.fit_transform(code)
-
-
 def score_code(code: np.ndarray, factors: np.ndarray, score: np.ndarray,
                kind: np.ndarray) -> dict[str, Any]:
     """All ground-truth metrics of one representation and one anomaly score."""
@@ -278,7 +260,7 @@ def score_code(code: np.ndarray, factors: np.ndarray, score: np.ndarray,
         "anomaly": {"n_anomalous_pixels": int(label.sum()), "roc_auc": roc_auc(score, label),
                     "average_precision": average_precision(score, label)},
     }
-    for k, name in ((1, "warm_rocky"), (2, "cold_spot")):
+    for k, name in ANOMALY_KINDS.items():
         sel = (kind == k) | ~label
         out["anomaly"][f"roc_auc_{name}"] = roc_auc(score[sel], label[sel])
     return out
@@ -296,7 +278,7 @@ def region_recall(pix: np.ndarray, nside: int, kind: np.ndarray, score: np.ndarr
     from vaemap.healpix import connected_regions
 
     result: dict[str, Any] = {"threshold": threshold}
-    for k, name in ((1, "warm_rocky"), (2, "cold_spot")):
+    for k, name in ANOMALY_KINDS.items():
         members = np.flatnonzero(kind == k)
         n, label = connected_regions(nside, pix[members])
         found = [bool((score[members[label == r]] > threshold).any()) for r in range(n)]
@@ -307,11 +289,10 @@ def region_recall(pix: np.ndarray, nside: int, kind: np.ndarray, score: np.ndarr
 
 def _truth_at(truth_path: Path, pix: np.ndarray, nside: int) -> dict[str, np.ndarray]:
     """Ground truth at the map pixels (averaging finer truth, or taking the parent's)."""
-    with h5py.File(truth_path, "r") as h5:
+    with open_product(truth_path, TRUTH) as h5:
         t_nside = int(h5.attrs["nside"])
         t_pix = h5["pix"][...]
-        fields = {k: h5[k][...] for k in ("lat", "albedo", "h_param", "slope_ew", "slope_ns",
-                                          "rock_fraction", "anomaly_mask", "anomaly_kind")}
+        fields = {k: h5[k][...] for k in TRUTH.fields if k not in ("pix", "lon")}
     full = {}
     for key, val in fields.items():
         arr = np.full(12 * t_nside**2, np.nan)
@@ -332,11 +313,7 @@ def _truth_at(truth_path: Path, pix: np.ndarray, nside: int) -> dict[str, np.nda
 
 
 def _heatmap(rho: np.ndarray, path: Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(1.3 * rho.shape[1] + 2, 0.6 * rho.shape[0] + 1.8),
                            constrained_layout=True)
     im = ax.imshow(rho, cmap="RdBu_r", vmin=-1, vmax=1)
@@ -348,26 +325,18 @@ def _heatmap(rho: np.ndarray, path: Path, title: str) -> None:
                     color="white" if abs(rho[i, j]) > 0.6 else "black")
     fig.colorbar(im, ax=ax, label="Spearman ρ")
     ax.set_title(title)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path, dpi=110)
 
 
 def _kl_bars(kl: list[float], variance: np.ndarray, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5.5, 3.4), constrained_layout=True)
     idx = np.arange(len(kl))
     ax.bar(idx, kl, color=["C0" if v > 0.01 else "0.6" for v in variance])
     ax.set_xticks(idx, [f"latent {i}" for i in idx])
     ax.set_ylabel("mean KL to the prior (nats)")
     ax.set_title("information per latent (grey: inactive, Var[μ] ≤ 0.01)")
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path, dpi=110)
 
 
 def run(latents: str | Path, truth: str | Path | None, outdir: str | Path,
@@ -384,7 +353,7 @@ def run(latents: str | Path, truth: str | Path | None, outdir: str | Path,
     """
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
-    with h5py.File(latents, "r") as h5:
+    with open_product(latents, LATENTS) as h5:
         nside = int(h5.attrs["nside"])
         pix = h5["pix"][...]
         mu = h5["mu"][...].astype(np.float64)
@@ -399,7 +368,7 @@ def run(latents: str | Path, truth: str | Path | None, outdir: str | Path,
         "active_units": int((mu.var(axis=0) > 0.01).sum()),
         "recon_rms_k": {"median": float(np.median(rms)), "mean": float(np.mean(rms)),
                         "p95": float(np.percentile(rms, 95))} if pix.size else {},
-        "ground_truth": truth is not None and Path(truth).exists(),
+        "ground_truth": truth is not None,
     }
     if metrics["ground_truth"]:
         t = _truth_at(Path(truth), pix, nside)

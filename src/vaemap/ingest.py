@@ -19,6 +19,7 @@ time, channel, detector and position) are counted and dropped.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import logging
 import os
@@ -37,11 +38,11 @@ import pyarrow.csv as pacsv
 
 from vaemap.healpix import lonlat_to_pix, wrap_lon
 from vaemap.io import RowWriter, atomic_path, file_checksum, provenance_attrs, read_json_attr
+from vaemap.products import SAMPLES, open_product
 from vaemap.rdr import FILL_VALUES, RDR_COLUMNS, REQUIRED_COLUMNS
 
 __all__ = [
     "REJECTION_REASONS",
-    "SAMPLE_FIELDS",
     "RdrFormatError",
     "find_header",
     "iter_rdr_batches",
@@ -59,14 +60,8 @@ REJECTION_REASONS: tuple[str, ...] = (
     "qmi", "latitude_range", "longitude_range", "local_time_range", "tb_range", "duplicate",
 )  # fmt: skip
 
-#: samples.h5 datasets (DESIGN.md) and their types; units in SAMPLE_UNITS.
-SAMPLE_FIELDS: dict[str, Any] = {
-    "pix": np.int64, "lat": np.float32, "lon": np.float32, "local_time": np.float32,
-    "tb": np.float32, "emission": np.float32, "channel": np.uint8, "det": np.uint8,
-    "jdate": np.float64,
-}  # fmt: skip
-SAMPLE_UNITS = {"lat": "deg", "lon": "deg", "local_time": "h", "tb": "K", "emission": "deg",
-                "jdate": "d"}
+#: samples.h5 datasets and their types (the contract is vaemap.products.SAMPLES).
+SAMPLE_FIELDS: dict[str, Any] = {k: f.dtype for k, f in SAMPLES.fields.items()}
 #: Sort order, most significant first; ties keep the input order (stable), so
 #: the same inputs give byte-identical output. Rows equal in DUPLICATE_KEY are
 #: duplicates: one detector cannot observe one spot twice at the same instant.
@@ -373,7 +368,7 @@ def _sample_writer(h5: h5py.File, compression: str) -> RowWriter:
     """Appends sorted rows to the samples.h5 datasets, chunked and compressed."""
     return RowWriter(h5, {k: (dtype, ()) for k, dtype in SAMPLE_FIELDS.items()},
                      compression=compression, chunk_rows=OUTPUT_CHUNK_ROWS,
-                     units={k: SAMPLE_UNITS.get(k, "") for k in SAMPLE_FIELDS})
+                     units={k: f.unit for k, f in SAMPLES.fields.items()})
 
 
 class _Run:
@@ -582,7 +577,8 @@ def run(inputs: Sequence[str | Path], output: str | Path, config: Mapping[str, A
                 runs += file_runs
                 inputs_info.append(info)
             rows_read = sum(i["rows_read"] for i in inputs_info)
-            attrs = {"config": config, "nside": params["nside"], "ordering": "NESTED",
+            attrs = {"config": config, **SAMPLES.identity(), "nside": params["nside"],
+                     "channels": list(params["channels"]), "ordering": "NESTED",
                      "body": "MOON", "inputs": inputs_info, "filters": dict(params),
                      "rejected": totals, "rows_read": rows_read}
             _write_output(output, runs, params, attrs)
@@ -601,33 +597,27 @@ def merge(parts: Sequence[str | Path], output: str | Path, config: Mapping[str, 
 
     Rejection counts and input provenance are summed over the parts; duplicate
     observations that appear in more than one part are counted and dropped.
-    All parts must share nside and ordering.
+    Every part must be a samples file of the configured ``ingest.nside`` and
+    ``ingest.channels`` (checked, naming the file).
     """
     params = config["ingest"]
     totals = dict.fromkeys(REJECTION_REASONS, 0)
     inputs_info: list[dict[str, Any]] = []
     rows_read = 0
-    handles = [h5py.File(p, "r") for p in parts]
-    try:
-        nsides = {int(h.attrs["nside"]) for h in handles}
-        if len(nsides) > 1:
-            raise ValueError(f"cannot merge samples of different nside {sorted(nsides)}: "
-                             f"{', '.join(map(str, parts))}")
-        nside = nsides.pop() if nsides else params["nside"]
-        for path, h in zip(parts, handles, strict=True):
-            if h.attrs.get("ordering") != "NESTED":
-                raise ValueError(f"{path}: ordering {h.attrs.get('ordering')!r}, expected NESTED")
+    with contextlib.ExitStack() as stack:
+        handles = [stack.enter_context(open_product(p, SAMPLES, nside=params["nside"],
+                                                    channels=params["channels"]))
+                   for p in parts]
+        for h in handles:
             for reason, n in read_json_attr(h.attrs, "rejected", {}).items():
                 totals[reason] = totals.get(reason, 0) + int(n)
             inputs_info += read_json_attr(h.attrs, "inputs", [])
             rows_read += int(h.attrs["rows_read"])
-        attrs = {"config": config, "nside": nside, "ordering": "NESTED", "body": "MOON",
+        attrs = {"config": config, **SAMPLES.identity(), "nside": params["nside"],
+                 "channels": list(params["channels"]), "ordering": "NESTED", "body": "MOON",
                  "inputs": inputs_info, "filters": dict(params), "rejected": totals,
                  "rows_read": rows_read, "merged_from": [str(p) for p in parts]}
         _write_output(Path(output), [_Run(h) for h in handles], params, attrs)
-    finally:
-        for h in handles:
-            h.close()
     summary = _summary(rows_read, attrs["accepted"], totals, output)
     log.info("merge: %d parts, %d rows read, %d accepted", len(parts), rows_read,
              attrs["accepted"])

@@ -18,6 +18,7 @@ import hdf5plugin  # registers Blosc & co. with HDF5, so every reader can open o
 import numpy as np
 
 from vaemap import __version__
+from vaemap.products import ProductSpec, open_product
 
 __all__ = [
     "COMPRESSIONS",
@@ -94,21 +95,20 @@ def read_json_attr(attrs: Mapping[str, Any], key: str, default: Any = None) -> A
 
 
 @contextlib.contextmanager
-def open_tile_parts(parts: Sequence[str | Path], what: str
+def open_tile_parts(parts: Sequence[str | Path], spec: ProductSpec
                     ) -> Iterator[list[tuple[Path, h5py.File]]]:
-    """Open tile parts for a merge; ``what`` names them in errors ("a profiles tile part").
+    """Open the tile parts of one product for a merge.
 
     Yields ``(path, file)`` pairs in pixel order (tiles are NESTED ranges, so
-    ordering parts by their first pixel orders every pixel). Raises ValueError
-    naming the file when one is not a tile part (no ``part_of_tile``
-    attribute) or when its pixels overlap the previous part's. Only the first
-    and last pixel of each part are read here.
+    ordering parts by their first pixel orders every pixel). Each part is
+    checked against ``spec`` (:func:`vaemap.products.check_product`, as a tile
+    part); ValueError names the file when one is not such a part or when its
+    pixels overlap the previous part's. Only the first and last pixel of each
+    part are read here.
     """
     with contextlib.ExitStack() as stack:
-        opened = [(Path(p), stack.enter_context(h5py.File(p, "r"))) for p in parts]
-        for path, h in opened:
-            if "part_of_tile" not in h.attrs:
-                raise ValueError(f"{path}: not {what} (no part_of_tile attribute)")
+        opened = [(Path(p), stack.enter_context(open_product(p, spec, part=True)))
+                  for p in parts]
         opened.sort(key=lambda item: int(item[1]["pix"][0]) if len(item[1]["pix"]) else -1)
         last = -1
         for path, h in opened:

@@ -18,42 +18,15 @@ from typing import Any
 import h5py
 import numpy as np
 
+from vaemap.figures import pyplot, save_figure
 from vaemap.healpix import write_partial_map
 from vaemap.io import atomic_path
+from vaemap.products import LATENTS, PROFILES, map_products, open_product
+from vaemap.stats import ica_components
 
-__all__ = ["map_products", "render_png", "run"]
+__all__ = ["anomaly_catalogue", "latent_traversal", "render_png", "run"]
 
 log = logging.getLogger(__name__)
-
-
-def map_products(latent_dim: int, independent_components: bool = False
-                 ) -> dict[str, dict[str, str]]:
-    """Names, titles and units of the map products for ``latent_dim`` latents.
-
-    The names are the file stems, ``<name>.fits`` and ``<name>.png``; with
-    ``independent_components`` also ``ic0`` ... (the latent means rotated to
-    independent components, see :func:`vaemap.evaluate.ica_components`).
-    """
-    products: dict[str, dict[str, str]] = {}
-    for k in range(latent_dim):
-        products[f"latent{k}_mu"] = {"title": f"latent {k}: posterior mean μ", "unit": "",
-                                     "fits": f"latent {k} posterior mean (mu)"}
-        products[f"latent{k}_sigma"] = {"title": f"latent {k}: posterior σ", "unit": "",
-                                        "fits": f"latent {k} posterior std (sigma)"}
-    if independent_components:
-        for k in range(latent_dim):
-            products[f"ic{k}"] = {"title": f"independent component {k} of the latent means",
-                                  "unit": "", "fits": f"independent component {k} of the "
-                                                      f"latent means (FastICA, unit variance)"}
-    products["recon_error"] = {"title": "reconstruction error (RMS)", "unit": "K",
-                               "fits": "reconstruction error, RMS over observed bins"}
-    products["recon_l1"] = {"title": "reconstruction error (L1)", "unit": "K",
-                            "fits": "reconstruction error, mean abs over observed bins"}
-    products["anomaly_score"] = {"title": "anomaly score (robust z of the reconstruction error)",
-                                 "unit": "", "fits": "anomaly score, robust z of the error"}
-    products["n_obs"] = {"title": "observations per pixel", "unit": "count",
-                         "fits": "accepted observations per pixel"}
-    return products
 
 
 def _values(h5: h5py.File, name: str, ica: np.ndarray | None = None) -> np.ndarray:
@@ -86,11 +59,8 @@ def render_png(path: str | Path, pix: np.ndarray, values: np.ndarray, nside: int
     are grey.
     """
     import healpy as hp
-    import matplotlib
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     full = np.full(hp.nside2npix(nside), hp.UNSEEN)
     full[pix] = values
     lo, hi = _colour_limits(values, percentiles)
@@ -113,9 +83,7 @@ def render_png(path: str | Path, pix: np.ndarray, values: np.ndarray, nside: int
                     title=f"{region['name']} (lon {lon0:g}..{lon1:g}, lat "
                           f"{region['lat'][0]:g}..{region['lat'][1]:g})", **style)
         hp.graticule(dpar=10, dmer=10, alpha=0.4)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=90)
-    plt.close(fig)
+    save_figure(fig, path, dpi=90)
 
 
 def anomaly_catalogue(pix: np.ndarray, score: np.ndarray, nside: int, threshold: float):
@@ -167,11 +135,7 @@ def anomaly_catalogue(pix: np.ndarray, score: np.ndarray, nside: int, threshold:
 def _plot_region_profiles(path: Path, table, latents: h5py.File, profiles: h5py.File,
                           n_top: int = 6) -> None:
     """Observed vs reconstructed profile at the peak pixel of the top regions."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     pix = latents["pix"][...]
     edges = profiles.attrs["bin_edges_h"]
     centres = 0.5 * (edges[1:] + edges[:-1])
@@ -195,32 +159,28 @@ def _plot_region_profiles(path: Path, table, latents: h5py.File, profiles: h5py.
         axes.flat[0].legend(fontsize=8)
     else:
         fig.suptitle("no pixel above the anomaly threshold")
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
-def latent_traversal(path: Path, model_path: Path, latents: h5py.File, n_steps: int = 7,
+def latent_traversal(path: Path, model, norm, latents: h5py.File, n_steps: int = 7,
                      lat_deg: float = 0.0) -> None:
     """Decode a sweep of each latent around the median code (others held at it).
 
     One panel per latent: profiles for values from the 5th to the 95th
     percentile of that latent's posterior means, at latitude ``lat_deg``, so
     a scientist can see which diurnal behaviour each latent controls.
+    ``model`` and ``norm`` are the loaded model and its normaliser
+    (:func:`vaemap.model.load_checkpoint`).
     """
-    import matplotlib
     import torch
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from vaemap.model import latitude_condition
 
-    from vaemap.model import latitude_condition, load_checkpoint, mean_profile
-
-    model, ckpt = load_checkpoint(model_path)
+    plt = pyplot()
     mu = latents["mu"][...]
     median = np.median(mu, axis=0)
     k = mu.shape[1]
-    bins = ckpt["arch"]["bins"]
+    bins = model.cfg.bins
     lt = (np.arange(bins) + 0.5) * 24.0 / bins
     cmap = plt.get_cmap("coolwarm")
     # Top row: the profiles; bottom row: their difference from the median code's
@@ -228,16 +188,16 @@ def latent_traversal(path: Path, model_path: Path, latents: h5py.File, n_steps: 
     fig, axes = plt.subplots(2, k, figsize=(3.6 * k, 6.0), sharex=True, sharey="row",
                              constrained_layout=True, squeeze=False)
     lat = torch.tensor([lat_deg])
-    mean = mean_profile(lat, ckpt["norm_lat"], ckpt["norm_mean"])[0]
-    cond = latitude_condition(lat.repeat(n_steps), ckpt["arch"]["n_cond"])
+    mean = norm.mean_at(lat)[0]
+    cond = latitude_condition(lat.repeat(n_steps), model.cfg.n_cond)
     with torch.inference_mode():
-        base = (model.decode(torch.from_numpy(median[None]).float(), cond[:1])
-                * ckpt["norm_std"] + mean)[0, 0].numpy()
+        base = norm.to_kelvin(model.decode(torch.from_numpy(median[None]).float(), cond[:1]),
+                              mean=mean)[0, 0].numpy()
         for j in range(k):
             values = np.percentile(mu[:, j], np.linspace(5, 95, n_steps))
             z = np.repeat(median[None], n_steps, axis=0)
             z[:, j] = values
-            out = model.decode(torch.from_numpy(z).float(), cond) * ckpt["norm_std"] + mean
+            out = norm.to_kelvin(model.decode(torch.from_numpy(z).float(), cond), mean=mean)
             for i, prof in enumerate(out[:, 0].numpy()):
                 colour = cmap(i / max(n_steps - 1, 1))
                 axes[0, j].plot(lt, prof, color=colour, lw=1.2)
@@ -249,9 +209,7 @@ def latent_traversal(path: Path, model_path: Path, latents: h5py.File, n_steps: 
             axes[1, j].set_xticks(range(0, 25, 6))
     axes[0, 0].set_ylabel(f"T (K) at latitude {lat_deg:g}°")
     axes[1, 0].set_ylabel("ΔT from the median code (K)")
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def _config_history(config: Mapping[str, Any]) -> list[tuple[str, str]]:
@@ -271,19 +229,28 @@ def run(latents: str | Path, profiles: str | Path, model: str | Path, outdir: st
     ``anomaly_profiles.png``; ``latent_traversal.png``. ``threads`` figures
     are drawn at once (separate processes).
     """
+    # torch is imported here, not at module level: the figure workers import
+    # this module and need only numpy, healpy and matplotlib.
+    from vaemap.model import load_checkpoint
+
     outdir = Path(outdir)
     params = config["maps"]
     region = params["region"]
     written = []
-    with h5py.File(latents, "r") as h5, h5py.File(profiles, "r") as prof:
+    model_net, norm, ckpt = load_checkpoint(model)
+    with open_product(latents, LATENTS, nside=int(ckpt["nside"]), channels=ckpt["channels"],
+                      against=f"the model {model}") as h5, \
+            open_product(profiles, PROFILES, nside=int(ckpt["nside"]),
+                         channels=ckpt["channels"], bins=int(ckpt["arch"]["bins"]),
+                         against=f"the model {model}") as prof:
         nside = int(h5.attrs["nside"])
         latent_dim = int(h5["mu"].shape[1])
         pix = h5["pix"][...]
+        if not np.array_equal(prof["pix"][...], pix):
+            raise ValueError(f"{profiles} and {latents} hold different pixels")
         history = _config_history(config)
         ica = None
         if params["independent_components"]:
-            from vaemap.evaluate import ica_components
-
             # The same rotation (data, seed) that evaluate scores as "VAE + ICA".
             ica = ica_components(h5["mu"][...].astype(np.float64))
         # Rendering dominates; figures are independent, so draw them in parallel.
@@ -293,7 +260,7 @@ def run(latents: str | Path, profiles: str | Path, model: str | Path, outdir: st
             for name, meta in map_products(latent_dim, ica is not None).items():
                 values = _values(h5, name, ica)
                 header = {"PRODUCT": meta["fits"], "LATENTS": latent_dim,
-                          "BETA": float(config["model"]["beta"])}
+                          "BETA": float(ckpt["config"]["model"]["beta"])}
                 write_partial_map(outdir / f"{name}.fits", pix, values, nside,
                                   column=name.upper(), unit=meta["unit"], extra_header=header,
                                   history=history)
@@ -309,7 +276,7 @@ def run(latents: str | Path, profiles: str | Path, model: str | Path, outdir: st
         with atomic_path(outdir / "anomalies.ecsv") as tmp:
             table.write(tmp, format="ascii.ecsv", overwrite=True)
         _plot_region_profiles(outdir / "anomaly_profiles.png", table, h5, prof)
-        latent_traversal(outdir / "latent_traversal.png", Path(model), h5)
+        latent_traversal(outdir / "latent_traversal.png", model_net, norm, h5)
     log.info("wrote %d map products, %d anomaly regions to %s", len(written), len(table),
              outdir)
     return {"products": written, "anomaly_regions": len(table), "outdir": str(outdir)}

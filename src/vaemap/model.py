@@ -12,14 +12,22 @@ rather than spend capacity on where the pixel is.
 from __future__ import annotations
 
 import math
+import pickle
+import warnings
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
 __all__ = [
+    "CHECKPOINT_FORMAT",
     "PRESETS",
+    "CheckpointError",
+    "Normaliser",
     "ProfileVAE",
     "VAEConfig",
     "bin_weights",
@@ -28,7 +36,32 @@ __all__ = [
     "masked_sse",
     "mean_profile",
     "normalise",
+    "resolve_device",
+    "save_checkpoint",
+    "torch_load",
+    "vae_loss",
 ]
+
+#: Version of the model.pt layout; :func:`load_checkpoint` refuses other versions.
+#: 2: adds ``channels`` and ``nside`` as required keys (1: vaemap 0.1).
+CHECKPOINT_FORMAT = 2
+
+
+class CheckpointError(ValueError):
+    """A model checkpoint that cannot be used; the message names the file and why."""
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """``auto`` → CUDA when available, else CPU; otherwise the named device.
+
+    Raises RuntimeError when CUDA is asked for but not present.
+    """
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"device: {name} requested but CUDA is not available "
+                           f"(use device: auto or cpu)")
+    return torch.device(name)
 
 
 @dataclass(frozen=True)
@@ -224,16 +257,20 @@ def kl_per_latent(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     return 0.5 * (mu**2 + logvar.exp() - 1.0 - logvar)
 
 
-def total_correlation(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+def total_correlation(mu: torch.Tensor, logvar: torch.Tensor,
+                      generator: torch.Generator | None = None) -> torch.Tensor:
     """Minibatch estimate of the total correlation of q(z), nats (a scalar).
 
     TC = E[log q(z) − Σ_j log q(z_j)], the dependence between latents that a
     β-TCVAE penalises (Chen et al. 2018); q is estimated from the batch's
     posteriors at one sample z ~ q(z|x) per profile (the minibatch estimator,
     biased upwards by a fraction of a nat when posteriors are much narrower
-    than the spread of the batch).
+    than the spread of the batch). ``generator`` draws the sample (default:
+    the global generator).
     """
-    z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
+    noise = (torch.randn_like(mu) if generator is None else
+             torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype))
+    z = mu + noise * torch.exp(0.5 * logvar)
     # log N(z_i,d; mu_j,d, sigma_j,d) for every pair (i, j): (n, n, latent_dim)
     log_qzd = -0.5 * (math.log(2 * math.pi) + logvar[None] +
                       (z[:, None] - mu[None]) ** 2 * torch.exp(-logvar[None]))
@@ -274,7 +311,148 @@ def normalise(profile: torch.Tensor, mean: torch.Tensor, std: torch.Tensor
     return x.float(), mask.float()
 
 
-def build_model(arch: dict[str, int]) -> ProfileVAE:
+def vae_loss(recon: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor, x: torch.Tensor,
+             weight: torch.Tensor, *, beta: float, tc_weight: float,
+             generator: torch.Generator | None = None
+             ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The β-TCVAE objective of one batch, nats per profile: NLL + β·KL + γ·TC.
+
+    ``recon`` and ``x`` are normalised (n, channels, bins), ``weight`` the
+    per-bin precision of :func:`bin_weights`, ``mu`` and ``logvar`` (n,
+    latent_dim). Returns ``(loss, terms)``: the scalar loss (mean over the
+    batch) and the terms ``nll`` (n,), ``kl`` (n, latent_dim) and ``tc``
+    (scalar; zero, and not drawn, when ``tc_weight`` is 0). Training and
+    validation both use it, so early stopping sees the objective that is
+    optimised.
+    """
+    nll = 0.5 * masked_sse(recon.float(), x, weight)
+    kl = kl_per_latent(mu.float(), logvar.float())
+    loss = (nll + beta * kl.sum(dim=1)).mean()
+    if tc_weight:
+        tc = total_correlation(mu.float(), logvar.float(), generator)
+        loss = loss + tc_weight * tc
+    else:
+        tc = torch.zeros((), device=mu.device)
+    return loss, {"nll": nll, "kl": kl, "tc": tc}
+
+
+#: Width of the |latitude| bands of the ``latitude`` normalisation, degrees.
+LATITUDE_BAND_DEG = 5.0
+NORMALISATIONS = ("latitude", "per_bin", "global")
+
+
+class Normaliser:
+    """Turns kelvin profiles into model input and model output back into kelvin.
+
+    Holds ``norm_lat`` (K,) degrees, ``norm_mean`` (K, channels, bins) and
+    ``std`` (channels, bins), kelvin: the mean profile at K absolute latitudes
+    (interpolated in between, :func:`mean_profile`) and the spread per bin.
+    Model input is ``(T − mean(lat)) / std`` with unobserved bins zeroed, plus
+    the observation mask. Fitted on the training pixels (:meth:`fit`), stored in
+    the checkpoint and used unchanged by every step that runs the model.
+    """
+
+    def __init__(self, norm_lat: torch.Tensor, norm_mean: torch.Tensor, std: torch.Tensor,
+                 mode: str):
+        self.norm_lat, self.norm_mean, self.std, self.mode = norm_lat, norm_mean, std, mode
+
+    @classmethod
+    def fit(cls, profile: np.ndarray, lat: np.ndarray, mode: str) -> Normaliser:
+        """Normalisation constants from training profiles (n, channels, bins), kelvin,
+        NaN where unobserved, at latitudes ``lat`` (n,) degrees.
+
+        ``global``: one mean and std; ``per_bin``: each local-time bin
+        standardised; ``latitude``: mean profiles in 5° bands of |latitude|
+        and the per-bin spread around them — insolation, which latitude sets,
+        is then removed before the model sees the data.
+        """
+        if mode not in NORMALISATIONS:
+            raise ValueError(f"normalisation {mode!r}: expected one of "
+                             f"{', '.join(NORMALISATIONS)}")
+        shape = profile.shape[1:]
+        with np.errstate(invalid="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN bins
+            g_mean = np.nanmean(profile, axis=(0, 2), keepdims=True)[0]  # (C, 1)
+            g_std = np.nanstd(profile, axis=(0, 2), keepdims=True)[0]
+            bin_mean = np.nanmean(profile, axis=0)
+            # Bins no training pixel observed borrow the channel's global value.
+            bin_mean = np.where(np.isfinite(bin_mean), bin_mean, g_mean)
+            if mode == "global":
+                norm_lat = np.zeros(1)
+                mean = np.full((1, *shape), np.nanmean(profile))
+                std = np.full(shape, np.nanstd(profile))
+            elif mode == "per_bin":
+                norm_lat = np.zeros(1)
+                mean = bin_mean[None]
+                std = np.nanstd(profile, axis=0)
+                std = np.where(np.isfinite(std) & (std > 1e-3), std, g_std)
+            else:
+                norm_lat, mean = _latitude_band_means(profile, lat, bin_mean)
+                fitted = mean_profile(torch.from_numpy(np.asarray(lat, np.float32)),
+                                      torch.from_numpy(norm_lat.astype(np.float32)),
+                                      torch.from_numpy(mean.astype(np.float32))).numpy()
+                std = np.nanstd(profile - fitted, axis=0)
+                std = np.where(np.isfinite(std) & (std > 0.5), std, 0.5)
+        return cls(torch.from_numpy(norm_lat.astype(np.float32)),
+                   torch.from_numpy(np.asarray(mean, np.float32)),
+                   torch.from_numpy(np.maximum(std, 1e-3).astype(np.float32)), mode)
+
+    def to(self, device: str | torch.device) -> Normaliser:
+        """The same constants on ``device``."""
+        return Normaliser(self.norm_lat.to(device), self.norm_mean.to(device),
+                          self.std.to(device), self.mode)
+
+    def mean_at(self, lat_deg: torch.Tensor) -> torch.Tensor:
+        """The mean profile of each pixel, kelvin, (n, channels, bins)."""
+        return mean_profile(lat_deg, self.norm_lat, self.norm_mean)
+
+    def to_model(self, profile: torch.Tensor, lat_deg: torch.Tensor | None = None, *,
+                 mean: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Model input ``(x, mask)`` of kelvin profiles (n, channels, bins), NaN
+        where unobserved; pass ``mean`` (:meth:`mean_at`) when it is at hand."""
+        return normalise(profile, self.mean_at(lat_deg) if mean is None else mean, self.std)
+
+    def to_kelvin(self, x: torch.Tensor, lat_deg: torch.Tensor | None = None, *,
+                  mean: torch.Tensor | None = None) -> torch.Tensor:
+        """Kelvin profiles of normalised model output ``x`` (n, channels, bins)."""
+        return x * self.std + (self.mean_at(lat_deg) if mean is None else mean)
+
+    def state(self) -> dict[str, Any]:
+        """The checkpoint entries that rebuild this normaliser."""
+        return {"norm_lat": self.norm_lat.cpu(), "norm_mean": self.norm_mean.cpu(),
+                "norm_std": self.std.cpu(), "normalisation": self.mode}
+
+    @classmethod
+    def from_state(cls, state: Mapping[str, Any]) -> Normaliser:
+        """Rebuild from :meth:`state` (e.g. a loaded checkpoint)."""
+        return cls(state["norm_lat"], state["norm_mean"], state["norm_std"],
+                   state["normalisation"])
+
+
+def _latitude_band_means(profile: np.ndarray, lat: np.ndarray, bin_mean: np.ndarray
+                         ) -> tuple[np.ndarray, np.ndarray]:
+    """Mean profiles of the 5° |latitude| bands that hold pixels, and the bands'
+    mean |latitude|; a bin a band never observed is interpolated from the others."""
+    edges = np.arange(0.0, 90.0 + LATITUDE_BAND_DEG, LATITUDE_BAND_DEG)
+    band = np.clip(np.digitize(np.abs(lat), edges) - 1, 0, edges.size - 2)
+    means, centres = [], []
+    for k in range(edges.size - 1):
+        members = profile[band == k]
+        if members.shape[0] == 0:
+            continue
+        means.append(np.nanmean(members, axis=0))
+        centres.append(float(np.mean(np.abs(lat[band == k]))))
+    mean = np.stack(means)
+    for c in range(mean.shape[1]):
+        for b in range(mean.shape[2]):
+            col = mean[:, c, b]
+            ok = np.isfinite(col)
+            col[~ok] = (np.interp(np.array(centres)[~ok], np.array(centres)[ok], col[ok])
+                        if ok.any() else bin_mean[c, b])
+    return np.array(centres), mean
+
+
+def build_model(arch: Mapping[str, Any]) -> ProfileVAE:
     """Rebuild a model from the ``arch`` dict stored in a checkpoint."""
     known = VAEConfig.__dataclass_fields__
     unknown = sorted(set(arch) - set(known))
@@ -284,20 +462,73 @@ def build_model(arch: dict[str, int]) -> ProfileVAE:
     return ProfileVAE(VAEConfig(**arch))
 
 
-def load_checkpoint(path, device: str | torch.device = "cpu") -> tuple[ProfileVAE, dict[str, Any]]:
-    """Load ``model.pt`` (``weights_only=True``) and return (model in eval mode, checkpoint).
+def torch_load(path: str | Path, device: str | torch.device = "cpu") -> dict[str, Any]:
+    """``torch.load(path, weights_only=True)`` with every failure turned into one
+    :class:`CheckpointError` naming the file (not a traceback that advises
+    ``weights_only=False``, which would execute code from the file)."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"{path}: checkpoint not found")
+    try:
+        obj = torch.load(path, map_location=device, weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError,
+            AttributeError, KeyError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"{path}: not a readable vaemap checkpoint ({first[:200]})"
+                              ) from None
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"{path}: not a vaemap checkpoint (holds a "
+                              f"{type(obj).__name__}, expected a dict)")
+    return obj
 
-    Raises ValueError naming the file when the checkpoint does not match the
+
+_CHECKPOINT_KEYS = ("state_dict", "arch", "norm_lat", "norm_mean", "norm_std", "normalisation",
+                    "nside", "channels", "config")
+
+
+def save_checkpoint(path: str | Path, model: ProfileVAE, normaliser: Normaliser, *,
+                    nside: int, channels: Sequence[int], **extra: Any) -> None:
+    """Write ``model.pt`` atomically: a plain dict that ``torch.load(...,
+    weights_only=True)`` reads.
+
+    Keys: ``format`` (:data:`CHECKPOINT_FORMAT`), ``state_dict``, ``arch``
+    (:class:`VAEConfig` fields), the normaliser's ``norm_lat`` (K,) degrees,
+    ``norm_mean`` (K, channels, bins) and ``norm_std`` (channels, bins) kelvin
+    and ``normalisation`` (its mode), the profiles' ``nside`` and ``channels``,
+    and whatever ``extra`` holds (the producing ``config``, ``metrics``,
+    ``history``).
+    """
+    from vaemap.io import atomic_path
+
+    ckpt = {"format": CHECKPOINT_FORMAT,
+            "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+            "arch": model.cfg.to_dict(), **normaliser.state(), "nside": int(nside),
+            "channels": [int(c) for c in channels], **extra}
+    with atomic_path(path) as tmp:
+        torch.save(ckpt, tmp)
+
+
+def load_checkpoint(path: str | Path, device: str | torch.device = "cpu"
+                    ) -> tuple[ProfileVAE, Normaliser, dict[str, Any]]:
+    """Load ``model.pt``: (model in eval mode, its normaliser on ``device``, the dict).
+
+    Raises :class:`CheckpointError` naming the file when it cannot be read,
+    is of another format version, lacks a key, or its weights do not fit the
     architecture it declares.
     """
-    ckpt = torch.load(path, map_location=device, weights_only=True)
-    for key in ("state_dict", "arch", "norm_lat", "norm_mean", "norm_std"):
-        if key not in ckpt:
-            raise ValueError(f"{path}: not a vaemap model checkpoint (missing {key!r})")
-    model = build_model(ckpt["arch"])
+    ckpt = torch_load(path, device)
+    version = ckpt.get("format")
+    if version != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path}: checkpoint format {version}, this vaemap reads "
+                              f"format {CHECKPOINT_FORMAT}; retrain (vaemap train)")
+    missing = [key for key in _CHECKPOINT_KEYS if key not in ckpt]
+    if missing:
+        raise CheckpointError(f"{path}: not a vaemap model checkpoint (missing "
+                              f"{', '.join(missing)})")
     try:
+        model = build_model(ckpt["arch"])
         model.load_state_dict(ckpt["state_dict"])
-    except RuntimeError as exc:
-        raise ValueError(f"{path}: weights do not fit the declared architecture "
-                         f"{ckpt['arch']}: {str(exc).splitlines()[0]}") from None
-    return model.to(device).eval(), ckpt
+    except (RuntimeError, ValueError, TypeError) as exc:
+        raise CheckpointError(f"{path}: weights do not fit the declared architecture "
+                              f"{ckpt['arch']}: {str(exc).splitlines()[0]}") from None
+    return model.to(device).eval(), Normaliser.from_state(ckpt).to(device), ckpt

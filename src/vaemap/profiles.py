@@ -25,14 +25,8 @@ import h5py
 import numpy as np
 
 from vaemap.healpix import parent_pix, pix_to_lonlat, sorted_row_range, tile_pixel_range
-from vaemap.io import (
-    RowWriter,
-    atomic_path,
-    open_tile_parts,
-    provenance_attrs,
-    read_json_attr,
-    write_dataset,
-)
+from vaemap.io import RowWriter, atomic_path, open_tile_parts, provenance_attrs, read_json_attr
+from vaemap.products import PROFILES, SAMPLES, open_product
 
 __all__ = ["bin_edges", "max_cyclic_gap_h", "run"]
 
@@ -117,38 +111,19 @@ def _bin_chunk(chunk: Mapping[str, np.ndarray], channels: list[int], bins: int
 
 
 def _profile_writer(out: h5py.File, n_ch: int, bins: int) -> RowWriter:
-    return RowWriter(out, {"pix": (np.int64, ()), "lat": (np.float32, ()),
-                           "lon": (np.float32, ()), "profile": (np.float32, (n_ch, bins)),
-                           "count": (np.uint16, (n_ch, bins)), "n_obs": (np.int32, ())},
-                     chunk_rows=4096, units={"lat": "deg", "lon": "deg", "profile": "K"})
+    return RowWriter(out, PROFILES.layout(channels=n_ch, bins=bins), chunk_rows=4096,
+                     units=PROFILES.units())
 
 
-def _finish(out: h5py.File, config: Mapping[str, Any], nside: int, sums: np.ndarray,
-            rejected: Mapping[str, int], **attrs: Any) -> float:
-    """Normalisation statistics and attributes; returns the observed-bin fraction.
-
-    ``sums`` (3, channels, bins) holds, per bin, the number of observed
-    profiles and the sum and sum of squares of their values (kelvin); it is
-    stored as ``norm_sums`` so that tile parts can be merged exactly.
-    """
-    n_val, s1, s2 = sums
-    with np.errstate(invalid="ignore", divide="ignore"):
-        bin_mean = s1 / n_val
-        bin_std = np.sqrt(np.maximum(s2 / n_val - bin_mean**2, 0.0))
-    total = n_val.sum()
-    global_mean = float(s1.sum() / total) if total else 0.0
-    global_std = float(np.sqrt(max(s2.sum() / total - global_mean**2, 0.0))) if total else 1.0
-    bins = sums.shape[2]
+def _finish(out: h5py.File, config: Mapping[str, Any], nside: int, channels: list[int],
+            observed_bins: int, rejected: Mapping[str, int], **attrs: Any) -> float:
+    """Write the root attributes; returns the fraction of bins observed."""
+    n, bins = out["pix"].shape[0], config["profiles"]["bins"]
     out.attrs.update(provenance_attrs(
-        config, nside=nside, ordering="NESTED", body="MOON",
-        channels=list(config["ingest"]["channels"]), bin_edges_h=bin_edges(bins),
-        rejected_pixels=dict(rejected), norm_global_mean=global_mean,
-        norm_global_std=global_std, **attrs))
-    write_dataset(out, "norm_bin_mean", np.nan_to_num(bin_mean).astype(np.float32))
-    write_dataset(out, "norm_bin_std", np.nan_to_num(bin_std, nan=1.0).astype(np.float32))
-    write_dataset(out, "norm_sums", sums)
-    n = out["pix"].shape[0]
-    return float(total / (n * sums[0].size)) if n else 0.0
+        config, **PROFILES.identity(), nside=nside, ordering="NESTED", body="MOON",
+        channels=channels, bin_edges_h=bin_edges(bins), rejected_pixels=dict(rejected),
+        observed_bins=int(observed_bins), **attrs))
+    return float(observed_bins / (n * len(channels) * bins)) if n else 0.0
 
 
 def _summary(n: int, rejected: Mapping[str, int], output, fraction: float) -> dict[str, Any]:
@@ -162,30 +137,31 @@ def run(samples: str | Path, output: str | Path, config: Mapping[str, Any], *,
         tile: str | None = None) -> dict[str, Any]:
     """Build ``profiles.h5`` from ``samples.h5`` (or one NESTED tile's part of it).
 
-    Output datasets: ``pix`` (n,) int64 NESTED at ``profiles.nside``; ``lat``,
-    ``lon`` (n,) degrees; ``profile`` (n, channels, bins) float32 kelvin, NaN in
-    empty bins; ``count`` (n, channels, bins) uint16; ``n_obs`` (n,) int32;
-    the population's per-bin ``norm_bin_mean`` / ``norm_bin_std`` (kelvin) and
-    ``norm_sums``. Attributes: nside, bin edges (hours), channels, global
-    normalisation constants, rejected pixel counts.
+    The layout is :data:`vaemap.products.PROFILES`: ``pix`` (n,) int64 NESTED at
+    ``profiles.nside``; ``lat``, ``lon`` (n,) degrees; ``profile`` (n, channels,
+    bins) float32 kelvin, NaN in empty bins; ``count`` (n, channels, bins)
+    uint16; ``n_obs`` (n,) int32. Attributes: nside, bin edges (hours), the
+    channels (those the samples were selected for), rejected pixel counts,
+    observed bins.
 
-    Profiles are written as they are built and the population statistics are
-    running sums, so memory is bounded by the read chunk, not by the map size.
+    Profiles are written as they are built, so memory is bounded by the read
+    chunk, not by the map size.
     With ``tile="NSIDE/INDEX"`` only that tile's samples are read (a binary
     search in the pixel-sorted samples) and the file is a part for :func:`merge`.
     """
     params = config["profiles"]
-    channels = list(config["ingest"]["channels"])
     nside, bins = params["nside"], params["bins"]
-    n_ch = len(channels)
     rejected = {"too_few_observations": 0, "gap_too_large": 0}
-    sums = np.zeros((3, n_ch, bins))
-    with h5py.File(samples, "r") as h5, atomic_path(output) as tmp, \
+    observed_bins = 0
+    with open_product(samples, SAMPLES) as h5, atomic_path(output) as tmp, \
             h5py.File(tmp, "w") as out:
         nside_in = int(h5.attrs["nside"])
         if nside_in < nside:
             raise ValueError(f"{samples}: samples nside {nside_in} is coarser than "
                              f"profiles.nside {nside}")
+        # One profile channel per channel the samples were selected for.
+        channels = [int(c) for c in read_json_attr(h5.attrs, "channels")]
+        n_ch = len(channels)
         lo, hi = 0, int(h5["pix"].shape[0])
         if tile is not None:
             tile_pixel_range(tile, nside)  # the tile must be no finer than the map
@@ -210,11 +186,9 @@ def run(samples: str | Path, output: str | Path, config: Mapping[str, Any], *,
             writer.append({"pix": pixels[keep].astype(np.int64), "lat": lat, "lon": lon,
                            "profile": profile, "count": count,
                            "n_obs": count.sum(axis=(1, 2)).astype(np.int32)})
-            observed = np.isfinite(profile)
-            values = np.where(observed, profile, 0.0).astype(np.float64)
-            sums += [observed.sum(axis=0), values.sum(axis=0), (values**2).sum(axis=0)]
+            observed_bins += int((count > 0).sum())
         extra = {"input": source} if tile is None else {"input": source, "part_of_tile": tile}
-        fraction = _finish(out, config, nside, sums, rejected, **extra)
+        fraction = _finish(out, config, nside, channels, observed_bins, rejected, **extra)
         n = writer.rows
     if tile is not None:
         log.info("profiles tile %s: %d pixels (a part: run `vaemap merge-profiles`)", tile, n)
@@ -226,29 +200,33 @@ def merge(parts: Sequence[str | Path], output: str | Path, config: Mapping[str, 
     """Combine the tile parts of ``run(..., tile=...)`` into one ``profiles.h5``.
 
     Parts are ordered by their first pixel and must not overlap; profiles are
-    copied part by part (bounded memory) and the normalisation sums and
-    rejection counts added, so the result equals a single job's.
+    copied part by part (bounded memory) and the observed-bin and rejection
+    counts added, so the result equals a single job's.
     """
-    with open_tile_parts(parts, "a profiles tile part") as opened:
+    params = config["profiles"]
+    with open_tile_parts(parts, PROFILES) as opened:
+        channels = read_json_attr(opened[0][1].attrs, "channels")
         for path, h in opened:
-            if int(h.attrs["nside"]) != config["profiles"]["nside"] or \
-                    h["norm_sums"].shape[1:] != (len(config["ingest"]["channels"]),
-                                                 config["profiles"]["bins"]):
-                raise ValueError(f"{path}: nside, channels or bins differ from the config")
+            if int(h.attrs["nside"]) != params["nside"] or \
+                    h["profile"].shape[2] != params["bins"] or \
+                    read_json_attr(h.attrs, "channels") != channels:
+                raise ValueError(f"{path}: nside, channels or bins differ from the config "
+                                 f"(nside {params['nside']}, {params['bins']} bins) or from "
+                                 f"{opened[0][0]} (channels {channels})")
         rejected = {"too_few_observations": 0, "gap_too_large": 0}
-        sums = np.zeros(opened[0][1]["norm_sums"].shape)
+        observed_bins = 0
         with atomic_path(output) as tmp, h5py.File(tmp, "w") as out:
-            writer = _profile_writer(out, sums.shape[1], sums.shape[2])
+            writer = _profile_writer(out, len(channels), params["bins"])
             for _, h in opened:
                 for a in range(0, h["pix"].shape[0], 65536):
                     writer.append({k: h[k][a:a + 65536] for k in writer.dsets})
-                sums += h["norm_sums"][...]
+                observed_bins += int(h.attrs["observed_bins"])
                 for reason, count in read_json_attr(h.attrs, "rejected_pixels", {}).items():
                     rejected[reason] = rejected.get(reason, 0) + int(count)
             source = read_json_attr(opened[0][1].attrs, "input", {})
             source["rows"] = sum(int(read_json_attr(h.attrs, "input", {}).get("rows", 0))
                                  for _, h in opened)
-            fraction = _finish(out, config, config["profiles"]["nside"], sums, rejected,
+            fraction = _finish(out, config, params["nside"], channels, observed_bins, rejected,
                                input=source, merged_from=[str(path) for path, _ in opened])
             n = writer.rows
     return _summary(n, rejected, output, fraction)

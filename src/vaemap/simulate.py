@@ -33,32 +33,19 @@ import pyarrow.csv as pacsv
 from vaemap import thermal
 from vaemap.healpix import MOON_RADIUS_KM, pix_to_lonlat
 from vaemap.io import atomic_path, provenance_attrs, write_dataset
+from vaemap.products import TRUTH, TRUTH_FACTORS, TRUTH_MAPS, simulated_rdr_names
 from vaemap.rdr import RDR_COLUMNS
 
-__all__ = ["FACTORS", "make_surface", "rdr_file_names", "run", "simulate_observations"]
+__all__ = ["make_surface", "run", "simulate_observations"]
 
 log = logging.getLogger(__name__)
 
-#: Ground-truth factors written to truth.h5 (DESIGN.md), with units.
-FACTORS: dict[str, str] = {
-    "albedo": "",
-    "h_param": "m",
-    "slope_ew": "deg",
-    "slope_ns": "deg",
-    "rock_fraction": "",
-}
 SIDEREAL_DAY_D = 27.321661  # lunar sidereal rotation, Earth days
 SYNODIC_DAY_D = 29.530589  # lunar solar day, Earth days
 JDATE_START = 2455089.5  # 2009-09-15, start of LRO's science mapping phase
 LRO_ALTITUDE_KM = 50.0
 STEPS_PER_DAY = 120  # local-time resolution (0.2 h) of the per-pixel temperature table
 ORBITS_PER_BATCH = 200
-
-
-def rdr_file_names(n_files: int, gzip: bool = True) -> list[str]:
-    """Names of the RDR tables a simulation of ``n_files`` files writes."""
-    suffix = ".TAB.gz" if gzip else ".TAB"
-    return [f"sim_rdr_{i:03d}{suffix}" for i in range(n_files)]
 
 
 def _random_field(nside: int, rng: np.random.Generator, *, power: float, lmax: int | None = None,
@@ -92,8 +79,9 @@ def _random_field(nside: int, rng: np.random.Generator, *, power: float, lmax: i
 def make_surface(nside: int, params: Mapping[str, Any], seed: int) -> dict[str, np.ndarray]:
     """Factor maps and anomalies of a synthetic Moon, one value per NESTED pixel.
 
-    Returns a dict with ``pix``, ``lon``, ``lat`` and the :data:`FACTORS`, plus
-    ``anomaly_mask`` (0/1) and ``anomaly_kind`` (0 none, 1 warm rocky, 2 cold spot).
+    Returns a dict with ``pix``, ``lon``, ``lat`` and the
+    :data:`~vaemap.products.TRUTH_FACTORS`, plus ``anomaly_mask`` (0/1) and
+    ``anomaly_kind`` (:data:`~vaemap.products.ANOMALY_KINDS`; 0 none).
     """
     rng = np.random.default_rng(seed)
     npix = hp.nside2npix(nside)
@@ -363,7 +351,7 @@ def run(outdir: str | Path, config: Mapping[str, Any]) -> dict[str, Any]:
     rock = surface["rock_fraction"].astype(np.float32)
 
     n_orbits = round(params["days"] * params["orbits_per_day"])
-    names = rdr_file_names(params["files"], params["gzip"])
+    names = simulated_rdr_names(params["files"], params["gzip"])
     bounds = np.linspace(0, n_orbits, len(names) + 1).astype(int)
     rows_written = {}
     for i, name in enumerate(names):
@@ -382,20 +370,18 @@ def run(outdir: str | Path, config: Mapping[str, Any]) -> dict[str, Any]:
         rows_written[name] = _write_rdr(outdir / "rdr" / name, batches, header, params["gzip"])
         log.info("wrote %s: %d rows", name, rows_written[name])
 
-    attrs = provenance_attrs(config, nside=nside, ordering="NESTED", body="MOON", seed=seed,
-                             parameters=dict(params), factor_units=FACTORS)
+    attrs = provenance_attrs(config, **TRUTH.identity(), nside=nside, ordering="NESTED",
+                             body="MOON", seed=seed, parameters=dict(params),
+                             factor_units=TRUTH_FACTORS)
     with atomic_path(outdir / "truth.h5") as tmp, h5py.File(tmp, "w") as h5:
         h5.attrs.update(attrs)
-        for key in ("pix", "lon", "lat", *FACTORS, "anomaly_mask", "anomaly_kind"):
-            data = surface[key]
-            if data.dtype == np.float64:
-                data = data.astype(np.float32)
-            write_dataset(h5, key, data, attrs={"unit": FACTORS.get(key, "deg" if key in
-                                                ("lon", "lat") else "")})
-    for key in (*FACTORS, "anomaly_kind"):
+        for key, spec in TRUTH.fields.items():
+            write_dataset(h5, key, surface[key].astype(spec.dtype, copy=False),
+                          attrs={"unit": spec.unit})
+    for key in TRUTH_MAPS:
         write_partial_map(outdir / f"truth_{key}.fits", surface["pix"],
                           surface[key].astype(np.float32), nside,
-                          column=key.upper(), unit=FACTORS.get(key, ""),
+                          column=key.upper(), unit=TRUTH_FACTORS.get(key, ""),
                           extra_header={"PRODUCT": f"ground truth {key}", "SEED": seed})
     summary = {
         "rows": rows_written,

@@ -4,8 +4,15 @@ The whole profile set is moved to the device once (no per-item DataLoader);
 minibatches are index slices.  Validation pixels are whole NESTED parent
 tiles, so neighbours of a training pixel do not leak into validation.  On CPU
 the run is seeded and deterministic; on CUDA it uses bf16 autocast.  After
-every epoch a checkpoint is written, so ``--resume`` continues an interrupted
-run with the same step count and optimiser state.
+every epoch the training state is written, so ``--resume`` continues an
+interrupted run with the same step count and optimiser state.
+
+:class:`Trainer` has the usual shape: prepare (constructor), :meth:`~Trainer.resume`,
+:meth:`~Trainer.train_epoch`, :meth:`~Trainer.validate`,
+:meth:`~Trainer.save_state`, :meth:`~Trainer.fit` (the loop with early
+stopping) and :meth:`~Trainer.finish` (best weights, final metrics, the
+checkpoint).  The model, its normaliser, its loss and the checkpoint format
+belong to :mod:`vaemap.model`.
 """
 
 from __future__ import annotations
@@ -15,59 +22,51 @@ import json
 import logging
 import math
 import time
-import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import h5py
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from vaemap.figures import pyplot, save_figure
 from vaemap.healpix import parent_pix
 from vaemap.io import atomic_path
 from vaemap.model import (
     PRESETS,
+    CheckpointError,
+    Normaliser,
     ProfileVAE,
     VAEConfig,
     bin_weights,
-    kl_per_latent,
     latitude_condition,
-    masked_sse,
-    mean_profile,
-    normalise,
-    total_correlation,
+    resolve_device,
+    save_checkpoint,
+    torch_load,
+    vae_loss,
 )
+from vaemap.products import PROFILES, open_product
 
-__all__ = ["load_profiles", "resolve_device", "run", "spatial_split"]
+__all__ = ["Trainer", "load_profiles", "run", "spatial_split"]
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT_FORMAT = 1
-
-
-def resolve_device(name: str = "auto") -> torch.device:
-    """``auto`` → CUDA when available, else CPU; otherwise the named device.
-
-    Raises RuntimeError when CUDA is asked for but not present.
-    """
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"device: {name} requested but CUDA is not available "
-                           f"(use device: auto or cpu)")
-    return torch.device(name)
+#: Profiles per batch when validating (memory only; the result does not depend on it).
+VALIDATION_BATCH = 4096
 
 
 def load_profiles(path: str | Path) -> dict[str, Any]:
-    """Read ``profiles.h5`` into memory: pix, lat, lon, profile (n, C, B) kelvin, count.
+    """Read ``profiles.h5`` into memory: pix, lat, lon, profile (n, C, B) kelvin,
+    count, and the file's nside and channels.
 
-    Raises ValueError for an empty or all-masked set, or NaN-only channels.
+    Raises ProductError/ValueError naming the file for a file that is not a
+    whole profiles product, an empty or all-masked set, or NaN in observed bins.
     """
-    with h5py.File(path, "r") as h5:
+    with open_product(path, PROFILES) as h5:
         data = {k: h5[k][...] for k in ("pix", "lat", "lon", "profile", "count")}
         data["nside"] = int(h5.attrs["nside"])
+        data["channels"] = [int(c) for c in json.loads(h5.attrs["channels"])]
     n = data["pix"].size
     if n == 0:
         raise ValueError(f"{path}: no profiles (every pixel was rejected by the coverage "
@@ -105,66 +104,6 @@ def _fingerprint(path: str | Path) -> str:
     return f"{stat.st_size}:{stat.st_mtime_ns}"
 
 
-LATITUDE_BAND_DEG = 5.0
-
-
-def _normalisation(profile: np.ndarray, lat: np.ndarray, mode: str
-                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Normalisation constants from the training pixels.
-
-    Returns ``(norm_lat (K,), mean (K, channels, bins), std (channels, bins))``,
-    kelvin. ``global``: one mean and std; ``per_bin``: each local-time bin
-    standardised; ``latitude``: mean profiles in 5° bands of |latitude|
-    (interpolated between band centres, see :func:`vaemap.model.mean_profile`)
-    and the per-bin spread around them — insolation, which latitude sets, is
-    then removed before the model sees the data.
-    """
-    shape = profile.shape[1:]
-    with np.errstate(invalid="ignore"), warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN bins
-        g_mean = np.nanmean(profile, axis=(0, 2), keepdims=True)[0]  # (C, 1)
-        g_std = np.nanstd(profile, axis=(0, 2), keepdims=True)[0]
-        bin_mean = np.nanmean(profile, axis=0)
-        # Bins no training pixel observed borrow the channel's global value.
-        bin_mean = np.where(np.isfinite(bin_mean), bin_mean, g_mean)
-        if mode == "global":
-            norm_lat = np.zeros(1)
-            mean = np.full((1, *shape), np.nanmean(profile))
-            std = np.full(shape, np.nanstd(profile))
-        elif mode == "per_bin":
-            norm_lat = np.zeros(1)
-            mean = bin_mean[None]
-            std = np.nanstd(profile, axis=0)
-            std = np.where(np.isfinite(std) & (std > 1e-3), std, g_std)
-        else:
-            edges = np.arange(0.0, 90.0 + LATITUDE_BAND_DEG, LATITUDE_BAND_DEG)
-            band = np.clip(np.digitize(np.abs(lat), edges) - 1, 0, edges.size - 2)
-            means, centres = [], []
-            for k in range(edges.size - 1):
-                members = profile[band == k]
-                if members.shape[0] == 0:
-                    continue
-                m = np.nanmean(members, axis=0)
-                means.append(m)
-                centres.append(float(np.mean(np.abs(lat[band == k]))))
-            mean = np.stack(means)
-            # Bins a band never observed: interpolate from the other bands.
-            for c in range(shape[0]):
-                for b in range(shape[1]):
-                    col = mean[:, c, b]
-                    ok = np.isfinite(col)
-                    col[~ok] = (np.interp(np.array(centres)[~ok], np.array(centres)[ok],
-                                          col[ok]) if ok.any() else bin_mean[c, b])
-            norm_lat = np.array(centres)
-            fitted = mean_profile(torch.from_numpy(np.asarray(lat, np.float32)),
-                                  torch.from_numpy(norm_lat.astype(np.float32)),
-                                  torch.from_numpy(mean.astype(np.float32))).numpy()
-            std = np.nanstd(profile - fitted, axis=0)
-            std = np.where(np.isfinite(std) & (std > 0.5), std, 0.5)
-    return (norm_lat.astype(np.float32), np.asarray(mean, np.float32),
-            np.maximum(std, 1e-3).astype(np.float32))
-
-
 def _arch(config: Mapping[str, Any], channels: int, bins: int) -> VAEConfig:
     m = config["model"]
     arch = {"width": m["width"], "depth": m["depth"], "latent_dim": m["latent_dim"],
@@ -174,44 +113,259 @@ def _arch(config: Mapping[str, Any], channels: int, bins: int) -> VAEConfig:
     return VAEConfig(channels=channels, bins=bins, **arch)
 
 
-def _evaluate(model: ProfileVAE, x, mask, weight, cond, std, beta: float, batch: int
-              ) -> dict[str, Any]:
-    """Validation loss terms: recon (weighted SSE / 2), KL per latent, RMS in
-    kelvin over observed bins, active units."""
-    model.eval()
-    sse_sum, kl_sum, sq_k, n_obs, mus = 0.0, None, 0.0, 0.0, []
-    with torch.no_grad():
-        for a in range(0, x.shape[0], batch):
-            sl = slice(a, a + batch)
-            recon, mu, logvar = model(x[sl], mask[sl], cond[sl], sample=False)
-            recon = recon.float()
-            sse_sum += 0.5 * masked_sse(recon, x[sl], weight[sl]).sum().item()
-            kl = kl_per_latent(mu.float(), logvar.float()).sum(dim=0)
-            kl_sum = kl if kl_sum is None else kl_sum + kl
-            sq_k += (((recon - x[sl]) * std) ** 2 * mask[sl]).sum().item()
-            n_obs += mask[sl].sum().item()
-            mus.append(mu.float())
-    n = max(x.shape[0], 1)
-    kl_latent = (kl_sum / n).cpu().numpy()
-    mu_all = torch.cat(mus)
-    variance = mu_all.var(dim=0).cpu().numpy() if mu_all.shape[0] > 1 else np.zeros(
-        mu_all.shape[1])
-    recon_term = sse_sum / n
-    return {
-        "loss": recon_term + beta * float(kl_latent.sum()),
-        "recon": recon_term,
-        "kl": kl_latent,
-        "rms_k": math.sqrt(sq_k / max(n_obs, 1.0)),
-        "active_units": int((variance > 0.01).sum()),
-    }
+class _Split:
+    """Model inputs of one set of pixels, on the device: normalised profiles,
+    masks, likelihood weights, decoder conditions."""
+
+    def __init__(self, x, mask, weight, cond, index):
+        self.x, self.mask, self.weight, self.cond = x[index], mask[index], weight[index], \
+            cond[index]
+        self.size = int(index.numel())
+
+
+class Trainer:
+    """Trains one β-VAE on a profiles file and writes its checkpoint.
+
+    The constructor prepares everything (data on the device, split,
+    normaliser, model, optimiser); :meth:`run` is resume + fit + finish.
+    """
+
+    def __init__(self, profiles: str | Path, output: str | Path, config: Mapping[str, Any],
+                 *, progress: bool = True):
+        self.profiles, self.output = Path(profiles), Path(output)
+        self.state_path = self.output.with_name(self.output.name + ".ckpt")
+        self.tcfg, self.mcfg = config["train"], config["model"]
+        self.seed = int(config["seed"])
+        self.progress = progress
+        self.device = device = resolve_device(config["device"])
+        torch.manual_seed(self.seed)
+        if device.type == "cpu":
+            torch.set_num_threads(self.tcfg["threads"])
+            torch.use_deterministic_algorithms(True)
+
+        data = load_profiles(self.profiles)
+        self.nside, self.channels = data["nside"], data["channels"]
+        _, n_channels, bins = data["profile"].shape
+        val = spatial_split(data["pix"], self.nside, self.tcfg["val_fraction"], self.seed)
+        train_idx, val_idx = np.flatnonzero(~val), np.flatnonzero(val)
+        if train_idx.size == 0:
+            raise ValueError(f"{profiles}: no training pixels left after the validation split")
+        if val_idx.size == 0:
+            val_idx = train_idx  # val_fraction 0: report on the training set
+        self.normaliser = Normaliser.fit(data["profile"][train_idx], data["lat"][train_idx],
+                                         self.mcfg["normalisation"])
+        self.arch = _arch(config, n_channels, bins)
+        self.model = ProfileVAE(self.arch).to(device)
+        log.info("training on %s: %d train / %d validation pixels, %d parameters", device,
+                 train_idx.size, val_idx.size, sum(p.numel() for p in self.model.parameters()))
+
+        norm = self.normaliser.to(device)
+        lat = torch.from_numpy(data["lat"]).to(device)
+        x, mask = norm.to_model(torch.from_numpy(data["profile"]).to(device), lat)
+        weight = bin_weights(torch.from_numpy(data["count"].astype(np.int32)).to(device),
+                             norm.std, self.mcfg["noise_k"], self.mcfg["floor_k"])
+        cond = latitude_condition(lat, self.arch.n_cond)
+        self.std = norm.std
+        self.train_set = _Split(x, mask, weight, cond, torch.from_numpy(train_idx).to(device))
+        self.val_set = _Split(x, mask, weight, cond, torch.from_numpy(val_idx).to(device))
+
+        self.opt = torch.optim.Adam(self.model.parameters(), lr=self.tcfg["lr"])
+        self.sched = torch.optim.lr_scheduler.ExponentialLR(self.opt,
+                                                            gamma=self.tcfg["lr_decay"])
+        self.gen = torch.Generator().manual_seed(self.seed)
+        self.history: list[dict[str, Any]] = []
+        self.start_epoch, self.step, self.stale = 0, 0, 0
+        self.best, self.best_state = math.inf, None
+        self.seconds = 0.0
+        # The training state is resumed only by the same run; train.epochs may
+        # grow, so that a finished run can also be continued for more epochs.
+        resumable = {k: v for k, v in self.tcfg.items() if k != "epochs"}
+        self.run_key = json.dumps({"arch": self.arch.to_dict(), "model": self.mcfg,
+                                   "train": resumable, "seed": self.seed,
+                                   "profiles": _fingerprint(profiles)},
+                                  sort_keys=True, default=str)
+
+    # -- resume and save ---------------------------------------------------------------
+
+    def resume(self) -> bool:
+        """Continue from the state file of an interrupted run of the same configuration.
+
+        A state file of another run is ignored with a warning; one that cannot
+        be read is set aside (renamed ``*.corrupt``) with a warning, so it never
+        blocks a rerun. Returns whether the run was resumed.
+        """
+        if not self.state_path.exists():
+            log.info("no training state at %s: starting afresh", self.state_path)
+            return False
+        try:
+            state = torch_load(self.state_path, self.device)
+        except CheckpointError as exc:
+            aside = self.state_path.with_name(self.state_path.name + ".corrupt")
+            self.state_path.replace(aside)
+            log.warning("%s; moved it to %s and starting afresh", exc, aside)
+            return False
+        if state.get("run_key") != self.run_key:
+            log.warning("%s was written for another configuration or input; starting afresh",
+                        self.state_path)
+            return False
+        self.model.load_state_dict(state["state_dict"])
+        self.opt.load_state_dict(state["optimizer"])
+        self.sched.load_state_dict(state["scheduler"])
+        self.gen.set_state(state["generator"])
+        # The reparameterisation noise comes from the global generators.
+        torch.set_rng_state(state["torch_rng"])
+        if self.device.type == "cuda" and state["cuda_rng"]:
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        self.history, self.step = state["history"], state["step"]
+        self.start_epoch, self.best, self.stale = state["epoch"] + 1, state["best"], \
+            state["stale"]
+        self.best_state = state["best_state"]
+        self.seconds = float(state.get("seconds", 0.0))
+        log.info("resumed from %s at epoch %d (step %d)", self.state_path, self.start_epoch,
+                 self.step)
+        return True
+
+    def save_state(self, epoch: int) -> None:
+        """Write the full training state after ``epoch`` (atomically)."""
+        cuda = self.device.type == "cuda"
+        with atomic_path(self.state_path) as tmp:
+            torch.save({"arch": self.arch.to_dict(), "state_dict": self.model.state_dict(),
+                        "optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(),
+                        "generator": self.gen.get_state(), "torch_rng": torch.get_rng_state(),
+                        "cuda_rng": torch.cuda.get_rng_state_all() if cuda else [],
+                        "history": self.history, "step": self.step, "epoch": epoch,
+                        "best": self.best, "stale": self.stale, "best_state": self.best_state,
+                        "seconds": self.seconds, "run_key": self.run_key}, tmp)
+
+    # -- one epoch -----------------------------------------------------------------------
+
+    def beta_at(self, epoch: int) -> float:
+        """β of ``epoch``: ramped up linearly over ``train.kl_warmup_epochs``."""
+        beta, warm = float(self.mcfg["beta"]), self.tcfg["kl_warmup_epochs"]
+        return beta * min(1.0, (epoch + 1) / warm) if warm else beta
+
+    def train_epoch(self, epoch: int) -> float:
+        """One pass over the training pixels in random order; returns the mean loss."""
+        model, tr, batch = self.model, self.train_set, self.tcfg["batch_size"]
+        model.train()
+        beta = self.beta_at(epoch)
+        tc_weight = float(self.mcfg["tc_weight"])
+        use_amp = self.device.type == "cuda"
+        perm = torch.randperm(tr.size, generator=self.gen).to(self.device)
+        total, count = 0.0, 0
+        for a in range(0, perm.numel(), batch):
+            idx = perm[a:a + batch]
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=use_amp):
+                recon, mu, logvar = model(tr.x[idx], tr.mask[idx], tr.cond[idx])
+            loss, _ = vae_loss(recon, mu, logvar, tr.x[idx], tr.weight[idx], beta=beta,
+                               tc_weight=tc_weight)
+            self.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            self.opt.step()
+            self.step += 1
+            total += loss.item() * idx.numel()
+            count += idx.numel()
+        self.sched.step()
+        return total / max(count, 1)
+
+    def validate(self) -> dict[str, Any]:
+        """Validation terms: loss (NLL + β·KL), recon (NLL, nats per profile), KL per
+        latent, RMS in kelvin over observed bins, active units."""
+        model, va = self.model, self.val_set
+        beta = float(self.mcfg["beta"])
+        model.eval()
+        nll_sum, kl_sum, sq_k, n_obs, mus = 0.0, None, 0.0, 0.0, []
+        with torch.no_grad():
+            for a in range(0, va.size, VALIDATION_BATCH):
+                sl = slice(a, a + VALIDATION_BATCH)
+                recon, mu, logvar = model(va.x[sl], va.mask[sl], va.cond[sl], sample=False)
+                recon = recon.float()
+                _, terms = vae_loss(recon, mu, logvar, va.x[sl], va.weight[sl], beta=beta,
+                                    tc_weight=0.0)
+                nll_sum += terms["nll"].sum().item()
+                kl = terms["kl"].sum(dim=0)
+                kl_sum = kl if kl_sum is None else kl_sum + kl
+                sq_k += (((recon - va.x[sl]) * self.std) ** 2 * va.mask[sl]).sum().item()
+                n_obs += va.mask[sl].sum().item()
+                mus.append(mu.float())
+        n = max(va.size, 1)
+        kl_latent = (kl_sum / n).cpu().numpy()
+        mu_all = torch.cat(mus)
+        variance = (mu_all.var(dim=0).cpu().numpy() if mu_all.shape[0] > 1
+                    else np.zeros(mu_all.shape[1]))
+        recon_term = nll_sum / n
+        return {"loss": recon_term + beta * float(kl_latent.sum()), "recon": recon_term,
+                "kl": kl_latent, "rms_k": math.sqrt(sq_k / max(n_obs, 1.0)),
+                "active_units": int((variance > 0.01).sum())}
+
+    # -- the loop ------------------------------------------------------------------------
+
+    def fit(self) -> None:
+        """Train from the current epoch to ``train.epochs``, stopping early after
+        ``train.patience`` epochs without a better validation loss."""
+        epochs = self.tcfg["epochs"]
+        bar = tqdm(range(self.start_epoch, epochs), desc="train", unit="epoch",
+                   disable=not self.progress, initial=self.start_epoch, total=epochs)
+        for epoch in bar:
+            t0 = time.perf_counter()
+            train_loss = self.train_epoch(epoch)
+            ev = self.validate()
+            self.seconds += time.perf_counter() - t0
+            if not math.isfinite(ev["loss"]):
+                raise FloatingPointError(f"validation loss became {ev['loss']} at epoch "
+                                         f"{epoch}; lower train.lr")
+            row = {"epoch": epoch, "step": self.step, "lr": self.sched.get_last_lr()[0],
+                   "beta": self.beta_at(epoch), "train_loss": train_loss,
+                   "val_loss": ev["loss"], "val_recon": ev["recon"], "val_rms_k": ev["rms_k"],
+                   "active_units": ev["active_units"]}
+            row.update({f"kl_{i}": float(k) for i, k in enumerate(ev["kl"])})
+            self.history.append(row)
+            bar.set_postfix(val_rms_k=f"{ev['rms_k']:.2f}", active=ev["active_units"])
+            if ev["loss"] < self.best - 1e-6:
+                self.best, self.stale = ev["loss"], 0
+                self.best_state = {k: v.detach().clone()
+                                   for k, v in self.model.state_dict().items()}
+            else:
+                self.stale += 1
+            self.save_state(epoch)
+            if self.stale >= self.tcfg["patience"]:
+                log.info("early stop at epoch %d: no improvement for %d epochs", epoch,
+                         self.stale)
+                break
+
+    def finish(self, metrics_csv: str | Path | None = None,
+               curve_png: str | Path | None = None) -> dict[str, Any]:
+        """Keep the best epoch's weights, write ``model.pt`` (and the per-epoch CSV
+        and loss curve when asked); returns the final validation metrics."""
+        if self.best_state is not None:
+            self.model.load_state_dict(self.best_state)
+        final = self.validate()
+        batch = self.tcfg["batch_size"]
+        # Steps taken in this process's epochs only, so a resumed run is not inflated.
+        metrics = {"val_loss": final["loss"], "val_recon": final["recon"],
+                   "val_rms_k": final["rms_k"], "active_units": final["active_units"],
+                   "kl_per_latent": [float(k) for k in final["kl"]],
+                   "epochs": len(self.history), "steps": self.step,
+                   "train_pixels": self.train_set.size, "val_pixels": self.val_set.size,
+                   "seconds": self.seconds,
+                   "profiles_per_s": self.step * batch / max(self.seconds, 1e-9),
+                   "device": str(self.device)}
+        save_checkpoint(self.output, self.model, self.normaliser, nside=self.nside,
+                        channels=self.channels,
+                        config={"model": dict(self.mcfg), "train": dict(self.tcfg),
+                                "seed": self.seed},
+                        metrics=metrics, history=self.history)
+        if metrics_csv:
+            _write_metrics(self.history, Path(metrics_csv))
+        if curve_png:
+            _plot_curve(self.history, Path(curve_png))
+        log.info("trained %d epochs in %.1f s: validation RMS %.2f K, %d active latents",
+                 len(self.history), self.seconds, final["rms_k"], final["active_units"])
+        return metrics
 
 
 def _plot_curve(history: list[dict[str, Any]], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     epochs = [h["epoch"] for h in history]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.6), constrained_layout=True)
     ax1.plot(epochs, [h["train_loss"] for h in history], label="train")
@@ -224,9 +378,7 @@ def _plot_curve(history: list[dict[str, Any]], path: Path) -> None:
     ax2.set_xlabel("epoch")
     ax2.set_ylabel("validation RMS on observed bins (K)")
     fig.suptitle("β-VAE training")
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path, dpi=110)
 
 
 def _write_metrics(history: list[dict[str, Any]], path: Path) -> None:
@@ -251,177 +403,15 @@ def run(
 ) -> dict[str, Any]:
     """Train a β-VAE on ``profiles`` and write the checkpoint ``output`` (model.pt).
 
-    ``model.pt`` is a plain dict loadable with ``torch.load(..., weights_only=True)``:
-    ``state_dict``, ``arch`` (:class:`VAEConfig` fields), ``norm_lat`` (K,)
-    degrees, ``norm_mean`` (K, channels, bins) and ``norm_std`` (channels, bins)
-    kelvin (see :func:`vaemap.model.mean_profile`), ``normalisation``, ``config`` (the
-    model and train sections), ``metrics`` (final validation numbers) and
-    ``history`` (per epoch).  The full training state (optimiser, scheduler,
-    random generator) is kept in ``<output>.ckpt`` after every epoch; with
-    ``resume`` a run interrupted at any epoch continues exactly where it stopped,
-    and a finished run can be continued to a larger ``train.epochs``.
+    ``model.pt`` is written by :func:`vaemap.model.save_checkpoint` (see there
+    for its keys) and read back with :func:`vaemap.model.load_checkpoint`.
+    The full training state (optimiser, scheduler, random generators) is kept
+    in ``<output>.ckpt`` after every epoch; with ``resume`` a run interrupted
+    at any epoch continues exactly where it stopped, and a finished run can be
+    continued to a larger ``train.epochs``. Returns the final validation metrics.
     """
-    output = Path(output)
-    tcfg, mcfg = config["train"], config["model"]
-    seed = int(config["seed"])
-    device = resolve_device(config["device"])
-    torch.manual_seed(seed)
-    if device.type == "cpu":
-        torch.set_num_threads(tcfg["threads"])
-        torch.use_deterministic_algorithms(True)
-
-    data = load_profiles(profiles)
-    _, channels, bins = data["profile"].shape
-    val = spatial_split(data["pix"], data["nside"], tcfg["val_fraction"], seed)
-    train_idx, val_idx = np.flatnonzero(~val), np.flatnonzero(val)
-    if train_idx.size == 0:
-        raise ValueError(f"{profiles}: no training pixels left after the validation split")
-    if val_idx.size == 0:
-        val_idx = train_idx  # val_fraction 0: report on the training set
-    norm_lat, mean, std = _normalisation(data["profile"][train_idx], data["lat"][train_idx],
-                                         config["profiles"]["normalisation"])
-    arch = _arch(config, channels, bins)
-    model = ProfileVAE(arch).to(device)
-    log.info("training on %s: %d train / %d validation pixels, %d parameters", device,
-             train_idx.size, val_idx.size, sum(p.numel() for p in model.parameters()))
-
-    prof_t = torch.from_numpy(data["profile"]).to(device)
-    lat_t = torch.from_numpy(data["lat"]).to(device)
-    std_t = torch.from_numpy(std).to(device)
-    mean_t = mean_profile(lat_t, torch.from_numpy(norm_lat).to(device),
-                          torch.from_numpy(mean).to(device))
-    x, mask = normalise(prof_t, mean_t, std_t)
-    weight = bin_weights(torch.from_numpy(data["count"].astype(np.int32)).to(device), std_t,
-                         mcfg["noise_k"], mcfg["floor_k"])
-    cond = latitude_condition(lat_t, arch.n_cond)
-    tr = torch.from_numpy(train_idx).to(device)
-    va = torch.from_numpy(val_idx).to(device)
-    x_tr, m_tr, w_tr, c_tr = x[tr], mask[tr], weight[tr], cond[tr]
-    x_va, m_va, w_va, c_va = x[va], mask[va], weight[va], cond[va]
-
-    opt = torch.optim.Adam(model.parameters(), lr=tcfg["lr"])
-    sched = torch.optim.lr_scheduler.ExponentialLR(opt, gamma=tcfg["lr_decay"])
-    gen = torch.Generator().manual_seed(seed)
-    history: list[dict[str, Any]] = []
-    start_epoch, step, best, best_state, stale = 0, 0, math.inf, None, 0
-    ckpt_path = output.with_name(output.name + ".ckpt")
-    # A checkpoint is resumed only by the same run; train.epochs may grow, so
-    # that a finished run can also be continued for more epochs.
-    resumable = {k: v for k, v in tcfg.items() if k != "epochs"}
-    run_key = json.dumps({"arch": arch.to_dict(), "model": mcfg, "train": resumable,
-                          "seed": seed,
-                          "normalisation": config["profiles"]["normalisation"],
-                          "profiles": _fingerprint(profiles)}, sort_keys=True, default=str)
-    state = None
-    if resume and ckpt_path.exists():
-        state = torch.load(ckpt_path, map_location=device, weights_only=True)
-        if state.get("run_key") != run_key:
-            log.warning("%s was written for another configuration or input; starting afresh",
-                        ckpt_path)
-            state = None
-    elif resume:
-        log.info("no checkpoint at %s: starting afresh", ckpt_path)
-    if state is not None:
-        model.load_state_dict(state["state_dict"])
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        gen.set_state(state["generator"])
-        # The reparameterisation noise comes from the global generators.
-        torch.set_rng_state(state["torch_rng"])
-        if device.type == "cuda" and state["cuda_rng"]:
-            torch.cuda.set_rng_state_all(state["cuda_rng"])
-        history, step = state["history"], state["step"]
-        start_epoch, best, stale = state["epoch"] + 1, state["best"], state["stale"]
-        best_state = state["best_state"]
-        log.info("resumed from %s at epoch %d (step %d)", ckpt_path, start_epoch, step)
-
-    use_amp = device.type == "cuda"
-    batch = tcfg["batch_size"]
-    beta = float(mcfg["beta"])
-    tc_weight = float(mcfg["tc_weight"])
-    warm = tcfg["kl_warmup_epochs"]
-    bar = tqdm(range(start_epoch, tcfg["epochs"]), desc="train", unit="epoch",
-               disable=not progress, initial=start_epoch, total=tcfg["epochs"])
-    t0 = time.perf_counter()
-    for epoch in bar:
-        model.train()
-        beta_eff = beta * min(1.0, (epoch + 1) / warm) if warm else beta
-        perm = torch.randperm(train_idx.size, generator=gen).to(device)
-        total, count = 0.0, 0
-        for a in range(0, perm.numel(), batch):
-            idx = perm[a:a + batch]
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-                recon, mu, logvar = model(x_tr[idx], m_tr[idx], c_tr[idx])
-            nll = 0.5 * masked_sse(recon.float(), x_tr[idx], w_tr[idx])
-            kl = kl_per_latent(mu.float(), logvar.float()).sum(dim=1)
-            loss = (nll + beta_eff * kl).mean()
-            if tc_weight:
-                loss = loss + tc_weight * total_correlation(mu.float(), logvar.float())
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            step += 1
-            total += loss.item() * idx.numel()
-            count += idx.numel()
-        sched.step()
-        ev = _evaluate(model, x_va, m_va, w_va, c_va, std_t, beta, 4096)
-        if not math.isfinite(ev["loss"]):
-            raise FloatingPointError(f"validation loss became {ev['loss']} at epoch {epoch}; "
-                                     f"lower train.lr")
-        row = {"epoch": epoch, "step": step, "lr": sched.get_last_lr()[0], "beta": beta_eff,
-               "train_loss": total / max(count, 1), "val_loss": ev["loss"],
-               "val_recon": ev["recon"], "val_rms_k": ev["rms_k"],
-               "active_units": ev["active_units"]}
-        row.update({f"kl_{i}": float(k) for i, k in enumerate(ev["kl"])})
-        history.append(row)
-        bar.set_postfix(val_rms_k=f"{ev['rms_k']:.2f}", active=ev["active_units"])
-        if ev["loss"] < best - 1e-6:
-            best, stale = ev["loss"], 0
-            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        else:
-            stale += 1
-        with atomic_path(ckpt_path) as tmp:
-            torch.save({"arch": arch.to_dict(), "state_dict": model.state_dict(),
-                        "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                        "generator": gen.get_state(), "torch_rng": torch.get_rng_state(),
-                        "cuda_rng": (torch.cuda.get_rng_state_all()
-                                     if device.type == "cuda" else []),
-                        "history": history, "step": step,
-                        "epoch": epoch, "best": best, "stale": stale,
-                        "best_state": best_state, "run_key": run_key}, tmp)
-        if stale >= tcfg["patience"]:
-            log.info("early stop at epoch %d: no improvement for %d epochs", epoch, stale)
-            break
-    elapsed = time.perf_counter() - t0
-
-    if best_state is not None:
-        model.load_state_dict(best_state)
-    final = _evaluate(model, x_va, m_va, w_va, c_va, std_t, beta, 4096)
-    metrics = {"val_loss": final["loss"], "val_recon": final["recon"],
-               "val_rms_k": final["rms_k"], "active_units": final["active_units"],
-               "kl_per_latent": [float(k) for k in final["kl"]], "epochs": len(history),
-               "steps": step, "train_pixels": int(train_idx.size),
-               "val_pixels": int(val_idx.size), "seconds": elapsed,
-               "profiles_per_s": step * batch / max(elapsed, 1e-9), "device": str(device)}
-    ckpt = {
-        "format": CHECKPOINT_FORMAT,
-        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-        "arch": arch.to_dict(),
-        "norm_lat": torch.from_numpy(norm_lat),
-        "norm_mean": torch.from_numpy(mean),
-        "norm_std": torch.from_numpy(std),
-        "normalisation": config["profiles"]["normalisation"],
-        "nside": data["nside"],
-        "config": {"model": dict(mcfg), "train": dict(tcfg), "seed": seed},
-        "metrics": metrics,
-        "history": history,
-    }
-    with atomic_path(output) as tmp:
-        torch.save(ckpt, tmp)
-    if metrics_csv:
-        _write_metrics(history, Path(metrics_csv))
-    if curve_png:
-        _plot_curve(history, Path(curve_png))
-    log.info("trained %d epochs in %.1f s: validation RMS %.2f K, %d active latents",
-             len(history), elapsed, final["rms_k"], final["active_units"])
-    return metrics
+    trainer = Trainer(profiles, output, config, progress=progress)
+    if resume:
+        trainer.resume()
+    trainer.fit()
+    return trainer.finish(metrics_csv, curve_png)

@@ -2,9 +2,10 @@ import glob
 import os
 import json
 
+# Only light modules here (no torch, h5py or healpy): building the DAG must be
+# fast and must work where the heavy packages live only in the jobs' env.
 from vaemap.config import ConfigError, validate_config
-from vaemap.maps import map_products
-from vaemap.simulate import rdr_file_names
+from vaemap.products import TRUTH_MAPS, map_products, simulated_rdr_names
 
 # Validate against workflow/schemas/config.schema.yaml (the same schema the
 # `vaemap` command line uses) and fill in the defaults; stop with the key path
@@ -25,10 +26,12 @@ PRODUCTS = list(
 
 
 def step_config(*sections):
-    """The config sections a step depends on, as compact JSON for --config-json.
+    """The config sections a step reads, as compact JSON for --config-json.
 
     Passing them as params makes Snakemake re-run a rule (and what depends on
-    it) exactly when one of its own values changes.
+    it) exactly when one of its own values changes. Each key belongs to the
+    one step that reads it (see config/README.md), so a rule lists only its
+    own sections.
     """
     return _config_json({name: config[name] for name in sections})
 
@@ -62,7 +65,9 @@ def rdr_tables():
     """RDR tables to ingest, keyed by a unique name for the per-table ingest jobs:
     the simulated ones, or the configured real files."""
     if config["data"]["source"] == "simulate":
-        names = rdr_file_names(config["simulate"]["files"], config["simulate"]["gzip"])
+        names = simulated_rdr_names(
+            config["simulate"]["files"], config["simulate"]["gzip"]
+        )
         paths = [f"{RESULTS}/simulate/rdr/{name}" for name in names]
     else:
         paths = sorted(
@@ -94,6 +99,16 @@ def truth_input(wildcards):
 def truth_flag(wildcards, input):
     """The --truth option of `vaemap evaluate`, when the rule has a truth input."""
     return f"--truth {input.truth}" if "truth" in input.keys() else ""
+
+
+def tile_flag(step):
+    """The --tile option of a tiled job of `step` (profiles or encode)."""
+    return lambda wildcards: f"--tile {config[step]['tile_nside']}/{wildcards.tile}"
+
+
+def tiles(step):
+    """Every NESTED tile index of a tiled `step` (12 tile_nside² of them)."""
+    return range(12 * config[step]["tile_nside"] ** 2)
 
 
 def report_if_truth(path, **kwargs):

@@ -32,8 +32,11 @@ rule evaluate:
         mem_mb=2000,
     params:
         truth=truth_flag,
+        # the PCA baseline and the linear probe of the profiles
+        baselines=lambda wildcards, input: (
+            f"--profiles {input.profiles} --model {input.model}"
+        ),
         outdir=lambda wildcards, output: os.path.dirname(output.metrics),
     shell:
-        "vaemap evaluate {input.latents} {params.truth} --profiles {input.profiles} "
-        "--model {input.model} --outdir {params.outdir} "
-        "--json > {log} 2>&1"
+        "vaemap evaluate {input.latents} {params.truth} {params.baselines} "
+        "--outdir {params.outdir} --json > {log} 2>&1"

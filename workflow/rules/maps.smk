@@ -39,7 +39,7 @@ rule maps:
     resources:
         mem_mb=2000,
     params:
-        cfg=step_config("maps", "model"),
+        cfg=step_config("maps"),
         outdir=lambda wildcards, output: os.path.dirname(output.fits[0]),
     shell:
         "vaemap maps {input.latents} --profiles {input.profiles} --model {input.model} "

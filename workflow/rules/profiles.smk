@@ -1,34 +1,47 @@
+# Profiles read the samples' own channel list, so only the profiles section
+# is theirs: a change to another step's key does not re-run them.
+
+
+rule profiles:
+    input:
+        f"{RESULTS}/samples.h5",
+    output:
+        f"{RESULTS}/profiles.h5",
+    log:
+        f"{LOGS}/profiles.log",
+    benchmark:
+        f"{BENCH}/profiles.tsv"
+    conda:
+        "../envs/vaemap.yaml"
+    threads: 1
+    resources:
+        mem_mb=4000,
+    params:
+        cfg=step_config("profiles"),
+        tile="",
+    shell:
+        "vaemap profiles {input} --output {output} {params.tile} "
+        "--config-json {params.cfg:q} --json > {log} 2>&1"
+
+
 if config["profiles"]["tile_nside"]:
 
     # Scale-out: one job per NESTED tile (a contiguous slice of the pixel-sorted
     # samples), then one merge.
-    rule profiles_tile:
-        input:
-            f"{RESULTS}/samples.h5",
+    use rule profiles as profiles_tile with:
         output:
             temp(f"{RESULTS}/profiles_tiles/tile_{{tile}}.h5"),
         log:
             f"{LOGS}/profiles/tile_{{tile}}.log",
         benchmark:
             f"{BENCH}/profiles/tile_{{tile}}.tsv"
-        conda:
-            "../envs/vaemap.yaml"
-        threads: 1
-        resources:
-            mem_mb=4000,
         params:
-            cfg=step_config("ingest", "profiles"),
-            tile=lambda wildcards: f"{config['profiles']['tile_nside']}/{wildcards.tile}",
-        shell:
-            "vaemap profiles {input} --output {output} --tile {params.tile} "
-            "--config-json {params.cfg:q} --json > {log} 2>&1"
+            cfg=step_config("profiles"),
+            tile=tile_flag("profiles"),
 
     rule merge_profiles:
         input:
-            expand(
-                f"{RESULTS}/profiles_tiles/tile_{{tile}}.h5",
-                tile=range(12 * config["profiles"]["tile_nside"] ** 2),
-            ),
+            expand(f"{RESULTS}/profiles_tiles/tile_{{tile}}.h5", tile=tiles("profiles")),
         output:
             f"{RESULTS}/profiles.h5",
         log:
@@ -40,29 +53,9 @@ if config["profiles"]["tile_nside"]:
         resources:
             mem_mb=4000,
         params:
-            cfg=step_config("ingest", "profiles"),
+            cfg=step_config("profiles"),
         shell:
             "vaemap merge-profiles {input} --output {output} "
             "--config-json {params.cfg:q} --json > {log} 2>&1"
 
-else:
-
-    rule profiles:
-        input:
-            f"{RESULTS}/samples.h5",
-        output:
-            f"{RESULTS}/profiles.h5",
-        log:
-            f"{LOGS}/profiles.log",
-        benchmark:
-            f"{BENCH}/profiles.tsv"
-        conda:
-            "../envs/vaemap.yaml"
-        threads: 1
-        resources:
-            mem_mb=4000,
-        params:
-            cfg=step_config("ingest", "profiles"),
-        shell:
-            "vaemap profiles {input} --output {output} --config-json {params.cfg:q} --json "
-            "> {log} 2>&1"
+    ruleorder: merge_profiles > profiles

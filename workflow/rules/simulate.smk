@@ -2,23 +2,13 @@ rule simulate:
     output:
         rdr=expand(
             f"{RESULTS}/simulate/rdr/{{name}}",
-            name=rdr_file_names(
+            name=simulated_rdr_names(
                 config["simulate"]["files"], config["simulate"]["gzip"]
             ),
         ),
         truth=f"{RESULTS}/simulate/truth.h5",
         truth_maps=report(
-            expand(
-                f"{RESULTS}/simulate/truth_{{factor}}.fits",
-                factor=[
-                    "albedo",
-                    "h_param",
-                    "slope_ew",
-                    "slope_ns",
-                    "rock_fraction",
-                    "anomaly_kind",
-                ],
-            ),
+            expand(f"{RESULTS}/simulate/truth_{{factor}}.fits", factor=TRUTH_MAPS),
             category="Ground truth",
             caption="../report/truth.rst",
         ),

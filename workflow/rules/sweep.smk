@@ -1,33 +1,28 @@
 # Config-driven sweeps: one model per value of sweep.beta / latent_dim / seed,
-# each trained, encoded and evaluated like the main model, then one table.
+# trained, encoded and evaluated by the main model's rules with the swept
+# value in place, then one table.
 
 
-rule train_sweep:
+wildcard_constraints:
+    param="beta|latent_dim|seed",
+
+
+use rule train as train_sweep with:
     input:
         f"{RESULTS}/profiles.h5",
     output:
         model=f"{RESULTS}/sweep/{{param}}={{value}}/model.pt",
         metrics=f"{RESULTS}/sweep/{{param}}={{value}}/train_metrics.csv",
+        curve=f"{RESULTS}/sweep/{{param}}={{value}}/loss_curve.png",
     log:
         f"{LOGS}/sweep/train_{{param}}={{value}}.log",
     benchmark:
         f"{BENCH}/sweep/train_{{param}}={{value}}.tsv"
-    wildcard_constraints:
-        param="beta|latent_dim|seed",
-    conda:
-        "../envs/vaemap.yaml"
-    threads: config["train"]["threads"]
-    resources:
-        mem_mb=8000,
-        gpu=1 if config["train"]["gpu"] else 0,
     params:
-        cfg=sweep_step_config("ingest", "profiles", "model", "train", "seed", "device"),
-    shell:
-        "vaemap train {input} --output {output.model} --metrics {output.metrics} "
-        "--resume --no-progress --config-json {params.cfg:q} --json > {log} 2>&1"
+        cfg=sweep_step_config("model", "train", "seed", "device"),
 
 
-rule encode_sweep:
+use rule encode as encode_sweep with:
     input:
         profiles=f"{RESULTS}/profiles.h5",
         model=f"{RESULTS}/sweep/{{param}}={{value}}/model.pt",
@@ -35,19 +30,14 @@ rule encode_sweep:
         temp(f"{RESULTS}/sweep/{{param}}={{value}}/latents.h5"),
     log:
         f"{LOGS}/sweep/encode_{{param}}={{value}}.log",
-    wildcard_constraints:
-        param="beta|latent_dim|seed",
-    conda:
-        "../envs/vaemap.yaml"
-    threads: 2
+    benchmark:
+        f"{BENCH}/sweep/encode_{{param}}={{value}}.tsv"
     params:
         cfg=step_config("encode", "device"),
-    shell:
-        "vaemap encode {input.profiles} {input.model} --output {output} "
-        "--set encode.store_recon=false --config-json {params.cfg:q} --json > {log} 2>&1"
+        extra="--set encode.store_recon=false",
 
 
-rule evaluate_sweep:
+use rule evaluate as evaluate_sweep with:
     input:
         unpack(truth_input),
         latents=f"{RESULTS}/sweep/{{param}}={{value}}/latents.h5",
@@ -55,17 +45,12 @@ rule evaluate_sweep:
         metrics=f"{RESULTS}/sweep/{{param}}={{value}}/metrics.json",
     log:
         f"{LOGS}/sweep/evaluate_{{param}}={{value}}.log",
-    wildcard_constraints:
-        param="beta|latent_dim|seed",
-    conda:
-        "../envs/vaemap.yaml"
-    threads: 1
+    benchmark:
+        f"{BENCH}/sweep/evaluate_{{param}}={{value}}.tsv"
     params:
         truth=truth_flag,
+        baselines="",
         outdir=lambda wildcards, output: os.path.dirname(output.metrics),
-    shell:
-        "vaemap evaluate {input.latents} {params.truth} --outdir {params.outdir} --json "
-        "> {log} 2>&1"
 
 
 rule sweep_summary:

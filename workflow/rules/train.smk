@@ -20,7 +20,7 @@ rule train:
         mem_mb=8000,
         gpu=1 if config["train"]["gpu"] else 0,
     params:
-        cfg=step_config("ingest", "profiles", "model", "train", "seed", "device"),
+        cfg=step_config("model", "train", "seed", "device"),
     shell:
         "vaemap train {input} --output {output.model} --metrics {output.metrics} "
         "--curve {output.curve} --resume --no-progress --config-json {params.cfg:q} "

@@ -1,0 +1,346 @@
+"""The files between the steps: one home for every product's contract.
+
+Each HDF5 product (``samples.h5``, ``profiles.h5``, ``latents.h5``,
+``truth.h5``) is described once here by a :class:`ProductSpec`: its datasets
+(dtype, dimensions, unit), the root attributes every copy carries, and a
+format version.  Writers take their dataset layout and identifying attributes
+from the spec; readers open a product with :func:`open_product`, which checks
+the file against the spec (and against what the reader expects: nside,
+channels, bins) and raises one :class:`ProductError` naming the file and what
+is wrong, instead of a ``KeyError`` three steps later.
+
+Also here: the ground-truth factor names and anomaly kinds of the simulator,
+the names of the map products, and the names of the simulated RDR tables —
+everything the workflow needs to plan the DAG.  This module imports only
+numpy (h5py lazily, when a file is opened), so ``workflow/rules/common.smk``
+can import it without pulling in torch, h5py or healpy.
+
+See ``docs/architecture.md`` for how the steps use these contracts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "ANOMALY_KINDS",
+    "LATENTS",
+    "PROFILES",
+    "SAMPLES",
+    "SCORED_FACTORS",
+    "TRUTH",
+    "TRUTH_FACTORS",
+    "TRUTH_MAPS",
+    "Field",
+    "ProductError",
+    "ProductSpec",
+    "check_product",
+    "map_products",
+    "open_product",
+    "simulated_rdr_names",
+]
+
+
+class ProductError(ValueError):
+    """A file that does not hold the product a step expects; the message names the
+    file and what is wrong (wrong product, old format, missing dataset, another
+    nside or channel list)."""
+
+
+@dataclass(frozen=True)
+class Field:
+    """One dataset of a product.
+
+    ``dims`` names the axes; the first is always ``n`` (one row per sample or
+    pixel), the others (``channels``, ``bins``, ``latent``) are fixed per file.
+    ``final_only`` datasets are absent from tile parts (e.g. the anomaly score,
+    which needs every pixel).
+    """
+
+    dtype: type
+    dims: tuple[str, ...] = ("n",)
+    unit: str = ""
+    doc: str = ""
+    final_only: bool = False
+    optional: bool = False
+
+    def row_shape(self, sizes: Mapping[str, int]) -> tuple[int, ...]:
+        """The shape of one row, given the sizes of the fixed dimensions."""
+        return tuple(sizes[d] for d in self.dims[1:])
+
+
+@dataclass(frozen=True)
+class ProductSpec:
+    """The contract of one HDF5 product: datasets, required root attributes, version."""
+
+    name: str
+    version: int
+    fields: dict[str, Field]
+    attrs: tuple[str, ...] = ()
+    doc: str = ""
+
+    def identity(self) -> dict[str, Any]:
+        """Root attributes that identify a file as this product and format version."""
+        return {"product": self.name, "format_version": self.version}
+
+    def layout(self, *, part: bool = False, **sizes: int) -> dict[str, tuple[type, tuple]]:
+        """``{dataset: (dtype, row shape)}`` of the non-optional datasets, for writers."""
+        return {name: (f.dtype, f.row_shape(sizes)) for name, f in self.fields.items()
+                if not f.optional and not (part and f.final_only)}
+
+    def units(self) -> dict[str, str]:
+        """``{dataset: unit}`` of the datasets that have one."""
+        return {name: f.unit for name, f in self.fields.items() if f.unit}
+
+
+#: ``samples.h5`` (ingest): one row per accepted observation, sorted by NESTED
+#: pixel, then time.
+SAMPLES = ProductSpec(
+    "samples", 1,
+    {
+        "pix": Field(np.int64, doc="NESTED pixel at the samples nside"),
+        "lat": Field(np.float32, unit="deg", doc="footprint centre latitude, north"),
+        "lon": Field(np.float32, unit="deg", doc="footprint centre longitude, east [0, 360)"),
+        "local_time": Field(np.float32, unit="h", doc="local solar time [0, 24)"),
+        "tb": Field(np.float32, unit="K", doc="brightness temperature"),
+        "emission": Field(np.float32, unit="deg", doc="emission angle"),
+        "channel": Field(np.uint8, doc="Diviner channel 1-9"),
+        "det": Field(np.uint8, doc="detector 1-21"),
+        "jdate": Field(np.float64, unit="d", doc="Julian date (UTC)"),
+    },
+    attrs=("nside", "ordering", "body", "channels", "rows_read", "accepted", "rejected",
+           "inputs"),
+    doc="quality-filtered observations, HEALPix-indexed",
+)
+
+#: ``profiles.h5`` (profiles): one row per kept map pixel.
+PROFILES = ProductSpec(
+    "profiles", 1,
+    {
+        "pix": Field(np.int64, doc="NESTED pixel at the map nside"),
+        "lat": Field(np.float32, unit="deg", doc="pixel centre latitude"),
+        "lon": Field(np.float32, unit="deg", doc="pixel centre longitude, east [0, 360)"),
+        "profile": Field(np.float32, ("n", "channels", "bins"), unit="K",
+                         doc="mean brightness temperature per local-time bin, NaN where empty"),
+        "count": Field(np.uint16, ("n", "channels", "bins"),
+                       doc="observations averaged in each bin"),
+        "n_obs": Field(np.int32, doc="observations of the pixel, all channels and bins"),
+    },
+    attrs=("nside", "ordering", "body", "channels", "bin_edges_h", "rejected_pixels",
+           "observed_bins"),
+    doc="per-pixel diurnal profiles (channels x local-time bins)",
+)
+
+#: ``latents.h5`` (encode): one row per encoded pixel.
+LATENTS = ProductSpec(
+    "latents", 1,
+    {
+        "pix": Field(np.int64, doc="NESTED pixel at the map nside"),
+        "mu": Field(np.float32, ("n", "latent"), doc="posterior mean of each latent"),
+        "logvar": Field(np.float32, ("n", "latent"), doc="posterior log-variance"),
+        "recon_error": Field(np.float32, unit="K", doc="RMS error over observed bins"),
+        "recon_l1": Field(np.float32, unit="K", doc="mean absolute error over observed bins"),
+        "recon_norm_l1": Field(np.float32,
+                               doc="mean absolute error in units of each bin's spread"),
+        "n_obs": Field(np.int32, doc="observations of the pixel"),
+        "anomaly_score": Field(np.float32, final_only=True,
+                               doc="robust z of the anomaly metric over all pixels"),
+        "anomaly": Field(np.uint8, final_only=True, doc="1 above the anomaly threshold"),
+        "recon": Field(np.float32, ("n", "channels", "bins"), unit="K", optional=True,
+                       doc="reconstruction of the latent mean (encode.store_recon)"),
+    },
+    attrs=("nside", "ordering", "body", "latent_dim", "channels", "model"),
+    doc="latents, reconstruction errors and anomaly score per pixel",
+)
+
+#: Ground-truth factors of the simulator, as stored in ``truth.h5``, with units.
+TRUTH_FACTORS: dict[str, str] = {
+    "albedo": "",
+    "h_param": "m",
+    "slope_ew": "deg",
+    "slope_ns": "deg",
+    "rock_fraction": "",
+}
+
+#: Injected anomaly kinds (``anomaly_kind`` code -> name); 0 is background.
+ANOMALY_KINDS: dict[int, str] = {1: "warm_rocky", 2: "cold_spot"}
+
+#: ``truth.h5`` (simulate, synthetic data only): the generating factors per pixel.
+TRUTH = ProductSpec(
+    "truth", 1,
+    {
+        "pix": Field(np.int64, doc="NESTED pixel at the simulation nside"),
+        "lon": Field(np.float32, unit="deg", doc="pixel centre longitude"),
+        "lat": Field(np.float32, unit="deg", doc="pixel centre latitude"),
+        **{name: Field(np.float32, unit=unit, doc="ground-truth factor")
+           for name, unit in TRUTH_FACTORS.items()},
+        "anomaly_mask": Field(np.uint8, doc="1 inside an injected anomaly"),
+        "anomaly_kind": Field(np.uint8, doc="0 none, " + ", ".join(
+            f"{k} {v.replace('_', ' ')}" for k, v in ANOMALY_KINDS.items())),
+    },
+    attrs=("nside", "ordering", "body", "seed"),
+    doc="ground truth of a simulated Moon",
+)
+
+#: Factors the latents are scored against. ``slope_pole`` is the north/south
+#: slope signed by hemisphere (positive = facing the pole): a north-facing slope
+#: is cold in the north and warm in the south, so the raw ``slope_ns`` has no
+#: single thermal effect and correlates with nothing globally.
+SCORED_FACTORS: tuple[str, ...] = ("albedo", "h_param", "slope_ew", "slope_pole",
+                                   "rock_fraction")
+
+#: Ground-truth maps simulate writes as ``truth_<name>.fits``.
+TRUTH_MAPS: tuple[str, ...] = (*TRUTH_FACTORS, "anomaly_kind")
+
+
+def simulated_rdr_names(n_files: int, gzip: bool = True) -> list[str]:
+    """Names of the RDR tables a simulation of ``n_files`` files writes."""
+    suffix = ".TAB.gz" if gzip else ".TAB"
+    return [f"sim_rdr_{i:03d}{suffix}" for i in range(n_files)]
+
+
+def map_products(latent_dim: int, independent_components: bool = False
+                 ) -> dict[str, dict[str, str]]:
+    """Names, titles and units of the map products for ``latent_dim`` latents.
+
+    The names are the file stems, ``maps/<name>.fits`` and ``maps/<name>.png``;
+    with ``independent_components`` also ``ic0`` ... (the latent means rotated
+    to independent components, see :func:`vaemap.stats.ica_components`).
+    """
+    products: dict[str, dict[str, str]] = {}
+    for k in range(latent_dim):
+        products[f"latent{k}_mu"] = {"title": f"latent {k}: posterior mean μ", "unit": "",
+                                     "fits": f"latent {k} posterior mean (mu)"}
+        products[f"latent{k}_sigma"] = {"title": f"latent {k}: posterior σ", "unit": "",
+                                        "fits": f"latent {k} posterior std (sigma)"}
+    if independent_components:
+        for k in range(latent_dim):
+            products[f"ic{k}"] = {"title": f"independent component {k} of the latent means",
+                                  "unit": "", "fits": f"independent component {k} of the "
+                                                      f"latent means (FastICA, unit variance)"}
+    products["recon_error"] = {"title": "reconstruction error (RMS)", "unit": "K",
+                               "fits": "reconstruction error, RMS over observed bins"}
+    products["recon_l1"] = {"title": "reconstruction error (L1)", "unit": "K",
+                            "fits": "reconstruction error, mean abs over observed bins"}
+    products["anomaly_score"] = {"title": "anomaly score (robust z of the reconstruction error)",
+                                 "unit": "", "fits": "anomaly score, robust z of the error"}
+    products["n_obs"] = {"title": "observations per pixel", "unit": "count",
+                         "fits": "accepted observations per pixel"}
+    return products
+
+
+def _attr(h5, key: str) -> Any:
+    value = h5.attrs[key]
+    if isinstance(value, bytes):
+        value = value.decode()
+    if isinstance(value, str) and value[:1] in "[{":
+        import json
+
+        return json.loads(value)
+    return value
+
+
+def check_product(h5, path: str | Path, spec: ProductSpec, *, part: bool | None = False,
+                  nside: int | None = None, channels: Sequence[int] | None = None,
+                  bins: int | None = None, against: str = "the configuration") -> None:
+    """Check an open HDF5 file against ``spec`` and the reader's expectations.
+
+    Parameters
+    ----------
+    h5 : h5py.File
+        The open file.
+    path : path
+        Its name, for the message.
+    spec : ProductSpec
+        The product the reader expects.
+    part : bool or None
+        True: must be a tile part (``part_of_tile``); False: must be a whole
+        product; None: either.
+    nside, channels, bins : optional
+        What the file must hold (``nside`` exactly; the ``channels`` list and
+        the number of ``bins`` of a profiles-shaped dataset).
+    against : str
+        Where the expected values come from, for the message (e.g. ``"model.pt"``).
+
+    Raises
+    ------
+    ProductError
+        Naming ``path`` and the first thing that is wrong.
+    """
+    product = h5.attrs.get("product")
+    if isinstance(product, bytes):
+        product = product.decode()
+    if product is None:
+        raise ProductError(f"{path}: not a vaemap {spec.name} file, or one written by an older "
+                           f"vaemap (no 'product' attribute); re-run the step that makes it")
+    if product != spec.name:
+        raise ProductError(f"{path}: is a {product} file, expected {spec.name}")
+    version = int(h5.attrs.get("format_version", -1))
+    if version != spec.version:
+        raise ProductError(f"{path}: {spec.name} format version {version}, this vaemap reads "
+                           f"version {spec.version}; re-run the step that makes it")
+    is_part = "part_of_tile" in h5.attrs
+    if part is True and not is_part:
+        raise ProductError(f"{path}: not a tile part of {spec.name} (no part_of_tile attribute)")
+    if part is False and is_part:
+        raise ProductError(f"{path}: is tile part {_attr(h5, 'part_of_tile')} of {spec.name}; "
+                           f"merge the parts first")
+    missing = [name for name, f in spec.fields.items()
+               if not f.optional and not (is_part and f.final_only) and name not in h5]
+    if missing:
+        raise ProductError(f"{path}: {spec.name} file lacks dataset(s) {', '.join(missing)}")
+    missing_attrs = [a for a in spec.attrs if a not in h5.attrs]
+    if missing_attrs:
+        raise ProductError(f"{path}: {spec.name} file lacks attribute(s) "
+                           f"{', '.join(missing_attrs)}")
+    rows = {h5[name].shape[0] for name in spec.fields if name in h5}
+    if len(rows) > 1:
+        raise ProductError(f"{path}: {spec.name} datasets differ in length {sorted(rows)}")
+    for name, f in spec.fields.items():
+        if name in h5 and h5[name].dtype != np.dtype(f.dtype):
+            raise ProductError(f"{path}: dataset {name} is {h5[name].dtype}, expected "
+                               f"{np.dtype(f.dtype)}")
+    if nside is not None and int(h5.attrs["nside"]) != nside:
+        raise ProductError(f"{path}: nside {int(h5.attrs['nside'])}, but {against} has "
+                           f"nside {nside}")
+    if channels is not None and "channels" in spec.attrs:
+        have = [int(c) for c in _attr(h5, "channels")]
+        if have != [int(c) for c in channels]:
+            raise ProductError(f"{path}: channels {have}, but {against} has "
+                               f"{[int(c) for c in channels]}")
+    if bins is not None:
+        for name, f in spec.fields.items():
+            if "bins" in f.dims and name in h5:
+                have = h5[name].shape[f.dims.index("bins")]
+                if have != bins:
+                    raise ProductError(f"{path}: {have} local-time bins, but {against} has "
+                                       f"{bins}")
+
+
+@contextlib.contextmanager
+def open_product(path: str | Path, spec: ProductSpec, **expect: Any) -> Iterator[Any]:
+    """Open an HDF5 product for reading and check it (see :func:`check_product`).
+
+    A missing file, or one HDF5 cannot read, raises :class:`ProductError`
+    naming the file too. Yields the open ``h5py.File``.
+    """
+    import h5py
+    import hdf5plugin  # noqa: F401  (registers the Blosc filter our writers use)
+
+    path = Path(path)
+    if not path.exists():
+        raise ProductError(f"{path}: {spec.name} file not found")
+    try:
+        h5 = h5py.File(path, "r")
+    except OSError as exc:
+        raise ProductError(f"{path}: cannot be read as an HDF5 {spec.name} file "
+                           f"({str(exc).splitlines()[0]})") from None
+    with h5:
+        check_product(h5, path, spec, **expect)
+        yield h5
