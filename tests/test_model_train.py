@@ -180,6 +180,17 @@ def test_checkpoint_of_another_format_or_unreadable_is_one_clear_error(trained, 
         load_checkpoint(tmp_path / "missing.pt")
 
 
+def test_validation_loss_is_the_training_objective(survey, tiny_config):
+    """Early stopping compares the loss that is optimised, TC term included."""
+    trainer = train.Trainer(survey["profiles_h5"], "unused.pt", tiny_config, progress=False)
+    with_tc = trainer.validate()
+    assert with_tc["tc"] > 0 and np.isfinite(with_tc["tc"])
+    expected = (with_tc["recon"] + tiny_config["model"]["beta"] * with_tc["kl"].sum()
+                + tiny_config["model"]["tc_weight"] * with_tc["tc"])
+    assert with_tc["loss"] == pytest.approx(expected)
+    assert trainer.validate()["loss"] == with_tc["loss"]  # same draw: comparable epochs
+
+
 def test_corrupt_training_state_is_set_aside(survey, tiny_config, tmp_path):
     (tmp_path / "m.pt.ckpt").write_bytes(b"\x00" * 100)
     out = train.run(survey["profiles_h5"], tmp_path / "m.pt", tiny_config, progress=False,

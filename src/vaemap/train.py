@@ -44,6 +44,7 @@ from vaemap.model import (
     resolve_device,
     save_checkpoint,
     torch_load,
+    total_correlation,
     vae_loss,
 )
 from vaemap.products import PROFILES, open_product
@@ -269,12 +270,19 @@ class Trainer:
         return total / max(count, 1)
 
     def validate(self) -> dict[str, Any]:
-        """Validation terms: loss (NLL + β·KL), recon (NLL, nats per profile), KL per
-        latent, RMS in kelvin over observed bins, active units."""
+        """Validation terms: loss (the training objective NLL + β·KL + γ·TC, nats per
+        profile), recon (NLL), KL per latent, TC, RMS in kelvin over observed bins,
+        active units.
+
+        TC is the minibatch estimate averaged over batches of ``train.batch_size``
+        (the estimator depends on the batch size, so the training one), drawn
+        from a generator reseeded on every call: successive epochs are compared
+        on the same draw, and validating consumes no training randomness.
+        """
         model, va = self.model, self.val_set
-        beta = float(self.mcfg["beta"])
+        beta, tc_weight = float(self.mcfg["beta"]), float(self.mcfg["tc_weight"])
         model.eval()
-        nll_sum, kl_sum, sq_k, n_obs, mus = 0.0, None, 0.0, 0.0, []
+        nll_sum, kl_sum, sq_k, n_obs, mus, logvars = 0.0, None, 0.0, 0.0, [], []
         with torch.no_grad():
             for a in range(0, va.size, VALIDATION_BATCH):
                 sl = slice(a, a + VALIDATION_BATCH)
@@ -288,15 +296,28 @@ class Trainer:
                 sq_k += (((recon - va.x[sl]) * self.std) ** 2 * va.mask[sl]).sum().item()
                 n_obs += va.mask[sl].sum().item()
                 mus.append(mu.float())
+                logvars.append(logvar.float())
+            tc = self._validation_tc(torch.cat(mus), torch.cat(logvars)) if tc_weight else 0.0
         n = max(va.size, 1)
         kl_latent = (kl_sum / n).cpu().numpy()
         mu_all = torch.cat(mus)
         variance = (mu_all.var(dim=0).cpu().numpy() if mu_all.shape[0] > 1
                     else np.zeros(mu_all.shape[1]))
         recon_term = nll_sum / n
-        return {"loss": recon_term + beta * float(kl_latent.sum()), "recon": recon_term,
-                "kl": kl_latent, "rms_k": math.sqrt(sq_k / max(n_obs, 1.0)),
+        return {"loss": recon_term + beta * float(kl_latent.sum()) + tc_weight * tc,
+                "recon": recon_term, "kl": kl_latent, "tc": tc,
+                "rms_k": math.sqrt(sq_k / max(n_obs, 1.0)),
                 "active_units": int((variance > 0.01).sum())}
+
+    def _validation_tc(self, mu: torch.Tensor, logvar: torch.Tensor) -> float:
+        """Mean minibatch TC estimate over the validation posteriors, nats."""
+        gen = torch.Generator(device=mu.device).manual_seed(self.seed)
+        batch, values = self.tcfg["batch_size"], []
+        for a in range(0, mu.shape[0], batch):
+            if mu.shape[0] - a < 2 and values:
+                break  # a lone profile has no batch to estimate q(z) from
+            values.append(total_correlation(mu[a:a + batch], logvar[a:a + batch], gen).item())
+        return float(np.mean(values))
 
     # -- the loop ------------------------------------------------------------------------
 
@@ -316,7 +337,8 @@ class Trainer:
                                          f"{epoch}; lower train.lr")
             row = {"epoch": epoch, "step": self.step, "lr": self.sched.get_last_lr()[0],
                    "beta": self.beta_at(epoch), "train_loss": train_loss,
-                   "val_loss": ev["loss"], "val_recon": ev["recon"], "val_rms_k": ev["rms_k"],
+                   "val_loss": ev["loss"], "val_recon": ev["recon"], "val_tc": ev["tc"],
+                   "val_rms_k": ev["rms_k"],
                    "active_units": ev["active_units"]}
             row.update({f"kl_{i}": float(k) for i, k in enumerate(ev["kl"])})
             self.history.append(row)
@@ -342,7 +364,7 @@ class Trainer:
         final = self.validate()
         batch = self.tcfg["batch_size"]
         # Steps taken in this process's epochs only, so a resumed run is not inflated.
-        metrics = {"val_loss": final["loss"], "val_recon": final["recon"],
+        metrics = {"val_loss": final["loss"], "val_recon": final["recon"], "val_tc": final["tc"],
                    "val_rms_k": final["rms_k"], "active_units": final["active_units"],
                    "kl_per_latent": [float(k) for k in final["kl"]],
                    "epochs": len(self.history), "steps": self.step,
@@ -371,7 +393,7 @@ def _plot_curve(history: list[dict[str, Any]], path: Path) -> None:
     ax1.plot(epochs, [h["train_loss"] for h in history], label="train")
     ax1.plot(epochs, [h["val_loss"] for h in history], label="validation")
     ax1.set_xlabel("epoch")
-    ax1.set_ylabel("loss per profile (NLL + β·KL, nats)")
+    ax1.set_ylabel("loss per profile (NLL + β·KL + γ·TC, nats)")
     ax1.set_yscale("log")
     ax1.legend()
     ax2.plot(epochs, [h["val_rms_k"] for h in history], color="C2")
