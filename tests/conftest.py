@@ -22,10 +22,12 @@ def tiny_config() -> dict:
 def survey(tmp_path_factory, tiny_config) -> dict:
     """A simulated survey run through simulate → ingest → profiles, shared by tests."""
     from vaemap import ingest, profiles, simulate
+    from vaemap.products import simulated_rdr_names
 
     root = tmp_path_factory.mktemp("survey")
     sim = simulate.run(root / "simulate", tiny_config)
-    rdr = sorted((root / "simulate" / "rdr").iterdir())
+    rdr = [root / "simulate" / "rdr" / name
+           for name in simulated_rdr_names(tiny_config["simulate"])]
     ing = ingest.run(rdr, root / "samples.h5", tiny_config)
     prof = profiles.run(root / "samples.h5", root / "profiles.h5", tiny_config)
     return {"root": root, "rdr": rdr, "simulate": sim, "ingest": ing, "profiles": prof,

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from vaemap.config import validate_config
-from vaemap.ingest import REJECTION_REASONS, RdrFormatError, find_header, run
+from vaemap.ingest import REJECTION_REASONS, RdrFormatError, run
 from vaemap.rdr import RDR_COLUMNS
 
 GOOD = {
@@ -147,7 +147,7 @@ def test_no_header_is_a_clear_error(tmp_path, cfg):
     path = tmp_path / "x.TAB"
     path.write_text("1,2,3\n4,5,6\n")
     with pytest.raises(RdrFormatError, match="no RDR header"):
-        find_header(path)
+        run([path], tmp_path / "x.h5", cfg)
 
 
 def test_same_inputs_give_identical_datasets(survey, tiny_config, tmp_path):
@@ -166,6 +166,7 @@ def test_cli_json_summary_and_error_exit(tmp_path):
                           text=True, check=True)
     summary = json.loads(proc.stdout)
     assert summary == {"rows_read": 2, "accepted": 1, "rejected": {"qca": 1},
+                       "rejected_flag_bits": {"qca": {"marker_out_of_bounds": 1}},
                        "output": str(tmp_path / "c.h5")}
     bad = subprocess.run([sys.executable, "-m", "vaemap.cli", "ingest",
                           str(tmp_path / "missing.TAB"), "--output", str(tmp_path / "m.h5")],

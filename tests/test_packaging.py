@@ -9,7 +9,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 #: conda-forge names of PyPI packages where they differ
 CONDA_NAME = {"torch": "pytorch", "matplotlib": "matplotlib-base",
-              "snakemake": "snakemake-minimal"}
+              "snakemake": "snakemake-minimal", "xxhash": "python-xxhash"}
 
 
 def _requirements(specs) -> dict[str, str]:

@@ -1,6 +1,7 @@
 """The synthetic Moon: determinism, format, ground truth reachable from the pixel index."""
 
-import gzip
+import re
+import zipfile
 
 import h5py
 import healpy as hp
@@ -8,26 +9,36 @@ import numpy as np
 
 from vaemap import simulate
 from vaemap.products import TRUTH_FACTORS, simulated_rdr_names
-from vaemap.rdr import RDR_COLUMNS
+from vaemap.rdr import RDR_COLUMNS, label_columns, read_table
 
 
-def test_rdr_tables_have_the_diviner_columns(survey):
-    with gzip.open(survey["rdr"][0], "rt") as fh:
-        lines = [next(fh) for _ in range(6)]
-    header = next(line for line in lines if not line.startswith("#"))
-    assert [c.strip('"') for c in header.strip().split(",")] == list(RDR_COLUMNS)
-    first = lines[lines.index(header) + 1].split(",")
-    assert first[0].startswith('"') and first[1].startswith('"')  # quoted date and time
+def test_rdr_tables_are_in_the_published_layout(survey):
+    """Zipped as the archive ships them, a label beside, '#' preamble and padded
+    '#' header, fixed-width CRLF rows with quoted right-justified date and time."""
+    path = survey["rdr"][0]
+    assert re.fullmatch(r"\d{12}_rdr\.zip", path.name)
+    with zipfile.ZipFile(path) as archive:
+        assert archive.namelist() == [path.name.split("_")[0] + "_RDR.TAB"]
+        lines = archive.read(archive.namelist()[0]).split(b"\r\n")[:6]
+    assert all(line.startswith(b"# Header") for line in lines[:3])
+    header = lines[3].decode()
+    assert header.startswith("#        date,            utc,")
+    assert [n.strip().lstrip("#").strip() for n in header.split(",")] == list(RDR_COLUMNS)
+    assert len(lines[4]) == len(lines[3]) and [i for i, c in enumerate(lines[4]) if c == 44] \
+        == [i for i, c in enumerate(lines[3]) if c == 44]  # the header lines up
+    assert re.match(rb'"\d\d-[A-Z][a-z]{2}-\d{4}", "\d\d:\d\d:\d\d\.\d{3}", ', lines[4])
+    label = path.with_name(path.name.replace(".zip", ".lbl"))
+    assert label_columns(label) == list(RDR_COLUMNS)
 
 
 def test_simulation_is_deterministic(tiny_config, tmp_path):
     cfg = {**tiny_config, "simulate": {**tiny_config["simulate"], "days": 20.0}}
     simulate.run(tmp_path / "a", cfg)
     simulate.run(tmp_path / "b", cfg)
-    for name in simulated_rdr_names(cfg["simulate"]["files"]):
-        a = gzip.open(tmp_path / "a" / "rdr" / name).read()
-        b = gzip.open(tmp_path / "b" / "rdr" / name).read()
-        assert a == b
+    for name in simulated_rdr_names(cfg["simulate"]):
+        a = zipfile.ZipFile(tmp_path / "a" / "rdr" / name)
+        b = zipfile.ZipFile(tmp_path / "b" / "rdr" / name)
+        assert a.read(a.namelist()[0]) == b.read(b.namelist()[0])
     with h5py.File(tmp_path / "a" / "truth.h5") as ha, h5py.File(tmp_path / "b" / "truth.h5") as hb:
         np.testing.assert_array_equal(ha["albedo"][...], hb["albedo"][...])
 
@@ -70,23 +81,23 @@ def test_ingest_accepts_the_simulation_unchanged(survey):
 
 def test_multichannel_brightness_reveals_rocks(tiny_config, tmp_path):
     """Channels 3-9: Planck mixing makes rocky footprints brighter at short wavelengths."""
-    import pyarrow.csv as pacsv
-
     cfg = {**tiny_config, "simulate": {**tiny_config["simulate"], "days": 30.0, "files": 1,
                                        "channels": [3, 7, 9], "noise_k": 0.0,
-                                       "bad_fraction": 0.0}}
+                                       "bad_fraction": 0.0, "packaging": "plain"}}
     simulate.run(tmp_path, cfg)
-    path = tmp_path / "rdr" / simulated_rdr_names(1)[0]
-    table = pacsv.read_csv(path, read_options=pacsv.ReadOptions(skip_rows=3))
-    c = table["c"].to_numpy()
-    tb = table["tb"].to_numpy()
-    lt = table["cloctime"].to_numpy()
+    path = tmp_path / "rdr" / simulated_rdr_names(cfg["simulate"])[0]
+    table = {k: np.concatenate([b[k] for b in blocks]) for k in ("c", "tb", "cloctime",
+                                                                  "clon", "clat")
+             for blocks in [list(read_table(path, ("c", "tb", "cloctime", "clon", "clat")))]}
+    c = table["c"]
+    tb = table["tb"]
+    lt = table["cloctime"]
     assert set(np.unique(c)) == {3, 7, 9}
     t3, t9 = tb[c == 3], tb[c == 9]  # footprint-major rows: aligned
     night = (lt[c == 3] > 20) | (lt[c == 3] < 4)
     with h5py.File(tmp_path / "truth.h5") as h5:
         rock = h5["rock_fraction"][...]
-    pix = hp.ang2pix(8, table["clon"].to_numpy()[c == 3], table["clat"].to_numpy()[c == 3],
+    pix = hp.ang2pix(8, table["clon"][c == 3], table["clat"][c == 3],
                      nest=True, lonlat=True)
     rocky = night & (rock[pix] > 0.2)
     assert rocky.sum() > 0

@@ -5,6 +5,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import h5py
@@ -84,6 +85,62 @@ def test_profiles_and_encode_scatter_over_tiles(tmp_path):
     assert re.search(r"^merge_profiles\s+1$", table, re.M)
 
 
+def _archive(root, days, start="200907050000"):
+    """Placeholder tables named as the PDS archive names them, 144 a day."""
+    import datetime as dt
+
+    root.mkdir(parents=True, exist_ok=True)
+    first = dt.datetime.strptime(start, "%Y%m%d%H%M")
+    names = [(first + dt.timedelta(minutes=10 * i)).strftime("%Y%m%d%H%M") + "_rdr.zip"
+             for i in range(144 * days)]
+    for name in names:
+        (root / name).touch()
+    return names
+
+
+def _rdr_config(tmp_path, archive):
+    cfg = yaml.safe_load(TINY.read_text())
+    cfg["data"] = {"source": "rdr", "rdr_files": [str(archive / "*_rdr.zip")]}
+    path = tmp_path / "rdr.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+@pytest.mark.slow
+def test_an_archive_of_100000_tables_plans_a_job_per_day(tmp_path):
+    archive = tmp_path / "archive"
+    _archive(archive, 695)  # 100 080 ten-minute tables
+    t0 = time.perf_counter()
+    proc = snakemake("-n", "--configfile", str(_rdr_config(tmp_path, archive)), "--directory",
+                     str(tmp_path), "results/samples.h5")
+    seconds = time.perf_counter() - t0
+    table = proc.stdout.split("Job stats:", 1)[1]
+    assert re.search(r"^ingest\s+695$", table, re.M)
+    assert seconds < 60, f"planning 100 000 tables took {seconds:.0f} s"
+
+
+def test_a_new_day_of_tables_reruns_only_its_batch_and_the_merge(tmp_path):
+    archive = tmp_path / "archive"
+    _archive(archive, 3)
+    config = _rdr_config(tmp_path, archive)
+    common = ("--configfile", str(config), "--directory", str(tmp_path))
+    first = snakemake("-n", *common, "results/samples.h5")
+    assert re.search(r"^ingest\s+3$", first.stdout.split("Job stats:", 1)[1], re.M)
+    time.sleep(0.05)
+    # As if that run had happened: every batch and the merged samples exist.
+    for day in ("20090705", "20090706", "20090707"):
+        (tmp_path / "results" / "ingest").mkdir(parents=True, exist_ok=True)
+        (tmp_path / "results" / "ingest" / f"{day}.h5").touch()
+    (tmp_path / "results" / "samples.h5").touch()
+    assert "Nothing to be done" in snakemake("-n", *common, "results/samples.h5").stdout
+    _archive(archive, 1, start="200907080000")  # one more day arrives
+    proc = snakemake("-n", *common, "results/samples.h5")
+    assert planned_jobs(proc.stdout) == {"ingest", "merge_samples"}
+    assert re.search(r"^ingest\s+1$", proc.stdout.split("Job stats:", 1)[1], re.M)
+    assert "results/ingest/20090708.h5" in proc.stdout
+    assert "results/ingest/20090705.h5" not in proc.stdout.split("rule merge_samples")[0]
+
+
 @pytest.mark.slow
 def test_end_to_end_products_rerun_and_report(tmp_path):
     config = tmp_path / "config.yaml"
@@ -104,8 +161,8 @@ def test_end_to_end_products_rerun_and_report(tmp_path):
     for log in ("simulate", "merge_samples", "profiles", "train", "encode", "maps", "evaluate"):
         assert (results / "logs" / f"{log}.log").exists()
         assert (results / "benchmarks" / f"{log}.tsv").exists()
-    assert len(list((results / "logs" / "ingest").glob("*.log"))) == 2  # one job per table
-    assert not (results / "ingest").exists() or not any((results / "ingest").iterdir())
+    assert len(list((results / "logs" / "ingest").glob("*.log"))) == 2  # one job per day
+    assert len(list((results / "ingest").glob("*.h5"))) == 2  # kept: new data add batches
     assert (results / "evaluate" / "metrics.json").exists()
     summary = (results / "sweep" / "summary.md").read_text()  # AE baseline by default
     for row in ("| main(beta=0.2) |", "| main(beta=0.2) + ICA |", "| AE(beta=0) |", "| PCA ("):

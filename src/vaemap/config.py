@@ -62,7 +62,8 @@ def _key_path(error: jsonschema.ValidationError) -> str:
 
 
 #: Keys that moved to the section of the step that reads them: old -> new.
-_MOVED_KEYS = {"profiles.normalisation": "model.normalisation"}
+_MOVED_KEYS = {"profiles.normalisation": "model.normalisation",
+               "simulate.gzip": "simulate.packaging (zip, gzip or plain)"}
 
 
 def validate_config(config: Mapping[str, Any] | None, source: str = "config") -> dict[str, Any]:
@@ -85,8 +86,8 @@ def validate_config(config: Mapping[str, Any] | None, source: str = "config") ->
     for old, new in _MOVED_KEYS.items():
         section, key = old.split(".")
         if isinstance(instance.get(section), dict) and key in instance[section]:
-            raise ConfigError(f"{source}: {old}: this key moved to {new} (it is read only "
-                              f"by training); rename it in your configuration")
+            raise ConfigError(f"{source}: {old}: this key is now {new}; rename it in your "
+                              f"configuration")
     given = set(instance)
     validator = _default_filling_validator()(load_schema())
     errors = sorted(validator.iter_errors(instance), key=lambda e: list(e.absolute_path))

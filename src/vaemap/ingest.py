@@ -20,32 +20,26 @@ time, channel, detector and position) are counted and dropped.
 from __future__ import annotations
 
 import contextlib
-import gzip
 import logging
 import os
-import queue
 import tempfile
-import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import h5py
 import numpy as np
-import pyarrow as pa
-import pyarrow.csv as pacsv
 
 from vaemap.healpix import lonlat_to_pix, wrap_lon
 from vaemap.io import RowWriter, atomic_path, file_checksum, provenance_attrs, read_json_attr
 from vaemap.products import SAMPLES, open_product
-from vaemap.rdr import FILL_VALUES, RDR_COLUMNS, REQUIRED_COLUMNS
+from vaemap.rdr import FILL_THRESHOLD, REQUIRED_COLUMNS, RdrFormatError, read_table
 
 __all__ = [
+    "FLAG_BITS",
     "REJECTION_REASONS",
     "RdrFormatError",
-    "find_header",
-    "iter_rdr_batches",
     "merge",
     "quality_filter",
     "run",
@@ -56,8 +50,9 @@ log = logging.getLogger(__name__)
 #: Rejection reasons, in the order the checks are applied (a row counts once,
 #: under the first check it fails).
 REJECTION_REASONS: tuple[str, ...] = (
-    "malformed", "fill_value", "channel", "activity_flag", "emission_angle", "qca", "qge",
-    "qmi", "latitude_range", "longitude_range", "local_time_range", "tb_range", "duplicate",
+    "malformed", "channel", "fill_value", "instrument_moving", "activity_flag",
+    "emission_angle", "qca", "qge", "qmi", "latitude_range", "longitude_range",
+    "local_time_range", "tb_range", "duplicate",
 )  # fmt: skip
 
 #: samples.h5 datasets and their types (the contract is vaemap.products.SAMPLES).
@@ -71,184 +66,30 @@ OUTPUT_CHUNK_ROWS = 1 << 16
 _CHECKSUMS = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vaemap-checksum")
 
 
-class RdrFormatError(ValueError):
-    """A table that cannot be read as an RDR table; the message names file and line."""
+#: Flag bits of the quality words (Diviner team's production code), by column.
+FLAG_BITS: dict[str, dict[int, str]] = {
+    "qca": {0x01: "marker_out_of_bounds", 0x02: "nearest_marker", 0x04: "nearest_marker_oob",
+            0x08: "constant_calibration"},
+    "qge": {0x01: "reserved_pointing", 0x02: "reserved_ephemeris", 0x04: "tracked_pointing",
+            0x08: "tracked_ephemeris", 0x10: "predicted_pointing",
+            0x20: "predicted_ephemeris", 0x40: "no_predicted_pointing",
+            0x80: "no_predicted_ephemeris"},
+    "qmi": {0x01: "reserved", 0x02: "eclipse", 0x04: "turn_on_transient",
+            0x08: "abnormal_state", 0x10: "temperature_drift", 0x20: "noise",
+            0x40: "channel1_saturation", 0x80: "moving"},
+}  # fmt: skip
 
 
-def _open_text(path: Path):
-    return gzip.open(path, "rt", errors="replace") if path.suffix == ".gz" else open(
-        path, errors="replace")
-
-
-def find_header(path: str | Path, max_lines: int = 1000) -> tuple[int, list[str]]:
-    """Locate the column-name line of an RDR table.
-
-    Returns ``(lines_before_header, column_names)``.  Leading comment or preamble
-    lines are skipped; the header is the first line that names the ``tb`` and
-    ``clat`` columns.  Raises :class:`RdrFormatError` when there is none.
-    """
-    path = Path(path)
-    with _open_text(path) as fh:
-        for number, line in enumerate(fh):
-            if number >= max_lines:
-                break
-            if line.lstrip().startswith(("#", "/*", ";")):
-                continue  # comment or PDS-style preamble
-            names = [n.strip().strip('"').strip().lower() for n in line.rstrip("\n").split(",")]
-            if "tb" in names and "clat" in names:
-                return number, names
-    raise RdrFormatError(f"{path}: no RDR header line (a line naming the columns, e.g. "
-                         f"{', '.join(RDR_COLUMNS[:4])}, ...) in the first {max_lines} lines")
-
-
-class _RowCounter:
-    """pyarrow invalid-row handler: skip rows with the wrong number of fields,
-    counting them and remembering the first one (to report its line)."""
-
-    def __init__(self):
-        self.count = 0
-        self.first: tuple[int | None, str, int, int] | None = None
-
-    def __call__(self, row) -> str:
-        self.count += 1
-        if self.first is None:
-            self.first = (row.number, row.text, row.expected_columns, row.actual_columns)
-        return "skip"
-
-    def raise_first(self, path: Path, header_line: int) -> None:
-        """Raise RdrFormatError for the first malformed row, naming its line."""
-        number, text, expected, actual = self.first
-        if number is not None:
-            line = number + header_line + 1
-        else:  # multi-threaded parsing does not number rows: find it (failure path only)
-            line = "?"
-            with _open_text(path) as fh:
-                for i, candidate in enumerate(fh, start=1):
-                    if candidate.rstrip("\r\n") == text:
-                        line = i
-                        break
-        raise RdrFormatError(f"{path}: line {line}: expected {expected} fields, found "
-                             f"{actual}: {text[:80]!r}")
-
-
-def _coerce_numeric(column: pa.Array) -> tuple[np.ndarray, np.ndarray]:
-    """Parse a string column to float64; returns (values, ok) where ``ok`` is False
-    for values that are not numbers (the slow path, used only for broken files)."""
-    text = column.to_pylist()
-    values = np.empty(len(text))
-    ok = np.ones(len(text), dtype=bool)
-    for i, item in enumerate(text):
-        try:
-            values[i] = float(item) if item not in (None, "") else np.nan
-        except ValueError:
-            values[i], ok[i] = np.nan, False
-    return values, ok
-
-
-def _open_reader(path: Path, header_line: int, names: list[str], counter: _RowCounter,
-                 block_size: int, as_text: bool) -> pacsv.CSVStreamingReader:
-    dtype = pa.string() if as_text else pa.float64()
-    # The system allocator returns freed blocks to the OS; pyarrow's default
-    # (jemalloc) keeps them, which would let resident memory grow with input size.
-    return pacsv.open_csv(
-        path,
-        memory_pool=pa.system_memory_pool(),
-        read_options=pacsv.ReadOptions(skip_rows=header_line + 1, column_names=names,
-                                       block_size=block_size),
-        parse_options=pacsv.ParseOptions(invalid_row_handler=counter),
-        convert_options=pacsv.ConvertOptions(include_columns=list(REQUIRED_COLUMNS),
-                                             column_types=dict.fromkeys(REQUIRED_COLUMNS,
-                                                                        dtype)),
-    )
-
-
-def iter_rdr_batches(
-    path: str | Path,
-    *,
-    on_malformed: str = "error",
-    block_size: int = 1 << 20,
-    stats: dict[str, int] | None = None,
-) -> Iterator[dict[str, np.ndarray]]:
-    """Stream the columns ingest needs from one RDR table, one parsed block at a time.
-
-    Yields dicts of float64 arrays keyed by :data:`~vaemap.rdr.REQUIRED_COLUMNS`
-    plus ``malformed_mask`` (rows whose numbers could not be parsed; only in
-    ``skip`` mode).  Rows with the wrong number of fields are skipped by the
-    parser; their number is added to ``stats["malformed"]`` when the table has
-    been read to the end.
-
-    Raises
-    ------
-    RdrFormatError
-        A required column is missing, or (``on_malformed="error"``) a row has
-        the wrong number of fields or a non-numeric value; the message names the
-        file, the line and what was expected.
-    """
-    path = Path(path)
-    stats = stats if stats is not None else {}
-    stats.setdefault("malformed", 0)
-    if path.stat().st_size == 0:
-        log.warning("%s: empty file, no rows", path)
-        return
-    header_line, names = find_header(path)
-    missing = [c for c in REQUIRED_COLUMNS if c not in names]
-    if missing:
-        raise RdrFormatError(f"{path}: line {header_line + 1}: missing required column(s) "
-                             f"{', '.join(missing)}; found {', '.join(names)}")
-    counter = _RowCounter()
-    yielded = 0
-    try:
-        for batch in _open_reader(path, header_line, names, counter, block_size, False):
-            if counter.count and on_malformed == "error":
-                counter.raise_first(path, header_line)
-            cols = {c: batch.column(c).to_numpy(zero_copy_only=False) for c in REQUIRED_COLUMNS}
-            cols["malformed_mask"] = np.zeros(batch.num_rows, dtype=bool)
-            yielded += batch.num_rows
-            yield cols
-        if counter.count and on_malformed == "error":
-            counter.raise_first(path, header_line)
-        stats["malformed"] += counter.count
-        return
-    except pa.ArrowInvalid as exc:
-        if "conversion error" not in str(exc).lower():
-            raise RdrFormatError(f"{path}: {exc}") from None
-    # A value that is not a number: re-read as text from the start, skip what was
-    # already delivered, and find the bad values (slow path, broken files only).
-    counter = _RowCounter()
-    seen = 0
-    for batch in _open_reader(path, header_line, names, counter, block_size, True):
-        if counter.count and on_malformed == "error":
-            counter.raise_first(path, header_line)
-        skip = min(max(yielded - seen, 0), batch.num_rows)
-        first_row = seen
-        seen += batch.num_rows
-        if skip == batch.num_rows:
-            continue
-        batch = batch.slice(skip)
-        cols, bad = {}, np.zeros(batch.num_rows, dtype=bool)
-        for name in REQUIRED_COLUMNS:
-            values, ok = _coerce_numeric(batch.column(name))
-            if on_malformed == "error" and not ok.all():
-                row = int(np.flatnonzero(~ok)[0])
-                # Exact when no row before it was skipped as malformed.
-                line = header_line + 2 + first_row + skip + row
-                raise RdrFormatError(f"{path}: line {line}: column {name}: expected a number, "
-                                     f"found {batch.column(name)[row].as_py()!r}")
-            cols[name] = values
-            bad |= ~ok
-        cols["malformed_mask"] = bad
-        yield cols
-    if counter.count and on_malformed == "error":
-        counter.raise_first(path, header_line)
-    stats["malformed"] += counter.count
-
-
-def quality_filter(cols: Mapping[str, np.ndarray], params: Mapping[str, Any]
+def quality_filter(cols: Mapping[str, np.ndarray], params: Mapping[str, Any],
+                   flag_bits: dict[str, dict[str, int]] | None = None
                    ) -> tuple[np.ndarray, dict[str, int]]:
     """Apply the quality filters; returns (accepted mask, per-reason rejection counts).
 
     Each rejected row is counted under the first reason it fails, in the order
-    of :data:`REJECTION_REASONS`.
+    of :data:`REJECTION_REASONS`. A value at or below -9998 is a fill. With
+    ``flag_bits``, the rows rejected for a quality word are also counted per
+    bit set in it (``flag_bits["qmi"]["eclipse"]``; a row with two bits set
+    counts under both), so a user sees *why* the flags rejected them.
     """
     n = cols["tb"].size
     values = {c: cols[c] for c in REQUIRED_COLUMNS}
@@ -256,14 +97,13 @@ def quality_filter(cols: Mapping[str, np.ndarray], params: Mapping[str, Any]
     for name in ("jdate", "tb", "clat", "clon", "cemis", "cloctime", "af", "c", "qca", "qge",
                  "qmi"):
         v = values[name]
-        fill |= ~np.isfinite(v)
-        for fill_value in FILL_VALUES:
-            fill |= v == fill_value
+        fill |= ~(v > FILL_THRESHOLD)  # NaN too
     with np.errstate(invalid="ignore"):
         checks = [
             ("malformed", cols["malformed_mask"]),
-            ("fill_value", fill),
             ("channel", ~np.isin(values["c"], params["channels"])),
+            ("fill_value", fill),
+            ("instrument_moving", values["af"] < 0),
             ("activity_flag", values["af"] != params["activity_flag"]),
             ("emission_angle", ~(values["cemis"] < params["max_emission_deg"])),
             ("qca", values["qca"] != params["qca"]),
@@ -281,6 +121,12 @@ def quality_filter(cols: Mapping[str, np.ndarray], params: Mapping[str, Any]
         new = failed & ~rejected
         counts[reason] = int(new.sum())
         rejected |= new
+        if flag_bits is not None and reason in FLAG_BITS and counts[reason]:
+            word = values[reason][new].astype(np.int64)
+            for bit, name in FLAG_BITS[reason].items():
+                hit = int(((word & bit) != 0).sum())
+                if hit:
+                    flag_bits[reason][name] = flag_bits[reason].get(name, 0) + hit
     return ~rejected, counts
 
 
@@ -437,47 +283,16 @@ def _merge_runs(runs: Sequence[_Run], writer: RowWriter, block_rows: int) -> int
     return duplicates
 
 
-def _prefetch(iterator: Iterator[Any], depth: int = 2) -> Iterator[Any]:
-    """Run ``iterator`` in a background thread, ``depth`` items ahead.
-
-    pyarrow parses with the GIL released, so the next block is parsed while this
-    thread filters, indexes and sorts the previous one. Exceptions are re-raised
-    here, in order.
-    """
-    items: queue.Queue = queue.Queue(maxsize=depth)
-    done = object()
-
-    def produce() -> None:
-        try:
-            for item in iterator:
-                items.put((item, None))
-        except BaseException as exc:  # handed to the consumer
-            items.put((None, exc))
-            return
-        items.put((done, None))
-
-    thread = threading.Thread(target=produce, name="vaemap-parse", daemon=True)
-    thread.start()
-    while True:
-        item, exc = items.get()
-        if exc is not None:
-            thread.join()
-            raise exc
-        if item is done:
-            thread.join()
-            return
-        yield item
-
-
 def _ingest_file(path: Path, params: Mapping[str, Any], spill: h5py.File,
-                 totals: dict[str, int]) -> tuple[list[_Run], dict[str, Any]]:
+                 totals: dict[str, int], flag_bits: dict[str, dict[str, int]]
+                 ) -> tuple[list[_Run], dict[str, Any]]:
     """Parse, filter and index one table into sorted runs in ``spill``."""
     nside, chunk_rows = params["nside"], params["chunk_rows"]
     runs: list[_Run] = []
     pending: list[dict[str, np.ndarray]] = []
     pending_rows = 0
-    stats = {"malformed": 0}
-    rows = accepted = 0
+    stats = {"rows": 0, "malformed": 0, "channel": 0}
+    accepted = 0
 
     def flush(last: bool = False) -> None:
         nonlocal pending, pending_rows
@@ -493,14 +308,17 @@ def _ingest_file(path: Path, params: Mapping[str, Any], spill: h5py.File,
             runs.append(_Run(group))
         pending, pending_rows = [], 0
 
-    # The checksum is computed in a thread while the table is parsed (hashlib
-    # releases the GIL), so provenance costs no extra pass over the file.
-    checksum = _CHECKSUMS.submit(file_checksum, path)
-    batches = _prefetch(iter_rdr_batches(path, on_malformed=params["on_malformed"],
-                                         stats=stats))
+    # The checksum is computed in a thread while the table is parsed (the hashes
+    # release the GIL), so provenance costs no extra pass over the file.
+    checksum = _CHECKSUMS.submit(file_checksum, path, params["checksum"])
+    # Rows of other channels are dropped by the parser, before their other
+    # columns are read (the archive interleaves all nine channels).
+    # Blocks are parsed by read_table's workers while this thread filters,
+    # indexes and sorts the previous one.
+    batches = read_table(path, REQUIRED_COLUMNS, channels=params["channels"],
+                         on_malformed=params["on_malformed"], stats=stats)
     for cols in batches:
-        keep, counts = quality_filter(cols, params)
-        rows += keep.size
+        keep, counts = quality_filter(cols, params, flag_bits)
         for reason, n in counts.items():
             totals[reason] += n
         # Sorting each block here overlaps with the parse of the next one and
@@ -513,7 +331,8 @@ def _ingest_file(path: Path, params: Mapping[str, Any], spill: h5py.File,
             flush()
     flush(last=True)
     totals["malformed"] += stats["malformed"]
-    rows += stats["malformed"]
+    totals["channel"] += stats["channel"]
+    rows = stats["rows"]
     info = {"path": str(path), "size": path.stat().st_size, "checksum": checksum.result(),
             "rows_read": rows, "accepted_before_duplicates": accepted}
     log.info("%s: %d rows read, %d pass the filters", path, rows, accepted)
@@ -563,6 +382,7 @@ def run(inputs: Sequence[str | Path], output: str | Path, config: Mapping[str, A
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     totals = dict.fromkeys(REJECTION_REASONS, 0)
+    flag_bits: dict[str, dict[str, int]] = {word: {} for word in FLAG_BITS}
     inputs_info = []
     fd, spill_name = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".spill.h5",
                                       dir=output.parent)
@@ -573,21 +393,23 @@ def run(inputs: Sequence[str | Path], output: str | Path, config: Mapping[str, A
             for path in map(Path, inputs):
                 if not path.exists():
                     raise FileNotFoundError(f"{path}: input RDR table not found")
-                file_runs, info = _ingest_file(path, params, spill, totals)
+                file_runs, info = _ingest_file(path, params, spill, totals, flag_bits)
                 runs += file_runs
                 inputs_info.append(info)
             rows_read = sum(i["rows_read"] for i in inputs_info)
             attrs = {"config": config, **SAMPLES.identity(), "nside": params["nside"],
                      "channels": list(params["channels"]), "ordering": "NESTED",
                      "body": "MOON", "inputs": inputs_info, "filters": dict(params),
-                     "rejected": totals, "rows_read": rows_read}
+                     "rejected": totals, "rejected_flag_bits": flag_bits,
+                     "rows_read": rows_read}
             _write_output(output, runs, params, attrs)
             accepted = attrs["accepted"]
     finally:
         os.unlink(spill_name)
     summary = _summary(rows_read, accepted, totals, output)
-    log.info("ingest: %d rows read, %d accepted, rejected %s", rows_read, accepted,
-             summary["rejected"] or "none")
+    summary["rejected_flag_bits"] = {k: v for k, v in flag_bits.items() if v}
+    log.info("ingest: %d rows read, %d accepted, rejected %s; by flag bit %s", rows_read,
+             accepted, summary["rejected"] or "none", summary["rejected_flag_bits"] or "none")
     return summary
 
 
@@ -602,6 +424,7 @@ def merge(parts: Sequence[str | Path], output: str | Path, config: Mapping[str, 
     """
     params = config["ingest"]
     totals = dict.fromkeys(REJECTION_REASONS, 0)
+    flag_bits: dict[str, dict[str, int]] = {word: {} for word in FLAG_BITS}
     inputs_info: list[dict[str, Any]] = []
     rows_read = 0
     with contextlib.ExitStack() as stack:
@@ -611,12 +434,16 @@ def merge(parts: Sequence[str | Path], output: str | Path, config: Mapping[str, 
         for h in handles:
             for reason, n in read_json_attr(h.attrs, "rejected", {}).items():
                 totals[reason] = totals.get(reason, 0) + int(n)
+            for word, bits in read_json_attr(h.attrs, "rejected_flag_bits", {}).items():
+                for bit, n in bits.items():
+                    flag_bits[word][bit] = flag_bits[word].get(bit, 0) + int(n)
             inputs_info += read_json_attr(h.attrs, "inputs", [])
             rows_read += int(h.attrs["rows_read"])
         attrs = {"config": config, **SAMPLES.identity(), "nside": params["nside"],
                  "channels": list(params["channels"]), "ordering": "NESTED", "body": "MOON",
                  "inputs": inputs_info, "filters": dict(params), "rejected": totals,
-                 "rows_read": rows_read, "merged_from": [str(p) for p in parts]}
+                 "rejected_flag_bits": flag_bits, "rows_read": rows_read,
+                 "merged_from": [str(p) for p in parts]}
         _write_output(Path(output), [_Run(h) for h in handles], params, attrs)
     summary = _summary(rows_read, attrs["accepted"], totals, output)
     log.info("merge: %d parts, %d rows read, %d accepted", len(parts), rows_read,

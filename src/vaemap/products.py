@@ -199,10 +199,39 @@ SCORED_FACTORS: tuple[str, ...] = ("albedo", "h_param", "slope_ew", "slope_pole"
 TRUTH_MAPS: tuple[str, ...] = (*TRUTH_FACTORS, "anomaly_kind")
 
 
-def simulated_rdr_names(n_files: int, gzip: bool = True) -> list[str]:
-    """Names of the RDR tables a simulation of ``n_files`` files writes."""
-    suffix = ".TAB.gz" if gzip else ".TAB"
-    return [f"sim_rdr_{i:03d}{suffix}" for i in range(n_files)]
+#: Julian date where simulated missions start: 2009-09-15, the start of LRO's
+#: science mapping phase.
+SIMULATION_START_JD = 2455089.5
+
+#: File suffix of each ``simulate.packaging``.
+RDR_PACKAGING = {"zip": "_rdr.zip", "gzip": "_RDR.TAB.gz", "plain": "_RDR.TAB"}
+
+
+def simulated_table_orbits(params: Mapping[str, Any]) -> list[tuple[int, int]]:
+    """The orbits ``[first, stop)`` of each simulated RDR table (``simulate`` section)."""
+    n_orbits = round(params["days"] * params["orbits_per_day"])
+    bounds = np.linspace(0, n_orbits, params["files"] + 1).astype(int)
+    return list(zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True))
+
+
+def simulated_rdr_names(params: Mapping[str, Any]) -> list[str]:
+    """The archive names of the tables a simulation writes: the start of each
+    table's first orbit, ``yyyymmddhhmm`` with the minutes floored to ten, as
+    the PDS names its ten-minute products, plus the packaging's suffix
+    (``..._rdr.zip`` by default; a PDS3 ``..._rdr.lbl`` label lies beside each)."""
+    import datetime as dt
+
+    names = []
+    for first, _ in simulated_table_orbits(params):
+        jd = SIMULATION_START_JD + first / params["orbits_per_day"]
+        when = dt.datetime(2000, 1, 1, 12, tzinfo=dt.UTC) + dt.timedelta(days=jd - 2451545.0)
+        when -= dt.timedelta(minutes=when.minute % 10, seconds=when.second,
+                             microseconds=when.microsecond)
+        names.append(when.strftime("%Y%m%d%H%M") + RDR_PACKAGING[params["packaging"]])
+    if len(set(names)) != len(names):
+        raise ValueError(f"simulate.files: {params['files']} tables of {params['days']} days "
+                         f"would start in the same ten minutes; use fewer files")
+    return names
 
 
 def map_products(latent_dim: int, independent_components: bool = False

@@ -1,14 +1,64 @@
-"""The Diviner Reduced Data Record (RDR) table format, shared by writer and reader.
+"""The Diviner Reduced Data Record (RDR) table format: reading and writing.
 
-An RDR table is comma-separated text: optional leading comment lines (``#``
-or a PDS-style preamble), one header line naming the columns, then one row per
-footprint.  Date and time are quoted strings; missing numeric values are the
-fill values -9999 or -9998.  Files may be gzip-compressed (``.gz``).
+As the PDS archive publishes them, RDR tables are ten-minute text tables
+``yyyymmddhhmm_RDR.TAB``, shipped zipped (``..._rdr.zip``, one table inside)
+with a detached PDS3 ``.lbl`` or PDS4 ``.xml`` label:
+
+* a few preamble lines beginning with ``#``, then the column-header line,
+  which itself begins with ``#`` and is padded with spaces so that its commas
+  line up with the data's (``#        date,            utc,  ...``); the
+  team's internal tables have no preamble and may lack the ``#``;
+* fixed-format data lines: fields separated by a comma and spaces, CRLF line
+  ends, ``date`` (``"DD-Mon-YYYY"``) and ``utc`` (``"HH:MM:SS.fff"``, a leap
+  second may read ``23:59:60.052``) double-quoted and right-justified;
+* fill values -9999 (unknown) and -9998 (invalid) in any column, possibly
+  wider than the field (``-9999.000`` in the 8-byte ``tb``); off-planet views
+  carry fills in ``clat`` .. ``cloctime`` while ``tb`` stays valid;
+* tables of 2012-2013 name columns 16-17 ``vert_lat, vert_lon`` instead of
+  ``orientlat, orientlon``.
+
+:func:`read_table` streams the needed columns of such a table (plain, ``.gz``
+or ``.zip`` read in place) in blocks. When the header's commas line up with
+the data (the published layout) each block is parsed by column position,
+vectorised, and only the rows of the wanted channels are parsed beyond the
+channel column; a row that does not fit the layout (an over-wide fill, say)
+is parsed by its delimiters instead, so the result never depends on the
+path. Tables of any other comma-separated layout are parsed by pyarrow.
+:func:`format_rows` writes the published layout (the simulator uses it).
 """
 
 from __future__ import annotations
 
-__all__ = ["FILL_VALUES", "RDR_COLUMNS", "REQUIRED_COLUMNS"]
+import collections
+import contextlib
+import gzip
+import io
+import itertools
+import logging
+import re
+import zipfile
+from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "COLUMN_ALIASES",
+    "FILL_THRESHOLD",
+    "RDR_COLUMNS",
+    "REQUIRED_COLUMNS",
+    "RdrFormatError",
+    "check_label",
+    "format_rows",
+    "header_line",
+    "open_table",
+    "read_header",
+    "read_table",
+]
+
+log = logging.getLogger(__name__)
 
 #: Column names in the order Diviner writes them.
 RDR_COLUMNS: tuple[str, ...] = (
@@ -18,10 +68,589 @@ RDR_COLUMNS: tuple[str, ...] = (
     "csunzen", "csunazi", "cloctime", "qca", "qge", "qmi",
 )  # fmt: skip
 
+#: Other names of the same columns: the PDS headers of 2012-2013 and the team's tools.
+COLUMN_ALIASES: dict[str, str] = {"vert_lat": "orientlat", "vert_lon": "orientlon",
+                                  "sundst": "sundist"}
+
 #: Columns ingest needs (matched by name, wherever they stand in the table).
 REQUIRED_COLUMNS: tuple[str, ...] = (
     "jdate", "af", "c", "det", "tb", "clat", "clon", "cemis", "cloctime", "qca", "qge", "qmi",
 )  # fmt: skip
 
-#: Numeric fill values marking a missing measurement.
+#: Fill values: -9999 (unknown) and -9998 (invalid); any value at or below the
+#: threshold is missing (a fill may be written with more decimals than the field).
 FILL_VALUES: tuple[float, ...] = (-9999.0, -9998.0)
+FILL_THRESHOLD = -9998.0
+
+#: printf formats of the published fixed-format layout (label BYTES; sclk zero-padded).
+_FORMATS: dict[str, str] = {
+    "date": '"%11s"', "utc": '"%12s"', "jdate": "%17.9f", "orbit": "%5d", "sundist": "%7.5f",
+    "sunlat": "%8.5f", "sunlon": "%9.5f", "sclk": "%016.5f", "sclat": "%9.5f",
+    "sclon": "%9.5f", "scrad": "%11.5f", "scalt": "%11.5f", "el_cmd": "%7.3f",
+    "az_cmd": "%7.3f", "af": "%4d", "orientlat": "%9.5f", "orientlon": "%9.5f", "c": "%1d",
+    "det": "%3d", "vlookx": "%9.6f", "vlooky": "%9.6f", "vlookz": "%9.6f",
+    "radiance": "%10.4f", "tb": "%8.3f", "clat": "%9.5f", "clon": "%9.5f", "cemis": "%9.5f",
+    "csunzen": "%9.5f", "csunazi": "%9.5f", "cloctime": "%8.5f", "qca": "%03d", "qge": "%03d",
+    "qmi": "%03d",
+}  # fmt: skip
+_ROW_FORMAT = ", ".join(_FORMATS[c] for c in RDR_COLUMNS) + "\r\n"
+
+#: Bytes per block of a streamed table (the unit of parsing and of memory).
+BLOCK_BYTES = 1 << 23
+
+
+class RdrFormatError(ValueError):
+    """A table that cannot be read as an RDR table; the message names file and line."""
+
+
+# -- writing --------------------------------------------------------------------------------
+
+
+def header_line(columns: Sequence[str] = RDR_COLUMNS) -> str:
+    """The published column-header line (``#``, names right-justified over their
+    fields, CRLF), as wide as the rows :func:`format_rows` writes."""
+    widths = [len(_FORMATS[c] % (_sample(c),)) for c in columns]
+    widths[0] -= 1  # the '#' takes the first byte of the first field
+    return "#" + ", ".join(f"{c:>{w}}" for c, w in zip(columns, widths, strict=True)) + "\r\n"
+
+
+def _sample(column: str) -> Any:
+    return "x" if column in ("date", "utc") else 0
+
+
+def format_rows(columns: Mapping[str, Sequence[Any]]) -> str:
+    """Rows in the published fixed-format layout (CRLF line ends).
+
+    ``columns`` maps every name of :data:`RDR_COLUMNS` to equally long
+    sequences (``date`` and ``utc`` strings without quotes). A value whose
+    formatted text is wider than its field (a -9999 fill, say) widens that row,
+    as in the archive.
+    """
+    values = [columns[c].tolist() if hasattr(columns[c], "tolist") else list(columns[c])
+              for c in RDR_COLUMNS]
+    return "".join(_ROW_FORMAT % row for row in zip(*values, strict=True))
+
+
+# -- opening and the header -----------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def open_table(path: str | Path) -> Iterator[io.BufferedIOBase]:
+    """A binary stream of a table: plain, gzip (``.gz``) or zip (``.zip`` holding
+    one table), decompressed as it is read, never unpacked to disk."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix == ".zip":
+        try:
+            archive = zipfile.ZipFile(path)
+        except zipfile.BadZipFile as exc:
+            raise RdrFormatError(f"{path}: not a zip archive ({exc})") from None
+        with archive:
+            members = [m for m in archive.namelist() if not m.endswith("/")]
+            tables = [m for m in members if m.lower().endswith((".tab", ".csv", ".txt"))]
+            if len(tables) != 1:
+                raise RdrFormatError(f"{path}: expected one table (.TAB) in the zip archive, "
+                                     f"found {members}")
+            with archive.open(tables[0]) as stream:
+                yield stream
+    elif suffix == ".gz":
+        with gzip.open(path, "rb") as stream:
+            yield stream
+    else:
+        with open(path, "rb") as stream:
+            yield stream
+
+
+def normalise_name(name: str) -> str:
+    """A column name as vaemap knows it: ``#``, quotes and blanks stripped,
+    lower case, aliases of :data:`COLUMN_ALIASES` resolved."""
+    name = name.strip().lstrip("#").strip().strip('"').strip().lower()
+    return COLUMN_ALIASES.get(name, name)
+
+
+def read_header(stream: io.BufferedIOBase, path: str | Path, max_lines: int = 1000
+                ) -> tuple[int, bytes, list[str]]:
+    """Read up to and including the column-header line.
+
+    Preamble lines beginning with ``#`` (and blank lines) are skipped; the
+    header is the first line that, with ``#`` stripped, names the ``tb`` and
+    ``clat`` columns. Returns ``(lines read, the header line as read, the
+    normalised column names)``.
+    """
+    for number in range(1, max_lines + 1):
+        raw = stream.readline()
+        if not raw:
+            break
+        text = raw.decode("latin-1")
+        names = [normalise_name(n) for n in text.rstrip("\r\n").split(",")]
+        if "tb" in names and "clat" in names:
+            return number, raw, names
+        if text.strip() and not text.lstrip().startswith(("#", "/*", ";")):
+            break  # a data line before any header
+    raise RdrFormatError(f"{path}: no RDR header line (a line naming the columns, e.g. "
+                         f"{', '.join(RDR_COLUMNS[:4])}, ...) before the data")
+
+
+_LABEL_NAME = re.compile(r"^\s*NAME\s*=\s*\"?([A-Za-z0-9_]+)\"?", re.M)
+
+
+def label_path(path: str | Path) -> Path | None:
+    """The PDS3 ``.lbl`` or PDS4 ``.xml`` label beside a table, if there is one
+    (``201204090110_RDR.TAB``, ``..._rdr.zip`` -> ``..._rdr.lbl``/``.xml``)."""
+    path = Path(path)
+    stem = path.name.split(".")[0].lower()
+    for candidate in path.parent.glob(f"{path.name.split('.')[0][:12]}*"):
+        if candidate.name.split(".")[0].lower() == stem and \
+                candidate.suffix.lower() in (".lbl", ".xml"):
+            return candidate
+    return None
+
+
+def label_columns(label: Path) -> list[str]:
+    """Column names a PDS3 (``NAME =`` in ``COLUMN`` objects) or PDS4
+    (``<name>`` of each ``Field_*``) label declares, normalised."""
+    text = label.read_text(errors="replace")
+    if label.suffix.lower() == ".xml":
+        import xml.etree.ElementTree as ET
+
+        try:
+            root = ET.fromstring(text)
+        except ET.ParseError as exc:
+            raise RdrFormatError(f"{label}: not a readable PDS4 label ({exc})") from None
+        names = []
+        for element in root.iter():
+            if element.tag.split("}")[-1].startswith("Field_"):
+                for child in element:
+                    if child.tag.split("}")[-1] == "name" and child.text:
+                        names.append(child.text)
+        return [normalise_name(n) for n in names]
+    columns = []
+    for block in re.split(r"^\s*OBJECT\s*=\s*COLUMN\s*$", text, flags=re.M)[1:]:
+        match = _LABEL_NAME.search(block)
+        if match:
+            columns.append(normalise_name(match.group(1)))
+    return columns
+
+
+def check_label(path: str | Path, names: Sequence[str]) -> Path | None:
+    """Compare a table's header with the label beside it; RdrFormatError names
+    both files and the first difference. Returns the label checked (None: no
+    label, or one that lists no columns, e.g. a PDS3 label pointing to a .FMT)."""
+    label = label_path(path)
+    if label is None:
+        return None
+    declared = label_columns(label)
+    if not declared:
+        log.debug("%s: lists no columns; header not checked", label)
+        return None
+    if list(declared) != list(names):
+        diff = next((i for i, (a, b) in enumerate(zip(declared, names, strict=False))
+                     if a != b), min(len(declared), len(names)))
+        raise RdrFormatError(f"{path}: its header does not match the label {label}: column "
+                             f"{diff + 1} is {names[diff] if diff < len(names) else 'missing'}"
+                             f", the label says "
+                             f"{declared[diff] if diff < len(declared) else 'nothing'} "
+                             f"({len(names)} vs {len(declared)} columns)")
+    return label
+
+
+# -- parsing --------------------------------------------------------------------------------
+
+
+class _FixedLayout:
+    """Column positions of a published table, from its padded header line."""
+
+    def __init__(self, header: bytes, names: Sequence[str]):
+        line = header.rstrip(b"\r\n")
+        commas = [i for i, b in enumerate(line) if b == 44]
+        self.usable = len(commas) == len(names) - 1 and len(line) > 2 * len(names)
+        self.width = len(line)
+        self.commas = np.asarray(commas, dtype=np.int64)
+        starts = [0, *(c + 1 for c in commas)]
+        ends = [*commas, len(line)]
+        self.fields = {name: (s, e) for name, s, e in zip(names, starts, ends, strict=True)}
+        # commas that delimit every field up to and including the channel `c`
+        self.commas_to_c = names.index("c") + 1 if "c" in names else len(commas)
+
+
+def _parse_fields(columns: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Numbers of right-justified ASCII fields, vectorised over rows.
+
+    ``columns`` is (w, ...) bytes: the w characters of the fields, one slab of
+    the array per character position, so every step is one pass over
+    contiguous bytes (``(w, n)`` for one field of n rows, ``(w, k, n)`` for k
+    fields padded on the left with blanks). Returns (float64 values, ok). ``ok`` is False where the
+    text is not blanks, then an optional '-', then digits with at most one
+    '.' (the caller re-parses those rows with ``float()``). The value is the
+    exact integer mantissa divided by a power of ten: the correctly rounded
+    double, as ``float(text)`` gives.
+    """
+    w, shape = columns.shape[0], columns.shape[1:]
+    mantissa = np.zeros(shape, dtype=np.int64)
+    decimals = np.zeros(shape, dtype=np.int64)
+    digits = np.zeros(shape, dtype=np.int64)
+    started = np.zeros(shape, dtype=bool)
+    seen_dot = np.zeros(shape, dtype=bool)
+    negative = np.zeros(shape, dtype=bool)
+    bad = np.zeros(shape, dtype=bool)
+    for j in range(w):
+        b = columns[j]
+        value = b - np.uint8(48)  # wraps below '0': a digit is value <= 9
+        is_digit = value <= 9
+        is_dot = b == 46
+        is_blank = b == 32
+        is_minus = (b == 45) & ~started
+        bad |= ~(is_digit | is_dot | is_blank | is_minus)
+        bad |= started & is_blank  # blanks only lead
+        bad |= is_dot & seen_dot
+        mantissa = np.where(is_digit, mantissa * 10 + value, mantissa)
+        decimals += is_digit & seen_dot
+        digits += is_digit
+        negative |= is_minus
+        seen_dot |= is_dot
+        started |= ~is_blank
+    ok = ~bad & (digits > 0) & (digits <= 18) & (mantissa < (1 << 53))
+    values = mantissa / 10.0 ** decimals
+    return np.where(negative, -values, values), ok
+
+
+def _all_commas(grid: np.ndarray, positions: np.ndarray) -> np.ndarray:
+    """Rows of ``grid`` (n, width) with a comma at every one of ``positions``.
+
+    The positions are padded to a multiple of eight (repeating the first), so
+    each row's matches can be tested as whole 64-bit words, not byte by byte.
+    """
+    if positions.size == 0:
+        return np.ones(grid.shape[0], dtype=bool)
+    padded = np.concatenate([positions, np.full(-positions.size % 8, positions[0])])
+    hits = np.ascontiguousarray(grid[:, padded] == 44).view(np.uint64)
+    return (hits == np.uint64(0x0101010101010101)).all(axis=1)
+
+
+def _parse_line(text: str, names: Sequence[str], needed: Sequence[str]
+                ) -> tuple[dict[str, float], str | None]:
+    """One line parsed by its delimiters; returns (values, problem or None)."""
+    parts = text.split(",")
+    if len(parts) != len(names):
+        return {}, f"expected {len(names)} fields, found {len(parts)}"
+    values = {}
+    for name in needed:
+        item = parts[names.index(name)].strip()
+        try:
+            values[name] = float(item) if item else np.nan
+        except ValueError:
+            return {}, f"column {name}: expected a number, found {item!r}"
+    return values, None
+
+
+def read_table(path: str | Path, needed: Sequence[str] = REQUIRED_COLUMNS, *,
+               channels: Sequence[int] | None = None, on_malformed: str = "error",
+               stats: dict[str, int] | None = None, block_bytes: int = BLOCK_BYTES,
+               threads: int = 2) -> Iterator[dict[str, np.ndarray]]:
+    """Stream the ``needed`` columns of an RDR table, one block of rows at a time.
+
+    Yields dicts of float64 arrays keyed by ``needed`` for the rows that were
+    parsed, plus ``malformed_mask`` (rows whose values could not be read; only
+    with ``on_malformed="skip"``). With ``channels``, rows of other channels
+    are dropped as they are parsed, before their other columns are read, and
+    counted in ``stats["channel"]``; rows with the wrong number of fields are
+    counted in ``stats["malformed"]`` (with ``skip``). ``stats["rows"]`` is
+    every data row read, ``stats["by_position"]`` those parsed by column
+    position (the rest were parsed by their delimiters).
+
+    Raises
+    ------
+    RdrFormatError
+        No header, a missing required column, a header that disagrees with the
+        label beside the table, or (``on_malformed="error"``) a row with the
+        wrong number of fields or a value that is not a number: the message
+        names the file, the line and what was expected.
+    """
+    path = Path(path)
+    stats = stats if stats is not None else {}
+    for key in ("rows", "malformed", "channel"):
+        stats.setdefault(key, 0)
+    if path.stat().st_size == 0:
+        log.warning("%s: empty file, no rows", path)
+        return
+    with open_table(path) as stream:
+        header_lines, header, names = read_header(stream, path)
+        missing = [c for c in needed if c not in names]
+        if missing:
+            raise RdrFormatError(f"{path}: line {header_lines}: missing required column(s) "
+                                 f"{', '.join(missing)}; found {', '.join(names)}")
+        check_label(path, names)
+        reader = _BlockParser(path, names, header, needed, channels, on_malformed)
+        # Blocks are parsed by `threads` workers (numpy releases the GIL in its
+        # loops) and delivered in order; each block's first line number is
+        # known before it is parsed, so errors name the right line.
+        with ThreadPoolExecutor(max_workers=max(1, threads),
+                                thread_name_prefix="vaemap-rdr") as pool:
+            pending: collections.deque = collections.deque()
+            lines = [header_lines]  # lines before the next block to deliver
+            # threads + 2 buffers in turn: a buffer comes round again only after
+            # the block it held was delivered (at most `threads` are pending).
+            for block in _blocks(stream, block_bytes, ring=threads + 2):
+                pending.append(pool.submit(reader.parse, block))
+                while len(pending) > threads:
+                    yield from _deliver(pending.popleft(), stats, lines, path)
+            while pending:
+                yield from _deliver(pending.popleft(), stats, lines, path)
+
+
+def _blocks(stream: io.BufferedIOBase, block_bytes: int, ring: int = 4
+            ) -> Iterator[np.ndarray]:
+    """Whole-line blocks of about ``block_bytes``, as uint8 arrays.
+
+    Blocks are read into ``ring`` buffers in turn (reused: fresh memory would
+    cost a page fault per 4 KiB); only the unfinished last line is copied into
+    the next block.
+    """
+    slack = 1 << 20  # room for the previous block's unfinished line
+    buffers = [np.empty(block_bytes + slack, dtype=np.uint8) for _ in range(ring)]
+    tail = np.empty(0, dtype=np.uint8)
+    for turn in itertools.count():
+        buffer = (buffers[turn % ring] if tail.size <= slack else
+                  np.empty(tail.size + block_bytes, dtype=np.uint8))
+        buffer[:tail.size] = tail
+        got = stream.readinto(memoryview(buffer)[tail.size:tail.size + block_bytes])
+        size = tail.size + got
+        if not got:
+            if bytes(tail).strip():  # a last line without its line end
+                yield np.concatenate([tail, np.frombuffer(b"\n", np.uint8)])
+            return
+        cut = 0
+        for back in (1 << 16, size):  # the last line end: near the end, or anywhere
+            found = np.flatnonzero(buffer[max(0, size - back):size] == 10)
+            if found.size:
+                cut = max(0, size - back) + int(found[-1]) + 1
+                break
+        if cut == 0:  # no line end yet: read on
+            tail = buffer[:size]
+            continue
+        tail = buffer[cut:size].copy()
+        yield buffer[:cut]
+
+
+class _LineError(Exception):
+    """A bad line, numbered within its block (the reader adds the lines before it)."""
+
+    def __init__(self, line: int, message: str):
+        super().__init__(message)
+        self.line, self.message = line, message
+
+
+def _deliver(future, stats: dict[str, int], lines: list[int], path: Path
+             ) -> Iterator[dict[str, np.ndarray]]:
+    try:
+        cols, counts = future.result()
+    except _LineError as exc:
+        raise RdrFormatError(f"{path}: line {lines[0] + exc.line}: {exc.message}") from None
+    lines[0] += counts.pop("lines")
+    for key, n in counts.items():
+        stats[key] = stats.get(key, 0) + n
+    if cols is not None:
+        yield cols
+
+
+class _BlockParser:
+    """Parses blocks of whole lines of one table (see :func:`read_table`)."""
+
+    def __init__(self, path: Path, names: list[str], header: bytes, needed: Sequence[str],
+                 channels: Sequence[int] | None, on_malformed: str):
+        self.path, self.names, self.needed = path, names, list(needed)
+        self.channels = None if channels is None else np.asarray(channels, dtype=np.float64)
+        self.on_malformed = on_malformed
+        self.layout = _FixedLayout(header, names)
+        self.eol = 2 if header.endswith(b"\r\n") else 1
+
+    def _problem(self, line: int, what: str, text: bytes) -> None:
+        raise _LineError(line, f"{what}: {text.decode('latin-1').rstrip()[:80]!r}")
+
+    def _lines(self, buf: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(start, stop without the line end, index of the line end) of each line.
+
+        In the published layout nearly every line is ``width`` + line-end bytes
+        long, so line ends are predicted and checked rather than searched for;
+        the few other lines (an over-wide fill) are found one by one. The total
+        number of line ends confirms the result; anything else is scanned.
+        """
+        stride, eol = self.layout.width + self.eol, self.eol
+        total = int(np.count_nonzero(buf == 10))
+        if self.layout.usable and buf.size:
+            pieces, pos, irregular = [], 0, 0
+            while pos < buf.size and irregular <= 64:
+                fit = (buf.size - pos) // stride
+                ok = buf[pos + stride - 1:pos + fit * stride:stride] == 10
+                if eol == 2:
+                    ok &= buf[pos + stride - 2:pos + fit * stride:stride] == 13
+                k = fit if ok.all() else int(np.argmin(ok))
+                if k:
+                    pieces.append(pos + stride * np.arange(k))
+                    pos += k * stride
+                if pos < buf.size:
+                    window = np.flatnonzero(buf[pos:pos + 4 * stride] == 10)
+                    if window.size == 0 or irregular == 64:
+                        break
+                    end = int(window[0])
+                    pieces.append(np.array([pos]))
+                    pos += end + 1
+                    irregular += 1
+            if pos == buf.size and pieces:
+                starts = np.concatenate(pieces)
+                if starts.size == total:
+                    ends = np.concatenate([starts[1:], [buf.size]]) - 1
+                    stops = np.maximum(ends - (buf[np.maximum(ends - 1, 0)] == 13), starts)
+                    return starts, stops, ends
+        ends = np.flatnonzero(buf == 10)
+        starts = np.concatenate([[0], ends[:-1] + 1])
+        stops = np.maximum(ends - (buf[np.maximum(ends - 1, 0)] == 13), starts)
+        return starts, stops, ends
+
+    def _grid(self, buf: np.ndarray, starts: np.ndarray) -> np.ndarray:
+        """The lines starting at ``starts`` (each ``width`` bytes) as an (n, width)
+        array: a strided view when they are equally spaced (the rule), else the
+        equally spaced runs between irregular lines copied together."""
+        width = self.layout.width
+        if starts.size == 0:
+            return np.empty((0, width), dtype=np.uint8)
+        step = np.diff(starts)
+        breaks = np.flatnonzero(step != (step[0] if step.size else width)) + 1
+        runs = np.split(np.arange(starts.size), breaks)
+        views = []
+        for run in runs:
+            spacing = int(starts[run[1]] - starts[run[0]]) if run.size > 1 else width
+            views.append(np.lib.stride_tricks.as_strided(
+                buf[int(starts[run[0]]):], shape=(run.size, width), strides=(spacing, 1),
+                writeable=False))
+        return views[0] if len(views) == 1 else np.concatenate(views)
+
+    def parse(self, buf: np.ndarray) -> tuple[dict[str, np.ndarray] | None, dict[str, int]]:
+        """Columns of the rows in ``buf`` (uint8, whole lines), and its counts (lines,
+        rows, by_position, channel, malformed). A bad line raises _LineError with
+        its number within the block."""
+        counts = {"rows": 0, "by_position": 0, "channel": 0, "malformed": 0}
+        block = memoryview(buf)
+        starts, stops, ends = self._lines(buf)
+        counts["lines"] = int(ends.size)
+        number = 1 + np.arange(ends.size)  # 1-based line numbers within the block
+        content = stops > starts
+        short = np.flatnonzero(content & (stops - starts < 3))
+        for i in short:  # blank lines are not rows
+            content[i] = bool(bytes(block[starts[i]:stops[i]]).strip())
+        if not content.all():
+            starts, stops, number = starts[content], stops[content], number[content]
+        n = starts.size
+        counts["rows"] = n
+        lay = self.layout
+        fixed = np.zeros(n, dtype=bool)
+        rows = np.empty(0, dtype=np.int64)
+        if lay.usable and n:
+            fixed = (stops - starts) == lay.width
+            rows = np.flatnonzero(fixed)
+            grid = self._grid(buf, starts[rows])
+            # The commas up to the one after `c` place the channel column; the
+            # rest are checked only on the rows that are kept (below).
+            upto = lay.commas_to_c if "c" in self.needed else len(lay.commas)
+            aligned = _all_commas(grid, lay.commas[:upto])
+            if not aligned.all():
+                fixed[rows[~aligned]] = False
+                grid, rows = grid[aligned], rows[aligned]
+        if n and not fixed.any():
+            cols = self._parse_with_pyarrow(bytes(block), n)
+            if cols is not None:
+                return self._select_channels(cols, counts), counts
+        out = {name: np.full(n, np.nan) for name in self.needed}
+        bad = np.zeros(n, dtype=bool)
+        keep = np.ones(n, dtype=bool)
+        if rows.size:
+            if "c" in self.needed:
+                s, e = lay.fields["c"]
+                values, ok = _parse_fields(np.ascontiguousarray(grid[:, s:e].T))
+                out["c"][rows] = values
+                wanted = ok.copy()
+                if self.channels is not None:
+                    other = ok & ~np.isin(values, self.channels)
+                    keep[rows[other]] = False  # dropped before its other columns are read
+                    wanted &= ~other
+                fixed[rows[~ok]] = False  # unreadable: by delimiters, below
+                if not wanted.all():
+                    grid, rows = grid[wanted], rows[wanted]
+                rest = _all_commas(grid, lay.commas[lay.commas_to_c:])
+                if not rest.all():
+                    fixed[rows[~rest]] = False
+                    grid, rows = grid[rest], rows[rest]
+            others = [c for c in self.needed if c != "c"]
+            if others and rows.size:
+                # Every other field at once: right-justified, so each is padded on
+                # the left with blanks to the widest, and one pass reads them all.
+                widest = max(lay.fields[c][1] - lay.fields[c][0] for c in others)
+                stack = np.full((widest, len(others), rows.size), 32, dtype=np.uint8)
+                for k, name in enumerate(others):
+                    s, e = lay.fields[name]
+                    stack[widest - (e - s):, k, :] = grid[:, s:e].T
+                values, ok = _parse_fields(stack)
+                for k, name in enumerate(others):
+                    out[name][rows] = values[k]
+                fixed[rows[~ok.all(axis=0)]] = False  # unreadable: by delimiters, below
+        counts["by_position"] = int(fixed.sum())
+        for i in np.flatnonzero(~fixed):
+            raw = bytes(block[starts[i]:stops[i]])
+            values, problem = _parse_line(raw.decode("latin-1"), self.names, self.needed)
+            if problem is not None:
+                if self.on_malformed == "error":
+                    self._problem(int(number[i]), problem, raw)
+                bad[i] = True
+                if problem.startswith("expected"):  # wrong field count: the parser skips it
+                    counts["malformed"] += 1
+                    keep[i] = False
+                    continue
+                values = {}
+            for name, v in values.items():
+                out[name][i] = v
+            if self.channels is not None and not bad[i] and \
+                    not np.isin(values.get("c", np.nan), self.channels):
+                keep[i] = False
+        dropped = ~keep & ~bad
+        counts["channel"] = int(dropped.sum())
+        if not keep.any():
+            return None, counts
+        if keep.all():
+            out["malformed_mask"] = bad
+            return out, counts
+        cols = {name: v[keep] for name, v in out.items()}
+        cols["malformed_mask"] = bad[keep]
+        return cols, counts
+
+    def _parse_with_pyarrow(self, block: bytes, n: int) -> dict[str, np.ndarray] | None:
+        """A block of another comma-separated layout, parsed by pyarrow; None when a
+        row is malformed (then the caller parses line by line, to name it)."""
+        import pyarrow as pa
+        import pyarrow.csv as pacsv
+
+        skipped = []
+        try:
+            table = pacsv.read_csv(
+                pa.py_buffer(block),
+                read_options=pacsv.ReadOptions(column_names=self.names, use_threads=True),
+                parse_options=pacsv.ParseOptions(quote_char=False,
+                                                 invalid_row_handler=lambda r: skipped.append(r)
+                                                 or "skip"),
+                convert_options=pacsv.ConvertOptions(
+                    include_columns=self.needed,
+                    column_types=dict.fromkeys(self.needed, pa.float64())))
+        except pa.ArrowInvalid:
+            return None
+        if skipped or table.num_rows != n:
+            return None
+        cols = {c: table.column(c).to_numpy() for c in self.needed}
+        cols["malformed_mask"] = np.zeros(n, dtype=bool)
+        return cols
+
+    def _select_channels(self, cols: dict[str, np.ndarray], counts: dict[str, int]
+                         ) -> dict[str, np.ndarray] | None:
+        if self.channels is None or "c" not in cols:
+            return cols
+        keep = np.isin(cols["c"], self.channels)
+        counts["channel"] = int((~keep).sum())
+        return {k: v[keep] for k, v in cols.items()} if keep.any() else None

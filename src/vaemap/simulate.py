@@ -13,13 +13,18 @@ west while the Sun moves at the synodic rate and the local time of the track
 drifts once through 24 h per year; several detectors across track; Gaussian
 noise; emission angles; and a fraction of rows with bad quality or activity
 flags, off-nadir pointing or fill values, which ingest must reject.  The rows are
-streamed to gzip-compressed RDR tables one orbit batch at a time, so memory is
+streamed to RDR tables in the archive's published layout and packaging (zipped,
+with a PDS3 label beside each; see :mod:`vaemap.rdr`) one orbit batch at a time, so memory is
 bounded whatever the mission length.
 """
 
 from __future__ import annotations
 
+import contextlib
+import gzip
+import io
 import logging
+import zipfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -27,14 +32,19 @@ from typing import Any
 import h5py
 import healpy as hp
 import numpy as np
-import pyarrow as pa
-import pyarrow.csv as pacsv
 
 from vaemap import thermal
 from vaemap.healpix import MOON_RADIUS_KM, pix_to_lonlat
 from vaemap.io import atomic_path, provenance_attrs, write_dataset
-from vaemap.products import TRUTH, TRUTH_FACTORS, TRUTH_MAPS, simulated_rdr_names
-from vaemap.rdr import RDR_COLUMNS
+from vaemap.products import (
+    SIMULATION_START_JD,
+    TRUTH,
+    TRUTH_FACTORS,
+    TRUTH_MAPS,
+    simulated_rdr_names,
+    simulated_table_orbits,
+)
+from vaemap.rdr import RDR_COLUMNS, format_rows, header_line
 
 __all__ = ["make_surface", "run", "simulate_observations"]
 
@@ -42,7 +52,7 @@ log = logging.getLogger(__name__)
 
 SIDEREAL_DAY_D = 27.321661  # lunar sidereal rotation, Earth days
 SYNODIC_DAY_D = 29.530589  # lunar solar day, Earth days
-JDATE_START = 2455089.5  # 2009-09-15, start of LRO's science mapping phase
+JDATE_START = SIMULATION_START_JD
 LRO_ALTITUDE_KM = 50.0
 STEPS_PER_DAY = 120  # local-time resolution (0.2 h) of the per-pixel temperature table
 ORBITS_PER_BATCH = 200
@@ -196,7 +206,7 @@ def simulate_observations(
     coslat = np.maximum(np.cos(np.radians(lat)), 1e-3)
     lon = lon + np.degrees(cross_km / (MOON_RADIUS_KM * coslat))
     lat = np.clip(lat + rng.normal(0, 0.01, lat.size), -90, 90)
-    lon = np.mod(lon + 180.0, 360.0) - 180.0  # Diviner writes clon in [-180, 180)
+    lon = np.mod(lon + 180.0, 360.0) - 180.0
 
     sun_lon = np.mod(180.0 - 360.0 * t_days / SYNODIC_DAY_D, 360.0)
     local_time = np.mod(12.0 + (lon - sun_lon) / 15.0, 24.0)
@@ -252,10 +262,10 @@ def simulate_observations(
         "orbit": (orbit[rep] + 1).astype(np.int32),
         "sundist": np.full(rep.size, 1.0),
         "sunlat": np.zeros(rep.size),
-        "sunlon": np.round(sun_lon_w, 4),
+        "sunlon": np.round(np.mod(sun_lon_w, 360.0), 5),
         "sclk": np.round(_sclk(jdate), 3),
         "sclat": np.round(lat[rep], 4),
-        "sclon": np.round(lon[rep], 4),
+        "sclon": np.round(np.mod(lon[rep], 360.0), 5),
         "scrad": np.full(rep.size, MOON_RADIUS_KM + LRO_ALTITUDE_KM),
         "scalt": np.full(rep.size, LRO_ALTITUDE_KM),
         "el_cmd": el_cmd,
@@ -271,7 +281,7 @@ def simulate_observations(
         "radiance": np.round(radiance, 6),
         "tb": np.round(tb, 3),
         "clat": np.round(lat[rep], 5),
-        "clon": np.round(lon[rep], 5),
+        "clon": np.round(np.mod(lon[rep], 360.0), 5),  # the RDR's 0-360 E
         "cemis": np.round(emission, 3),
         "csunzen": np.round(sunzen, 3),
         "csunazi": np.round(sunazi, 3),
@@ -304,23 +314,47 @@ def _date_strings(jdate: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return date, utc
 
 
-def _write_rdr(path: Path, batches, header_lines: Sequence[str], gzip: bool) -> int:
-    """Stream column-batches to one RDR table (atomically); returns the rows written."""
+def _write_rdr(path: Path, batches, preamble: Sequence[str], packaging: str) -> int:
+    """Stream column-batches to one RDR table in the published layout (atomically):
+    ``#`` preamble lines, the padded ``#`` header, fixed-format CRLF rows; zipped
+    (one table inside, as the archive ships it), gzipped or plain. Returns the
+    rows written."""
     rows = 0
-    with atomic_path(path, suffix=".part") as tmp:
-        sink = pa.CompressedOutputStream(str(tmp), "gzip") if gzip else pa.OSFile(str(tmp), "wb")
-        with sink:
-            sink.write("".join(f"# {line}\n" for line in header_lines).encode())
-            writer = None
-            for cols in batches:
-                batch = pa.table({name: cols[name] for name in RDR_COLUMNS})
-                if writer is None:
-                    writer = pacsv.CSVWriter(sink, batch.schema)
-                writer.write_table(batch)
-                rows += batch.num_rows
-            if writer is not None:
-                writer.close()
+    member = path.name.split("_")[0] + "_RDR.TAB"
+    with atomic_path(path, suffix=".part") as tmp, contextlib.ExitStack() as stack:
+        if packaging == "zip":
+            archive = stack.enter_context(zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED,
+                                                          compresslevel=1))
+            raw = stack.enter_context(archive.open(member, "w", force_zip64=True))
+        elif packaging == "gzip":
+            raw = stack.enter_context(gzip.open(tmp, "wb", compresslevel=1))
+        else:
+            raw = stack.enter_context(open(tmp, "wb"))
+        sink = stack.enter_context(io.TextIOWrapper(raw, encoding="ascii", newline=""))
+        sink.write("".join(f"# {line}\r\n" for line in preamble) + header_line())
+        for cols in batches:
+            sink.write(format_rows(cols))
+            rows += len(cols["jdate"])
     return rows
+
+
+def _write_label(path: Path, table: str, rows: int) -> None:
+    """A PDS3 label beside a simulated table: its COLUMN objects, as the archive's."""
+    widths = [len(c) for c in header_line().rstrip("\r\n").split(",")]
+    lines = ["PDS_VERSION_ID = PDS3", "/* Diviner RDR table, SIMULATED by vaemap */",
+             "RECORD_TYPE = STREAM", f'^TABLE = "{table}"', "OBJECT = TABLE",
+             "  INTERCHANGE_FORMAT = ASCII", f"  ROWS = {rows}",
+             f"  COLUMNS = {len(RDR_COLUMNS)}"]
+    start = 1
+    for number, (name, width) in enumerate(zip(RDR_COLUMNS, widths, strict=True), start=1):
+        lines += ["  OBJECT = COLUMN", f"    NAME = {name.upper()}",
+                  f"    COLUMN_NUMBER = {number}", f"    START_BYTE = {start}",
+                  f"    BYTES = {width}", "    UNKNOWN_CONSTANT = -9999",
+                  "    INVALID_CONSTANT = -9998", "  END_OBJECT = COLUMN"]
+        start += width + 1
+    lines += ["END_OBJECT = TABLE", "END"]
+    with atomic_path(path) as tmp:
+        tmp.write_text("\r\n".join(lines) + "\r\n")
 
 
 def run(outdir: str | Path, config: Mapping[str, Any]) -> dict[str, Any]:
@@ -329,7 +363,9 @@ def run(outdir: str | Path, config: Mapping[str, Any]) -> dict[str, Any]:
     Parameters
     ----------
     outdir : path
-        Directory for ``rdr/sim_rdr_NNN.TAB.gz``, ``truth.h5`` and ``truth_<factor>.fits``.
+        Directory for ``rdr/`` (the tables, named as the archive names them, see
+        :func:`vaemap.products.simulated_rdr_names`), ``truth.h5`` and
+        ``truth_<factor>.fits``.
     config : mapping
         Validated configuration; uses the ``simulate`` section.
 
@@ -350,24 +386,26 @@ def run(outdir: str | Path, config: Mapping[str, Any]) -> dict[str, Any]:
     tables = temperature_table(surface)
     rock = surface["rock_fraction"].astype(np.float32)
 
-    n_orbits = round(params["days"] * params["orbits_per_day"])
-    names = simulated_rdr_names(params["files"], params["gzip"])
-    bounds = np.linspace(0, n_orbits, len(names) + 1).astype(int)
+    names = simulated_rdr_names(params)
     rows_written = {}
-    for i, name in enumerate(names):
+    for i, (name, (lo, hi)) in enumerate(zip(names, simulated_table_orbits(params),
+                                             strict=True)):
         rng = np.random.default_rng([seed, i])  # each file reproducible on its own
-        lo, hi = bounds[i], bounds[i + 1]
         batches = (
             simulate_observations(tables, rock, nside, params,
                                   (a, min(a + ORBITS_PER_BATCH, hi)), rng)
             for a in range(lo, hi, ORBITS_PER_BATCH)
         )
-        header = [
-            "Diviner Lunar Radiometer RDR table (SIMULATED by vaemap)",
-            f"orbits {lo + 1}-{hi}, seed {seed}, nside {nside}",
-            "columns: " + ", ".join(RDR_COLUMNS),
+        preamble = [
+            "Header: Diviner Lunar Radiometer RDR table (SIMULATED by vaemap)",
+            f"Header: orbits {lo + 1}-{hi}, seed {seed}, nside {nside}",
+            "Header: published fixed-format layout, fill values -9999 and -9998",
         ]
-        rows_written[name] = _write_rdr(outdir / "rdr" / name, batches, header, params["gzip"])
+        rows_written[name] = _write_rdr(outdir / "rdr" / name, batches, preamble,
+                                        params["packaging"])
+        if params["packaging"] == "zip":
+            _write_label(outdir / "rdr" / name.replace(".zip", ".lbl"),
+                         name.split("_")[0] + "_RDR.TAB", rows_written[name])
         log.info("wrote %s: %d rows", name, rows_written[name])
 
     attrs = provenance_attrs(config, **TRUTH.identity(), nside=nside, ordering="NESTED",

@@ -1,6 +1,7 @@
 import glob
-import os
 import json
+import os
+import re
 
 # Only light modules here (no torch, h5py or healpy): building the DAG must be
 # fast and must work where the heavy packages live only in the jobs' env.
@@ -62,31 +63,43 @@ def sweep_step_config(*sections):
 
 
 def rdr_tables():
-    """RDR tables to ingest, keyed by a unique name for the per-table ingest jobs:
-    the simulated ones, or the configured real files."""
+    """The RDR tables to ingest: the simulated ones, or the configured real files."""
     if config["data"]["source"] == "simulate":
-        names = simulated_rdr_names(
-            config["simulate"]["files"], config["simulate"]["gzip"]
+        names = simulated_rdr_names(config["simulate"])
+        return [f"{RESULTS}/simulate/rdr/{name}" for name in names]
+    paths = sorted(
+        {f for pattern in config["data"]["rdr_files"] for f in glob.glob(pattern)}
+    )
+    if not paths:
+        raise WorkflowError(
+            f"data.rdr_files: no file matches {config['data']['rdr_files']}"
         )
-        paths = [f"{RESULTS}/simulate/rdr/{name}" for name in names]
-    else:
-        paths = sorted(
-            {f for pattern in config["data"]["rdr_files"] for f in glob.glob(pattern)}
-        )
-        if not paths:
-            raise WorkflowError(
-                f"data.rdr_files: no file matches {config['data']['rdr_files']}"
-            )
-    tables = {}
+    return paths
+
+
+def ingest_batches(paths):
+    """Tables grouped into ingest jobs: {batch name: [tables]}.
+
+    With ingest.batch_by: day, tables named as the archive names them
+    (yyyymmddhhmm_RDR..., or hourly yyyymmddhh_RDR...) are grouped by their
+    day, so a new day of data is a new batch and leaves the others untouched;
+    other tables, and all with batch_by: count, go tables_per_batch at a time
+    in name order.
+    """
+    per_batch = config["ingest"]["tables_per_batch"]
+    batches, others = {}, []
     for path in paths:
-        name = os.path.basename(path).split(".")[0]
-        if name in tables:  # same stem in two folders: keep both apart
-            name = f"{name}_{len(tables)}"
-        tables[name] = path
-    return tables
+        dated = re.match(r"(\d{8})\d{2}(\d{2})?_rdr", os.path.basename(path), re.I)
+        if config["ingest"]["batch_by"] == "day" and dated:
+            batches.setdefault(dated.group(1), []).append(path)
+        else:
+            others.append(path)
+    for start in range(0, len(others), per_batch):
+        batches[f"tables{start // per_batch:06d}"] = others[start : start + per_batch]
+    return batches
 
 
-RDR_TABLES = rdr_tables()
+RDR_BATCHES = ingest_batches(rdr_tables())
 
 
 def truth_input(wildcards):

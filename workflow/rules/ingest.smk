@@ -1,15 +1,17 @@
-# Scatter: one ingest job per RDR table, then one streaming k-way merge.
+# Scatter: one ingest job per batch of RDR tables (a day of the archive, see
+# ingest_batches), then one streaming k-way merge. The batch files are kept:
+# when new tables arrive, only their batches and the merge run again.
 
 
 rule ingest:
     input:
-        lambda wildcards: RDR_TABLES[wildcards.table],
+        lambda wildcards: RDR_BATCHES[wildcards.batch],
     output:
-        temp(f"{RESULTS}/ingest/{{table}}.h5"),
+        f"{RESULTS}/ingest/{{batch}}.h5",
     log:
-        f"{LOGS}/ingest/{{table}}.log",
+        f"{LOGS}/ingest/{{batch}}.log",
     benchmark:
-        f"{BENCH}/ingest/{{table}}.tsv"
+        f"{BENCH}/ingest/{{batch}}.tsv"
     conda:
         "../envs/vaemap.yaml"
     threads: 2
@@ -24,7 +26,7 @@ rule ingest:
 
 rule merge_samples:
     input:
-        expand(f"{RESULTS}/ingest/{{table}}.h5", table=RDR_TABLES),
+        expand(f"{RESULTS}/ingest/{{batch}}.h5", batch=RDR_BATCHES),
     output:
         f"{RESULTS}/samples.h5",
     log:

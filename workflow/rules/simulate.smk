@@ -2,9 +2,7 @@ rule simulate:
     output:
         rdr=expand(
             f"{RESULTS}/simulate/rdr/{{name}}",
-            name=simulated_rdr_names(
-                config["simulate"]["files"], config["simulate"]["gzip"]
-            ),
+            name=simulated_rdr_names(config["simulate"]),
         ),
         truth=f"{RESULTS}/simulate/truth.h5",
         truth_maps=report(
