@@ -132,13 +132,17 @@ def test_a_new_day_of_tables_reruns_only_its_batch_and_the_merge(tmp_path):
         (tmp_path / "results" / "ingest").mkdir(parents=True, exist_ok=True)
         (tmp_path / "results" / "ingest" / f"{day}.h5").touch()
     (tmp_path / "results" / "samples.h5").touch()
-    assert "Nothing to be done" in snakemake("-n", *common, "results/samples.h5").stdout
+    time.sleep(0.05)
+    (tmp_path / "results" / "profiles.h5").touch()
+    assert "Nothing to be done" in snakemake("-n", *common, "results/profiles.h5").stdout
     _archive(archive, 1, start="200907080000")  # one more day arrives
     proc = snakemake("-n", *common, "results/samples.h5")
     assert planned_jobs(proc.stdout) == {"ingest", "merge_samples"}
     assert re.search(r"^ingest\s+1$", proc.stdout.split("Job stats:", 1)[1], re.M)
     assert "results/ingest/20090708.h5" in proc.stdout
     assert "results/ingest/20090705.h5" not in proc.stdout.split("rule merge_samples")[0]
+    later = snakemake("-n", *common, "results/profiles.h5")  # and what follows the merge
+    assert planned_jobs(later.stdout) == {"ingest", "merge_samples", "profiles"}
 
 
 @pytest.mark.slow
