@@ -50,6 +50,29 @@ def trained(tmp_path_factory, survey, tiny_config) -> dict:
             "latents": root / "latents.h5"}
 
 
+def write_packaged(path: Path, content: str) -> Path:
+    """Write a table's text as the archive may ship it: plain, ``.gz`` or ``.zip``
+    (one ``yyyymmddhhmm_RDR.TAB`` inside), chosen by the name's suffix."""
+    import gzip
+    import zipfile
+
+    data = content.encode("latin-1")
+    if path.name.endswith(".gz"):
+        path.write_bytes(gzip.compress(data))
+    elif path.suffix == ".zip":
+        with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
+            archive.writestr(path.name.split("_")[0] + "_RDR.TAB", data)
+    else:
+        path.write_bytes(data)
+    return path
+
+
+@pytest.fixture
+def ingest_cfg() -> dict:
+    """A default configuration with samples indexed at nside 32."""
+    return load_config(overrides=["ingest.nside=32"])
+
+
 def write_product(path: Path, spec, arrays: dict, **attrs) -> None:
     """Write a small product file by hand, as its writer would: every dataset of
     ``spec`` (those not in ``arrays`` filled with zeros of the right dtype and

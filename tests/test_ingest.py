@@ -1,6 +1,5 @@
 """Ingest: the RDR format, quality filters, counted rejections and bad input."""
 
-import gzip
 import json
 import subprocess
 import sys
@@ -8,6 +7,7 @@ import sys
 import h5py
 import numpy as np
 import pytest
+from conftest import write_packaged
 
 from vaemap.config import validate_config
 from vaemap.ingest import REJECTION_REASONS, RdrFormatError, run
@@ -30,18 +30,12 @@ def row(**changes) -> str:
 
 
 def write_table(path, rows, columns=RDR_COLUMNS, preamble=("# test table",)):
-    text = "\n".join([*preamble, ",".join(columns), *rows]) + "\n"
-    if str(path).endswith(".gz"):
-        with gzip.open(path, "wt") as fh:
-            fh.write(text)
-    else:
-        path.write_text(text)
-    return path
+    return write_packaged(path, "\n".join([*preamble, ",".join(columns), *rows]) + "\n")
 
 
 @pytest.fixture
-def cfg():
-    return validate_config({"ingest": {"nside": 32}})
+def cfg(ingest_cfg):
+    return ingest_cfg
 
 
 def test_accepts_good_rows_plain_and_gzip(tmp_path, cfg):

@@ -5,7 +5,6 @@ header, ``", "`` separators, CRLF, quoted right-justified date and time) by
 :func:`vaemap.rdr.format_rows`, then changed the way one archive variant is.
 """
 
-import gzip
 import json
 import zipfile
 
@@ -13,6 +12,7 @@ import h5py
 import healpy as hp
 import numpy as np
 import pytest
+from conftest import write_packaged
 
 from vaemap.config import validate_config
 from vaemap.ingest import FLAG_BITS, run
@@ -53,21 +53,12 @@ def text(cols, header=None):
     return PREAMBLE + (header or header_line()) + format_rows(cols)
 
 
-def write(path, content):
-    data = content.encode("latin-1")
-    if path.name.endswith(".gz"):
-        path.write_bytes(gzip.compress(data))
-    elif path.suffix == ".zip":
-        with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
-            archive.writestr(path.name.split("_")[0] + "_RDR.TAB", data)
-    else:
-        path.write_bytes(data)
-    return path
+write = write_packaged
 
 
 @pytest.fixture
-def cfg():
-    return validate_config({"ingest": {"nside": 32}})
+def cfg(ingest_cfg):
+    return ingest_cfg
 
 
 def ingest(path, cfg, tmp_path, name="s.h5"):
