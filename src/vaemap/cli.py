@@ -236,6 +236,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             log.exception("failed")
         print(f"vaemap {args.command}: error: {exc}", file=sys.stderr)
         return 1
+    except Exception as exc:  # a bug of ours: one line still, the traceback with -v
+        if args.verbose:
+            log.exception("failed")
+        print(f"vaemap {args.command}: internal error: {type(exc).__name__}: {exc} (run with "
+              f"-v for the traceback, and please report it)", file=sys.stderr)
+        return 3
     if args.json:
         print(json.dumps(summary, default=str))
     return 0

@@ -117,6 +117,16 @@ def _check_cross_keys(cfg: dict[str, Any], given: set[str], source: str) -> None
         )
     if ing["tb_min"] >= ing["tb_max"]:
         raise ConfigError(f"{source}: ingest.tb_min: must be below ingest.tb_max")
+    if {"profiles", "model"} <= given:
+        from vaemap.presets import PRESETS
+
+        depth = PRESETS[cfg["model"]["preset"]].get("depth", cfg["model"]["depth"])
+        bins = cfg["profiles"]["bins"]
+        if bins % 2**depth:
+            raise ConfigError(
+                f"{source}: profiles.bins: {bins} local-time bins cannot be halved "
+                f"model.depth = {depth} times (preset {cfg['model']['preset']!r}); choose bins "
+                f"divisible by {2**depth}, e.g. {bins - bins % 2**depth or 2**depth}")
     lo, hi = cfg["maps"]["percentiles"]
     if lo >= hi:
         raise ConfigError(f"{source}: maps.percentiles: {lo} must be below {hi}")
@@ -129,7 +139,11 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if "=" not in text:
         raise ConfigError(f"--set {text!r}: expected KEY.PATH=VALUE")
     key, value = text.split("=", 1)
-    return key.strip().split("."), yaml.safe_load(value)
+    try:
+        return key.strip().split("."), yaml.safe_load(value)
+    except yaml.YAMLError as exc:
+        reason = str(exc).splitlines()[0]
+        raise ConfigError(f"--set {text!r}: the value is not valid YAML ({reason})") from None
 
 
 def _apply(cfg: dict[str, Any], path: list[str], value: Any) -> None:

@@ -133,7 +133,8 @@ def run(profiles: str | Path, model_path: str | Path, output: str | Path,
                         recon_ds[a:b] = recon_k.cpu().numpy()
             attrs = {**LATENTS.identity(), "nside": int(ckpt["nside"]), "ordering": "NESTED",
                      "body": "MOON", "model": str(model_path), "latent_dim": arch["latent_dim"],
-                     "channels": list(ckpt["channels"])}
+                     "channels": list(ckpt["channels"]),
+                     "model_weights": ckpt["weights_checksum"]}
             _write_pixel_datasets(out, arrays)
             if tile is None:
                 _, anomaly = _write_score(out, arrays, params)
@@ -204,7 +205,7 @@ def merge(parts: Sequence[str | Path], output: str | Path, config: Mapping[str, 
         handles = [h for _, h in opened]
         ref = handles[0]
         for path, h in opened[1:]:
-            for key in ("nside", "latent_dim", "model"):
+            for key in ("nside", "latent_dim", "model", "model_weights"):
                 if str(h.attrs[key]) != str(ref.attrs[key]):
                     raise ValueError(f"{path}: {key} {h.attrs[key]} differs from "
                                      f"{opened[0][0]}'s {ref.attrs[key]}")
@@ -226,7 +227,8 @@ def merge(parts: Sequence[str | Path], output: str | Path, config: Mapping[str, 
             attrs = {**LATENTS.identity(), "nside": int(ref.attrs["nside"]),
                      "latent_dim": int(ref.attrs["latent_dim"]),
                      "channels": json.loads(ref.attrs["channels"]),
-                     **{k: str(ref.attrs[k]) for k in ("ordering", "body", "model")}}
+                     **{k: str(ref.attrs[k]) for k in ("ordering", "body", "model",
+                                                       "model_weights")}}
             out.attrs.update(provenance_attrs(
                 config, **attrs, **_score_attrs(params),
                 merged_from=[str(path) for path, _ in opened]))

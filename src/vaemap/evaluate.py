@@ -353,7 +353,14 @@ def run(latents: str | Path, truth: str | Path | None, outdir: str | Path,
     """
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
-    with open_product(latents, LATENTS) as h5:
+    expect: dict[str, Any] = {}
+    if model is not None:  # the baselines must use the model that made the latents
+        from vaemap.model import load_checkpoint
+
+        ckpt = load_checkpoint(model)[2]
+        expect = {"model_weights": ckpt["weights_checksum"], "nside": int(ckpt["nside"]),
+                  "against": f"the model {model}"}
+    with open_product(latents, LATENTS, **expect) as h5:
         nside = int(h5.attrs["nside"])
         pix = h5["pix"][...]
         mu = h5["mu"][...].astype(np.float64)

@@ -20,6 +20,7 @@ time, channel, detector and position) are counted and dropped.
 from __future__ import annotations
 
 import contextlib
+import glob
 import logging
 import os
 import tempfile
@@ -384,6 +385,8 @@ def run(inputs: Sequence[str | Path], output: str | Path, config: Mapping[str, A
     totals = dict.fromkeys(REJECTION_REASONS, 0)
     flag_bits: dict[str, dict[str, int]] = {word: {} for word in FLAG_BITS}
     inputs_info = []
+    for stale in output.parent.glob(f".{glob.escape(output.name)}.*.spill.h5"):
+        stale.unlink(missing_ok=True)  # left by a killed run
     fd, spill_name = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".spill.h5",
                                       dir=output.parent)
     os.close(fd)

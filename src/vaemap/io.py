@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import glob
 import hashlib
 import json
 import os
@@ -33,6 +34,19 @@ __all__ = [
 ]
 
 
+#: Marks the temporary files of atomic_path (so stale ones can be recognised).
+_TEMP_MARK = "vaemap-tmp-"
+
+
+def _read_umask() -> int:
+    mask = os.umask(0)  # the only way to read it: set and restore, once, at import
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _read_umask()
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path, suffix: str | None = None) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it onto ``path`` on success.
@@ -40,18 +54,26 @@ def atomic_path(path: str | Path, suffix: str | None = None) -> Iterator[Path]:
     A failed or interrupted step therefore never leaves a half-written product
     under the final name (Snakemake would otherwise take it as complete).
     The temporary file keeps ``path``'s suffix so writers that infer the format
-    from the name (matplotlib, astropy) still work.
+    from the name (matplotlib, astropy) still work. The product gets the
+    permissions the user's umask gives a new file (colleagues on a shared file
+    system can read ``results/``), and temporaries of the same product that a
+    killed run left behind are removed first.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(
-        prefix=f".{path.stem}.", suffix=suffix if suffix is not None else path.suffix,
-        dir=path.parent,
-    )
+    suffix = suffix if suffix is not None else path.suffix
+    prefix = f".{path.stem}.{_TEMP_MARK}"
+    # Temporaries of this product left by a killed run would lie there forever.
+    for stale in path.parent.glob(f"{glob.escape(prefix)}*{glob.escape(suffix)}"):
+        stale.unlink(missing_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        # mkstemp makes the file private (0600); a product is shared like any
+        # file the user writes: read-write as the umask allows.
+        os.chmod(tmp_path, 0o666 & ~_UMASK)
         os.replace(tmp_path, path)
     finally:
         if tmp_path.exists():

@@ -239,6 +239,7 @@ def run(latents: str | Path, profiles: str | Path, model: str | Path, outdir: st
     written = []
     model_net, norm, ckpt = load_checkpoint(model)
     with open_product(latents, LATENTS, nside=int(ckpt["nside"]), channels=ckpt["channels"],
+                      model_weights=ckpt["weights_checksum"],
                       against=f"the model {model}") as h5, \
             open_product(profiles, PROFILES, nside=int(ckpt["nside"]),
                          channels=ckpt["channels"], bins=int(ckpt["arch"]["bins"]),

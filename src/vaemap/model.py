@@ -23,6 +23,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from vaemap.presets import PRESETS
+
 __all__ = [
     "CHECKPOINT_FORMAT",
     "PRESETS",
@@ -40,6 +42,7 @@ __all__ = [
     "save_checkpoint",
     "torch_load",
     "vae_loss",
+    "weights_checksum",
 ]
 
 #: Version of the model.pt layout; :func:`load_checkpoint` refuses other versions.
@@ -87,15 +90,6 @@ class VAEConfig:
         return asdict(self)
 
 
-#: Named architecture presets. ``moseley2020`` follows the paper's layout:
-#: kernel-2 stride-2 layers with ReLU, transposed in the decoder, no
-#: conditioning (≈ 17 k parameters at 120 bins: three halvings instead of the
-#: paper's seven, as 120 bins are not a power of two).
-PRESETS: dict[str, dict[str, Any]] = {
-    "small": {},
-    "moseley2020": {"width": 32, "depth": 3, "kernel": 3, "n_cond": 0, "layout": "strided",
-                    "activation": "relu"},
-}
 _ACTIVATIONS = {"gelu": nn.GELU, "relu": nn.ReLU}
 LAYOUTS = ("conv", "strided")
 
@@ -482,6 +476,22 @@ def torch_load(path: str | Path, device: str | torch.device = "cpu") -> dict[str
     return obj
 
 
+def weights_checksum(ckpt: Mapping[str, Any]) -> str:
+    """``xxh3_128:<hex>`` of a checkpoint's weights and normalisation constants
+    (names and bytes, in sorted order): what the model computes with. Stored
+    by :func:`save_checkpoint`, verified by :func:`load_checkpoint`, and
+    recorded in the products made with the model."""
+    import xxhash
+
+    digest = xxhash.xxh3_128()
+    tensors = {**{f"state_dict.{k}": v for k, v in ckpt["state_dict"].items()},
+               **{k: ckpt[k] for k in ("norm_lat", "norm_mean", "norm_std")}}
+    for name in sorted(tensors):
+        digest.update(name.encode())
+        digest.update(tensors[name].detach().cpu().contiguous().numpy().tobytes())
+    return f"xxh3_128:{digest.hexdigest()}"
+
+
 _CHECKPOINT_KEYS = ("state_dict", "arch", "norm_lat", "norm_mean", "norm_std", "normalisation",
                     "nside", "channels", "config")
 
@@ -495,8 +505,8 @@ def save_checkpoint(path: str | Path, model: ProfileVAE, normaliser: Normaliser,
     (:class:`VAEConfig` fields), the normaliser's ``norm_lat`` (K,) degrees,
     ``norm_mean`` (K, channels, bins) and ``norm_std`` (channels, bins) kelvin
     and ``normalisation`` (its mode), the profiles' ``nside`` and ``channels``,
-    and whatever ``extra`` holds (the producing ``config``, ``metrics``,
-    ``history``).
+    ``weights_checksum`` (:func:`weights_checksum`) and whatever ``extra``
+    holds (the producing ``config``, ``metrics``, ``history``).
     """
     from vaemap.io import atomic_path
 
@@ -504,6 +514,7 @@ def save_checkpoint(path: str | Path, model: ProfileVAE, normaliser: Normaliser,
             "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
             "arch": model.cfg.to_dict(), **normaliser.state(), "nside": int(nside),
             "channels": [int(c) for c in channels], **extra}
+    ckpt["weights_checksum"] = weights_checksum(ckpt)
     with atomic_path(path) as tmp:
         torch.save(ckpt, tmp)
 
@@ -513,8 +524,8 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu"
     """Load ``model.pt``: (model in eval mode, its normaliser on ``device``, the dict).
 
     Raises :class:`CheckpointError` naming the file when it cannot be read,
-    is of another format version, lacks a key, or its weights do not fit the
-    architecture it declares.
+    is of another format version, lacks a key, its weights differ from their
+    recorded checksum (corruption), or do not fit the architecture it declares.
     """
     ckpt = torch_load(path, device)
     version = ckpt.get("format")
@@ -525,6 +536,9 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu"
     if missing:
         raise CheckpointError(f"{path}: not a vaemap model checkpoint (missing "
                               f"{', '.join(missing)})")
+    if ckpt.get("weights_checksum") != weights_checksum(ckpt):
+        raise CheckpointError(f"{path}: the weights do not match the checksum recorded when "
+                              f"it was written: the file is corrupt; retrain (vaemap train)")
     try:
         model = build_model(ckpt["arch"])
         model.load_state_dict(ckpt["state_dict"])

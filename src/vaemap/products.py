@@ -155,7 +155,7 @@ LATENTS = ProductSpec(
         "recon": Field(np.float32, ("n", "channels", "bins"), unit="K", optional=True,
                        doc="reconstruction of the latent mean (encode.store_recon)"),
     },
-    attrs=("nside", "ordering", "body", "latent_dim", "channels", "model"),
+    attrs=("nside", "ordering", "body", "latent_dim", "channels", "model", "model_weights"),
     doc="latents, reconstruction errors and anomaly score per pixel",
 )
 
@@ -277,7 +277,8 @@ def _attr(h5, key: str) -> Any:
 
 def check_product(h5, path: str | Path, spec: ProductSpec, *, part: bool | None = False,
                   nside: int | None = None, channels: Sequence[int] | None = None,
-                  bins: int | None = None, against: str = "the configuration") -> None:
+                  bins: int | None = None, model_weights: str | None = None,
+                  against: str = "the configuration") -> None:
     """Check an open HDF5 file against ``spec`` and the reader's expectations.
 
     Parameters
@@ -294,6 +295,8 @@ def check_product(h5, path: str | Path, spec: ProductSpec, *, part: bool | None 
     nside, channels, bins : optional
         What the file must hold (``nside`` exactly; the ``channels`` list and
         the number of ``bins`` of a profiles-shaped dataset).
+    model_weights : str, optional
+        The weights checksum of the model the product must have been made with.
     against : str
         Where the expected values come from, for the message (e.g. ``"model.pt"``).
 
@@ -343,6 +346,11 @@ def check_product(h5, path: str | Path, spec: ProductSpec, *, part: bool | None 
         if have != [int(c) for c in channels]:
             raise ProductError(f"{path}: channels {have}, but {against} has "
                                f"{[int(c) for c in channels]}")
+    if model_weights is not None and "model_weights" in spec.attrs:
+        made_by = str(h5.attrs["model_weights"])
+        if made_by != model_weights:
+            raise ProductError(f"{path}: was made by another model (weights {made_by}), not "
+                               f"{against} ({model_weights}); re-run encode with this model")
     if bins is not None:
         for name, f in spec.fields.items():
             if "bins" in f.dims and name in h5:

@@ -12,7 +12,13 @@ from vaemap.products import TRUTH_MAPS, map_products, simulated_rdr_names
 # `vaemap` command line uses) and fill in the defaults; stop with the key path
 # and the reason on an invalid value.
 try:
-    config.update(validate_config(config, source="snakemake config"))
+    config.update(
+        validate_config(
+            config,
+            source=" + ".join(dict.fromkeys(map(os.path.abspath, workflow.configfiles)))
+            or "snakemake config",
+        )
+    )
 except ConfigError as exc:
     raise WorkflowError(str(exc)) from None
 
@@ -156,9 +162,13 @@ def sweep_metrics():
 
 
 def final_outputs():
+    # The model and the latents are products too: named here, a job that
+    # failed after removing them cannot leave a hole Snakemake does not see.
     outputs = [
         *expand(f"{RESULTS}/maps/{{product}}.fits", product=PRODUCTS),
         f"{RESULTS}/evaluate/metrics.json",
+        f"{RESULTS}/model/model.pt",
+        f"{RESULTS}/latents.h5",
     ]
     if sweep_labels():
         outputs.append(f"{RESULTS}/sweep/summary.md")

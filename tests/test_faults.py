@@ -1,0 +1,155 @@
+"""Faults a long reprocessing run meets: each ends in one clear line naming the
+file and a non-zero exit, or is recovered from, and never in a wrong product.
+
+(The first part of the fault-injection suite; kills during a workflow run and
+full disks are still to come.)
+"""
+
+import os
+import stat
+import subprocess
+import sys
+
+import pytest
+import torch
+import yaml
+from conftest import REPO, TINY
+
+from vaemap import cli
+from vaemap.config import ConfigError, validate_config
+from vaemap.io import atomic_path
+from vaemap.model import CheckpointError, load_checkpoint, weights_checksum
+
+
+def _cli(capsys, *argv):
+    rc = cli.main([*map(str, argv), "-q"])
+    return rc, capsys.readouterr().err.strip()
+
+
+def _one_line(err):
+    assert "Traceback" not in err and len(err.splitlines()) == 1, err
+    return err
+
+
+def test_a_corrupted_model_is_refused_by_every_step(survey, trained, tmp_path, capsys):
+    """100 bytes overwritten in the middle of model.pt (weights or the archive
+    around them) must never flow into the latents."""
+    data = bytearray(trained["model"].read_bytes())
+    middle = len(data) // 2
+    data[middle:middle + 100] = bytes(100)
+    corrupt = tmp_path / "model.pt"
+    corrupt.write_bytes(bytes(data))
+    rc, err = _cli(capsys, "encode", survey["profiles_h5"], corrupt, "--output",
+                   tmp_path / "latents.h5")
+    assert rc == 1 and str(corrupt) in _one_line(err)
+    assert "corrupt" in err or "not a readable vaemap checkpoint" in err
+    assert not (tmp_path / "latents.h5").exists()
+
+
+def test_changed_weights_fail_their_recorded_checksum(trained, tmp_path):
+    ckpt = torch.load(trained["model"], weights_only=True)
+    name = next(iter(ckpt["state_dict"]))
+    ckpt["state_dict"][name] = ckpt["state_dict"][name] + 1e-3
+    torch.save(ckpt, tmp_path / "edited.pt")
+    with pytest.raises(CheckpointError, match=r"edited\.pt: the weights do not match the "
+                                              r"checksum recorded when it was written"):
+        load_checkpoint(tmp_path / "edited.pt")
+
+
+def test_latents_of_another_model_are_refused(survey, trained, tmp_path, capsys):
+    """A mixed-up model.pt (here: other weights, consistently saved) beside the
+    latents it did not make: maps and evaluate stop instead of mapping them."""
+    ckpt = torch.load(trained["model"], weights_only=True)
+    name = next(iter(ckpt["state_dict"]))
+    ckpt["state_dict"][name] = ckpt["state_dict"][name] * 0.5
+    ckpt["weights_checksum"] = weights_checksum(ckpt)
+    other = tmp_path / "other.pt"
+    torch.save(ckpt, other)
+    rc, err = _cli(capsys, "maps", trained["latents"], "--profiles", survey["profiles_h5"],
+                   "--model", other, "--outdir", tmp_path / "maps")
+    assert rc == 1 and "was made by another model" in _one_line(err)
+    assert str(trained["latents"]) in err and not (tmp_path / "maps").exists()
+    rc, err = _cli(capsys, "evaluate", trained["latents"], "--truth", survey["truth"],
+                   "--profiles", survey["profiles_h5"], "--model", other, "--outdir",
+                   tmp_path / "eval")
+    assert rc == 1 and "was made by another model" in _one_line(err)
+
+
+def test_a_wrong_truth_path_is_an_error_not_real_data(trained, tmp_path, capsys):
+    rc, err = _cli(capsys, "evaluate", trained["latents"], "--truth", tmp_path / "truth.h5",
+                   "--outdir", tmp_path / "eval")
+    assert rc == 1 and f"{tmp_path / 'truth.h5'}: truth file not found" in _one_line(err)
+    assert not (tmp_path / "eval" / "metrics.json").exists()
+
+
+def test_bad_set_value_and_cross_key_rules_stop_before_any_work(capsys, tmp_path):
+    rc, err = _cli(capsys, "simulate", "--outdir", tmp_path, "--set", "model.beta=[0.1")
+    assert rc == 2 and "--set 'model.beta=[0.1': the value is not valid YAML" in _one_line(err)
+    with pytest.raises(ConfigError, match=r"profiles\.bins: 30 local-time bins cannot be "
+                                          r"halved model\.depth = 3 times"):
+        validate_config({"profiles": {"bins": 30}, "model": {"depth": 3}})
+    with pytest.raises(ConfigError, match="preset 'moseley2020'"):
+        validate_config({"profiles": {"bins": 20}, "model": {"preset": "moseley2020",
+                                                             "depth": 2}})
+    validate_config({"profiles": {"bins": 24}, "model": {"depth": 3}})  # 24 = 3 * 2**3
+    assert not any(tmp_path.iterdir())
+
+
+def test_snakemake_config_errors_name_the_config_file(tmp_path):
+    cfg = yaml.safe_load(TINY.read_text())
+    cfg["profiles"]["bins"] = 30
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(cfg))
+    proc = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--snakefile",
+                           str(REPO / "workflow" / "Snakefile"), "--configfile", str(bad),
+                           "--directory", str(tmp_path)], capture_output=True, text=True)
+    assert proc.returncode != 0
+    assert f"{bad}: profiles.bins: 30 local-time bins" in proc.stdout + proc.stderr
+
+
+def test_an_unexpected_failure_is_still_one_line(monkeypatch, capsys, tmp_path):
+    from vaemap import simulate
+
+    def broken(outdir, config):
+        raise IndexError("index 7 is out of bounds for axis 0 with size 3")
+
+    monkeypatch.setattr(simulate, "run", broken)
+    rc, err = _cli(capsys, "simulate", "--outdir", tmp_path)
+    assert rc == 3 and "internal error: IndexError: index 7" in _one_line(err)
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o027, 0o640), (0o077, 0o600)])
+def test_products_honour_the_umask(tmp_path, umask, mode):
+    out = tmp_path / "profiles_like.h5"
+    code = ("import os, sys; os.umask(int(sys.argv[2], 8))\n"
+            "from vaemap.io import atomic_path\n"
+            "with atomic_path(sys.argv[1]) as tmp:\n    tmp.write_text('x')\n")
+    subprocess.run([sys.executable, "-c", code, str(out), oct(umask)], check=True)
+    assert stat.S_IMODE(os.stat(out).st_mode) == mode
+
+
+def test_temporaries_of_a_killed_run_are_removed(survey, tiny_config, tmp_path):
+    out = tmp_path / "samples.h5"
+    stale = [tmp_path / ".samples.vaemap-tmp-k1ll3d.h5", tmp_path / ".samples.h5.x1.spill.h5"]
+    for path in stale:
+        path.write_text("left by a SIGKILL")
+    other = tmp_path / ".profiles.vaemap-tmp-abc.h5"  # another product's: not ours to remove
+    other.write_text("in use")
+    from vaemap import ingest
+
+    ingest.run(survey["rdr"][:1], out, tiny_config)
+    assert out.exists() and not any(p.exists() for p in stale) and other.exists()
+    with atomic_path(tmp_path / "figure.png") as tmp:
+        assert tmp.name.startswith(".figure.vaemap-tmp-") and tmp.suffix == ".png"
+        tmp.write_text("x")
+
+
+def test_the_model_and_latents_are_final_targets(tmp_path):
+    """A failed forced rerun that removed model.pt cannot leave a hole: they are
+    targets of the default rule, so Snakemake sees them missing."""
+    proc = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--snakefile",
+                           str(REPO / "workflow" / "Snakefile"), "--configfile", str(TINY),
+                           "--directory", str(tmp_path)], capture_output=True, text=True,
+                          check=True)
+    rule_all = proc.stdout.split("rule all:", 1)[1].split("jobid", 1)[0]
+    assert "results/model/model.pt" in rule_all and "results/latents.h5" in rule_all
