@@ -118,6 +118,32 @@ def test_an_unexpected_failure_is_still_one_line(monkeypatch, capsys, tmp_path):
     assert rc == 3 and "internal error: IndexError: index 7" in _one_line(err)
 
 
+@pytest.mark.parametrize("step", ["ingest", "encode"])
+def test_a_full_disk_ends_cleanly_naming_the_path(survey, trained, tmp_path, step):
+    """A write that fails for space (here: the file-size limit, EFBIG; a full disk
+    gives ENOSPC the same way) ends with one line and exit 1: no crash of HDF5
+    (it used to segfault), no partial file."""
+    import resource
+
+    def small_files():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, 20_000))
+
+    args = {"ingest": ["ingest", str(survey["rdr"][0]), "--set", "ingest.compression=none"],
+            "encode": ["encode", str(survey["profiles_h5"]), str(trained["model"])]}[step]
+    out = tmp_path / "out.h5"
+    proc = subprocess.run([sys.executable, "-m", "vaemap.cli", *args, "--output", str(out),
+                           "-q"], preexec_fn=small_files, capture_output=True, text=True)
+    assert proc.returncode == 1, proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"vaemap {step}: error: cannot write {out}: File too large")
+    if step == "ingest":
+        _one_line(proc.stderr.strip())
+    # (encode: h5py still prints its own "Can't decrement id ref count" tracebacks
+    # from freeing the datasets of the failed file before the line above)
+    assert "vaemap/" not in proc.stderr  # no traceback of ours
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o027, 0o640), (0o077, 0o600)])
 def test_products_honour_the_umask(tmp_path, umask, mode):
     out = tmp_path / "profiles_like.h5"

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -220,8 +221,14 @@ def _setup_logging(verbose: int, quiet: int) -> None:
         logging.getLogger(noisy).setLevel(max(logging.WARNING, level))
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``vaemap`` console script; returns the exit status."""
+def main(argv: Sequence[str] | None = None, *, hard_exit: bool = False) -> int:
+    """Entry point of the ``vaemap`` console script; returns the exit status.
+
+    With ``hard_exit`` (the console script) a failed command ends the process
+    right after reporting: after a failed write (a full disk, say) HDF5 can
+    crash while its half-closed objects are freed; the error is reported and
+    nothing half-written is left by then.
+    """
     parser = build_parser()
     args = parser.parse_args(argv)
     _setup_logging(args.verbose, args.quiet)
@@ -229,23 +236,42 @@ def main(argv: Sequence[str] | None = None) -> int:
         cfg = load_config(args.config, overrides=args.overrides, json_text=args.config_json)
         summary: Any = args.func(args, cfg)
     except ConfigError as exc:
-        print(f"vaemap {args.command}: {exc}", file=sys.stderr)
-        return 2
+        return _fail(f"vaemap {args.command}: {exc}", 2, hard_exit)
     except (ValueError, OSError, RuntimeError, KeyError) as exc:
         if args.verbose:
             log.exception("failed")
-        print(f"vaemap {args.command}: error: {exc}", file=sys.stderr)
-        return 1
+        return _fail(f"vaemap {args.command}: error: {exc}", 1, hard_exit)
     except Exception as exc:  # a bug of ours: one line still, the traceback with -v
         if args.verbose:
             log.exception("failed")
-        print(f"vaemap {args.command}: internal error: {type(exc).__name__}: {exc} (run with "
-              f"-v for the traceback, and please report it)", file=sys.stderr)
-        return 3
+        return _fail(f"vaemap {args.command}: internal error: {type(exc).__name__}: {exc} "
+                     f"(run with -v for the traceback, and please report it)", 3, hard_exit)
     if args.json:
         print(json.dumps(summary, default=str))
     return 0
 
 
+def _fail(message: str, status: int, hard_exit: bool) -> int:
+    print(message, file=sys.stderr)
+    if hard_exit:
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(status)
+    return status
+
+
+def _unraisable(info: Any) -> None:
+    # After a failed write, h5py objects freed during the unwinding cannot close
+    # their HDF5 ids and say so on stderr; the failure itself is reported once.
+    log.debug("ignored while freeing %r: %s", info.object, info.exc_value)
+
+
+def run_cli() -> None:
+    """The ``vaemap`` console script."""
+    sys.unraisablehook = _unraisable
+    sys.exit(main(hard_exit=True))
+
+
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    run_cli()

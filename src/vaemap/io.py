@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import errno
 import glob
 import hashlib
 import json
 import os
 import platform
+import re
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -36,6 +38,20 @@ __all__ = [
 
 #: Marks the temporary files of atomic_path (so stale ones can be recognised).
 _TEMP_MARK = "vaemap-tmp-"
+
+
+_FULL = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
+
+
+def _out_of_space(exc: Exception) -> int | None:
+    """The errno when ``exc`` says the disk, a quota or the file-size limit is
+    full (also from HDF5, whose errors carry it only in their text), else None."""
+    if getattr(exc, "errno", None) in _FULL:
+        return exc.errno
+    match = re.search(r"errno = (\d+)", str(exc))
+    if match and int(match.group(1)) in _FULL:
+        return int(match.group(1))
+    return None
 
 
 def _read_umask() -> int:
@@ -70,7 +86,16 @@ def atomic_path(path: str | Path, suffix: str | None = None) -> Iterator[Path]:
     os.close(fd)
     tmp_path = Path(tmp)
     try:
-        yield tmp_path
+        try:
+            yield tmp_path
+        except (OSError, RuntimeError) as exc:  # h5py reports write failures as either
+            full = _out_of_space(exc)
+            if full is None:
+                raise
+            error = OSError(f"cannot write {path}: {os.strerror(full)} (in "
+                            f"{path.parent}); nothing was written")
+            error.errno = full
+            raise error from None
         # mkstemp makes the file private (0600); a product is shared like any
         # file the user writes: read-write as the umask allows.
         os.chmod(tmp_path, 0o666 & ~_UMASK)
