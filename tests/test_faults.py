@@ -9,6 +9,7 @@ import os
 import stat
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -179,3 +180,75 @@ def test_the_model_and_latents_are_final_targets(tmp_path):
                           check=True)
     rule_all = proc.stdout.split("rule all:", 1)[1].split("jobid", 1)[0]
     assert "results/model/model.pt" in rule_all and "results/latents.h5" in rule_all
+
+
+def _kill_when(proc, ready, timeout=300.0):
+    """SIGKILL the workflow's whole process group once ``ready()`` holds."""
+    import signal
+    import time
+
+    start = time.monotonic()
+    while not ready():
+        if proc.poll() is not None:
+            raise AssertionError("the workflow ended before the moment to kill it")
+        if time.monotonic() - start > timeout:
+            raise AssertionError("timed out waiting for the moment to kill the workflow")
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+@pytest.mark.slow
+def test_killed_during_ingest_train_and_maps_a_rerun_gives_identical_products(tmp_path):
+    """SIGKILL of the whole workflow (snakemake and its jobs) in the middle of
+    ingest, of training and of maps; after `--unlock`, each rerun continues, and
+    the products equal those of an uninterrupted run."""
+    import h5py
+    import healpy as hp
+    import numpy as np
+
+    cfg = yaml.safe_load(TINY.read_text())
+    cfg["train"]["epochs"] = cfg["train"]["patience"] = 6  # a wider window to kill in
+    cfg["sweep"] = {"beta": []}
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump(cfg))
+
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+
+    def snakemake(directory, *extra, background=False):
+        cmd = [sys.executable, "-m", "snakemake", "--snakefile",
+               str(REPO / "workflow" / "Snakefile"), "--configfile", str(config),
+               "--directory", str(directory), "--cores", "2", *extra]
+        if background:
+            return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                    start_new_session=True, env=env)
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        return proc
+
+    reference, killed = tmp_path / "reference", tmp_path / "killed"
+    snakemake(reference)
+    res = killed / "results"
+    moments = [
+        ("ingest", lambda: any((res / "logs" / "ingest").glob("*.log"))
+         and not (res / "samples.h5").exists()),
+        ("train", lambda: (res / "model" / "model.pt.ckpt").exists()
+         and not (res / "model" / "model.pt").exists()),
+        ("maps", lambda: (res / "logs" / "maps.log").exists()
+         and any((res / "maps").glob("*.fits")) and not (res / "maps" / "n_obs.png").exists()),
+    ]
+    for _, ready in moments:
+        _kill_when(snakemake(killed, background=True), ready)
+        snakemake(killed, "--unlock")
+    snakemake(killed)
+    assert not list(res.rglob(".*vaemap-tmp-*")), "temporaries left behind"
+    ref = reference / "results"
+    with h5py.File(ref / "latents.h5") as a, h5py.File(res / "latents.h5") as b:
+        assert set(a) == set(b)
+        for key in a:
+            np.testing.assert_array_equal(a[key][...], b[key][...], err_msg=key)
+    assert (ref / "evaluate" / "metrics.json").read_text() == \
+        (res / "evaluate" / "metrics.json").read_text()
+    for name in ("latent0_mu", "anomaly_score", "n_obs"):
+        np.testing.assert_array_equal(hp.read_map(ref / "maps" / f"{name}.fits", nest=None),
+                                      hp.read_map(res / "maps" / f"{name}.fits", nest=None))
