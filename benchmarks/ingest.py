@@ -19,8 +19,11 @@ that peak memory is its own:
   (its number parser rejects the layout's blank padding), if polars is installed;
 * ``naive``   — pandas ``read_csv`` of all columns (the baseline).
 
-The phases run ``--repeat`` times, interleaved, so that a slow spell of a
-noisy machine hits all of them alike; the ratios use each phase's best time
+Put ``--workdir`` on a RAM disk (``/dev/shm/...``) where the machine reclaims
+its page cache eagerly: otherwise some runs read the table from disk and the
+phases are not compared alike. The phases run ``--repeat`` times,
+interleaved, so that a slow spell of a noisy machine hits all of them alike;
+the ratios use each phase's best time
 (the least disturbed run), and the median is printed beside it. It prints
 rows/s and peak resident memory of each, and the ratios ingest / fastest bare
 parse (target ≥ 0.7) and ingest / naive (target ≥ 2).

@@ -232,6 +232,12 @@ def test_ica_unmixes_rotated_independent_sources():
     ic = np.abs(evaluate.spearman_matrix(ica_components(code), sources))
     assert raw.max(axis=0).min() < 0.9
     assert ic.max(axis=0).min() > 0.98 and ic.max(axis=1).min() > 0.98
+    # a collapsed (constant) latent beside them: unmixed the same, a zero component
+    with_dead = np.column_stack([code[:, 0], np.full(len(code), 0.3), code[:, 1]])
+    ic3 = ica_components(with_dead)
+    np.testing.assert_array_equal(ic3[:, 2], 0.0)
+    assert np.abs(evaluate.spearman_matrix(ic3[:, :2], sources)).max(axis=0).min() > 0.98
+    assert (ica_components(np.zeros((50, 3))) == 0).all()  # every latent collapsed
 
 
 def test_summarize_table_with_seed_spread(trained, survey, tiny_config, tmp_path):

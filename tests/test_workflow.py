@@ -1,5 +1,6 @@
 """The Snakemake workflow: lint, dry run, and one end-to-end run on the tiny config."""
 
+import json
 import os
 import re
 import shutil
@@ -83,6 +84,27 @@ def test_profiles_and_encode_scatter_over_tiles(tmp_path):
     assert not re.search(r"^encode\s", table, re.M)
     assert re.search(r"^profiles_tile\s+48$", table, re.M)
     assert re.search(r"^merge_profiles\s+1$", table, re.M)
+
+
+#: Science floors of the tiny configuration's end-to-end run (3 epochs, width 8,
+#: nside 8), from its measured values with a stated margin: best |Spearman ρ|
+#: of a latent with the E/W slope 0.536 and the H-parameter 0.457 (floors 0.2
+#: below), anomaly ROC-AUC 0.950 (floor 0.85) and 1.00 for the warm rocky
+#: craters (floor 0.9), 2 of 2 warm rocky craters in the catalogue (floor 1).
+SCIENCE_FLOORS = {"slope_ew": 0.336, "h_param": 0.257}
+AUC_FLOORS = {"roc_auc": 0.85, "roc_auc_warm_rocky": 0.9}
+
+
+def science_shortfalls(metrics):
+    """The floors a metrics.json misses, as 'name: value < floor' strings."""
+    missed = [f"{f}: {metrics['best_abs_spearman'][f]:.3f} < {floor}"
+              for f, floor in SCIENCE_FLOORS.items()
+              if not metrics["best_abs_spearman"][f] >= floor]
+    missed += [f"{k}: {metrics['anomaly'][k]:.3f} < {floor}" for k, floor in AUC_FLOORS.items()
+               if not metrics["anomaly"][k] >= floor]
+    if metrics["anomaly"]["catalogue"]["warm_rocky_found"] < 1:
+        missed.append("warm_rocky_found: 0 < 1")
+    return missed
 
 
 def _archive(root, days, start="200907050000"):
@@ -197,6 +219,23 @@ def test_end_to_end_products_rerun_and_report(tmp_path):
     report = tmp_path / "report.html"
     snakemake(*common[:4], "--report", str(report))
     assert report.stat().st_size > 50_000
+
+    # The science, not only the plumbing: a change that breaks it fails here.
+    metrics = json.loads((results / "evaluate" / "metrics.json").read_text())
+    assert science_shortfalls(metrics) == []
+    # ... and the check has teeth: latents and scores zeroed (a broken model) fail it.
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    shutil.copy(results / "latents.h5", broken / "latents.h5")
+    with h5py.File(broken / "latents.h5", "a") as h5:
+        h5["mu"][...] = 0.0
+        h5["anomaly_score"][...] = 0.0
+    subprocess.run([sys.executable, "-m", "vaemap.cli", "evaluate", str(broken / "latents.h5"),
+                    "--truth", str(results / "simulate" / "truth.h5"), "--outdir",
+                    str(broken), "-q"], check=True)
+    failed = science_shortfalls(json.loads((broken / "metrics.json").read_text()))
+    assert {f.split(":")[0] for f in failed} == {"slope_ew", "h_param", "roc_auc",
+                                                 "roc_auc_warm_rocky", "warm_rocky_found"}
 
 
 @pytest.mark.slow

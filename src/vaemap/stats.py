@@ -41,12 +41,21 @@ def ica_components(code: np.ndarray, seed: int = 0) -> np.ndarray:
     what disentanglement assumes, so FastICA's rotation to maximally
     independent components is the unsupervised way to recover them; no ground
     truth is used. The same ``seed`` gives the same rotation, so the ``icK``
-    maps and the "VAE + ICA" scores describe one rotation.
+    maps and the "VAE + ICA" scores describe one rotation. Inactive (constant)
+    latents are left out; their places at the end hold zeros.
     """
     from sklearn.decomposition import FastICA
 
-    ica = FastICA(n_components=code.shape[1], whiten="unit-variance", random_state=seed,
+    code = np.asarray(code, dtype=np.float64)
+    out = np.zeros(code.shape)
+    # Inactive (constant) latents carry nothing to unmix and would make the
+    # whitening divide by zero: they stay zero components.
+    active = np.flatnonzero(code.std(axis=0) > 1e-9 * (1.0 + np.abs(code).max()))
+    if active.size == 0 or code.shape[0] <= active.size:
+        return out
+    ica = FastICA(n_components=active.size, whiten="unit-variance", random_state=seed,
                   max_iter=2000, tol=1e-5)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # convergence warnings: the result is still scored
-        return ica.fit_transform(code)
+        out[:, :active.size] = ica.fit_transform(code[:, active])
+    return out
