@@ -15,8 +15,9 @@ import pytest
 from conftest import write_packaged
 
 from vaemap.config import validate_config
-from vaemap.ingest import FLAG_BITS, run
+from vaemap.ingest import run
 from vaemap.rdr import (
+    FLAG_BITS,
     RDR_COLUMNS,
     RdrFormatError,
     format_rows,

@@ -35,10 +35,9 @@ import numpy as np
 from vaemap.healpix import lonlat_to_pix, wrap_lon
 from vaemap.io import RowWriter, atomic_path, file_checksum, provenance_attrs, read_json_attr
 from vaemap.products import SAMPLES, open_product
-from vaemap.rdr import FILL_THRESHOLD, REQUIRED_COLUMNS, RdrFormatError, read_table
+from vaemap.rdr import FILL_THRESHOLD, FLAG_BITS, REQUIRED_COLUMNS, RdrFormatError, read_table
 
 __all__ = [
-    "FLAG_BITS",
     "REJECTION_REASONS",
     "RdrFormatError",
     "merge",
@@ -67,18 +66,6 @@ OUTPUT_CHUNK_ROWS = 1 << 16
 _CHECKSUMS = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vaemap-checksum")
 
 
-#: Flag bits of the quality words (Diviner team's production code), by column.
-FLAG_BITS: dict[str, dict[int, str]] = {
-    "qca": {0x01: "marker_out_of_bounds", 0x02: "nearest_marker", 0x04: "nearest_marker_oob",
-            0x08: "constant_calibration"},
-    "qge": {0x01: "reserved_pointing", 0x02: "reserved_ephemeris", 0x04: "tracked_pointing",
-            0x08: "tracked_ephemeris", 0x10: "predicted_pointing",
-            0x20: "predicted_ephemeris", 0x40: "no_predicted_pointing",
-            0x80: "no_predicted_ephemeris"},
-    "qmi": {0x01: "reserved", 0x02: "eclipse", 0x04: "turn_on_transient",
-            0x08: "abnormal_state", 0x10: "temperature_drift", 0x20: "noise",
-            0x40: "channel1_saturation", 0x80: "moving"},
-}  # fmt: skip
 
 
 def quality_filter(cols: Mapping[str, np.ndarray], params: Mapping[str, Any],

@@ -47,6 +47,7 @@ import numpy as np
 __all__ = [
     "COLUMN_ALIASES",
     "FILL_THRESHOLD",
+    "FLAG_BITS",
     "RDR_COLUMNS",
     "REQUIRED_COLUMNS",
     "RdrFormatError",
@@ -77,10 +78,22 @@ REQUIRED_COLUMNS: tuple[str, ...] = (
     "jdate", "af", "c", "det", "tb", "clat", "clon", "cemis", "cloctime", "qca", "qge", "qmi",
 )  # fmt: skip
 
-#: Fill values: -9999 (unknown) and -9998 (invalid); any value at or below the
+#: Fill values are -9999 (unknown) and -9998 (invalid); any value at or below the
 #: threshold is missing (a fill may be written with more decimals than the field).
-FILL_VALUES: tuple[float, ...] = (-9999.0, -9998.0)
 FILL_THRESHOLD = -9998.0
+
+#: Flag bits of the quality words (the Diviner team's production code), by column.
+FLAG_BITS: dict[str, dict[int, str]] = {
+    "qca": {0x01: "marker_out_of_bounds", 0x02: "nearest_marker", 0x04: "nearest_marker_oob",
+            0x08: "constant_calibration"},
+    "qge": {0x01: "reserved_pointing", 0x02: "reserved_ephemeris", 0x04: "tracked_pointing",
+            0x08: "tracked_ephemeris", 0x10: "predicted_pointing",
+            0x20: "predicted_ephemeris", 0x40: "no_predicted_pointing",
+            0x80: "no_predicted_ephemeris"},
+    "qmi": {0x01: "reserved", 0x02: "eclipse", 0x04: "turn_on_transient",
+            0x08: "abnormal_state", 0x10: "temperature_drift", 0x20: "noise",
+            0x40: "channel1_saturation", 0x80: "moving"},
+}  # fmt: skip
 
 #: printf formats of the published fixed-format layout (label BYTES; sclk zero-padded).
 _FORMATS: dict[str, str] = {
@@ -327,15 +340,16 @@ def _all_commas(grid: np.ndarray, positions: np.ndarray) -> np.ndarray:
     return (hits == np.uint64(0x0101010101010101)).all(axis=1)
 
 
-def _parse_line(text: str, names: Sequence[str], needed: Sequence[str]
+def _parse_line(text: str, n_fields: int, needed: Mapping[str, int]
                 ) -> tuple[dict[str, float], str | None]:
-    """One line parsed by its delimiters; returns (values, problem or None)."""
+    """One line parsed by its delimiters (``needed`` maps each wanted column to its
+    field index); returns (values, problem or None)."""
     parts = text.split(",")
-    if len(parts) != len(names):
-        return {}, f"expected {len(names)} fields, found {len(parts)}"
+    if len(parts) != n_fields:
+        return {}, f"expected {n_fields} fields, found {len(parts)}"
     values = {}
-    for name in needed:
-        item = parts[names.index(name)].strip()
+    for name, index in needed.items():
+        item = parts[index].strip()
         try:
             values[name] = float(item) if item else np.nan
         except ValueError:
@@ -382,8 +396,8 @@ def read_table(path: str | Path, needed: Sequence[str] = REQUIRED_COLUMNS, *,
         check_label(path, names)
         reader = _BlockParser(path, names, header, needed, channels, on_malformed)
         # Blocks are parsed by `threads` workers (numpy releases the GIL in its
-        # loops) and delivered in order; each block's first line number is
-        # known before it is parsed, so errors name the right line.
+        # loops) and delivered in order; a worker numbers a bad line within its
+        # block and _deliver adds the lines of the blocks before it.
         with ThreadPoolExecutor(max_workers=max(1, threads),
                                 thread_name_prefix="vaemap-rdr") as pool:
             pending: collections.deque = collections.deque()
@@ -459,6 +473,7 @@ class _BlockParser:
     def __init__(self, path: Path, names: list[str], header: bytes, needed: Sequence[str],
                  channels: Sequence[int] | None, on_malformed: str):
         self.path, self.names, self.needed = path, names, list(needed)
+        self.field_index = {name: names.index(name) for name in self.needed}
         self.channels = None if channels is None else np.asarray(channels, dtype=np.float64)
         self.on_malformed = on_malformed
         self.layout = _FixedLayout(header, names)
@@ -476,34 +491,35 @@ class _BlockParser:
         number of line ends confirms the result; anything else is scanned.
         """
         stride, eol = self.layout.width + self.eol, self.eol
-        total = int(np.count_nonzero(buf == 10))
+        newline = buf == 10
+        starts = None
         if self.layout.usable and buf.size:
             pieces, pos, irregular = [], 0, 0
             while pos < buf.size and irregular <= 64:
                 fit = (buf.size - pos) // stride
-                ok = buf[pos + stride - 1:pos + fit * stride:stride] == 10
+                ok = newline[pos + stride - 1:pos + fit * stride:stride]
                 if eol == 2:
-                    ok &= buf[pos + stride - 2:pos + fit * stride:stride] == 13
+                    ok = ok & (buf[pos + stride - 2:pos + fit * stride:stride] == 13)
                 k = fit if ok.all() else int(np.argmin(ok))
                 if k:
                     pieces.append(pos + stride * np.arange(k))
                     pos += k * stride
                 if pos < buf.size:
-                    window = np.flatnonzero(buf[pos:pos + 4 * stride] == 10)
+                    window = np.flatnonzero(newline[pos:pos + 4 * stride])
                     if window.size == 0 or irregular == 64:
                         break
-                    end = int(window[0])
                     pieces.append(np.array([pos]))
-                    pos += end + 1
+                    pos += int(window[0]) + 1
                     irregular += 1
             if pos == buf.size and pieces:
                 starts = np.concatenate(pieces)
-                if starts.size == total:
-                    ends = np.concatenate([starts[1:], [buf.size]]) - 1
-                    stops = np.maximum(ends - (buf[np.maximum(ends - 1, 0)] == 13), starts)
-                    return starts, stops, ends
-        ends = np.flatnonzero(buf == 10)
-        starts = np.concatenate([[0], ends[:-1] + 1])
+                if starts.size != np.count_nonzero(newline):
+                    starts = None
+        if starts is None:
+            ends = np.flatnonzero(newline)
+            starts = np.concatenate([[0], ends[:-1] + 1])
+        else:
+            ends = np.concatenate([starts[1:], [buf.size]]) - 1
         stops = np.maximum(ends - (buf[np.maximum(ends - 1, 0)] == 13), starts)
         return starts, stops, ends
 
@@ -557,7 +573,7 @@ class _BlockParser:
                 fixed[rows[~aligned]] = False
                 grid, rows = grid[aligned], rows[aligned]
         if n and not fixed.any():
-            cols = self._parse_with_pyarrow(bytes(block), n)
+            cols = self._parse_with_pyarrow(buf, n)
             if cols is not None:
                 return self._select_channels(cols, counts), counts
         out = {name: np.full(n, np.nan) for name in self.needed}
@@ -596,7 +612,8 @@ class _BlockParser:
         counts["by_position"] = int(fixed.sum())
         for i in np.flatnonzero(~fixed):
             raw = bytes(block[starts[i]:stops[i]])
-            values, problem = _parse_line(raw.decode("latin-1"), self.names, self.needed)
+            values, problem = _parse_line(raw.decode("latin-1"), len(self.names),
+                                          self.field_index)
             if problem is not None:
                 if self.on_malformed == "error":
                     self._problem(int(number[i]), problem, raw)
@@ -622,7 +639,7 @@ class _BlockParser:
         cols["malformed_mask"] = bad[keep]
         return cols, counts
 
-    def _parse_with_pyarrow(self, block: bytes, n: int) -> dict[str, np.ndarray] | None:
+    def _parse_with_pyarrow(self, block: np.ndarray, n: int) -> dict[str, np.ndarray] | None:
         """A block of another comma-separated layout, parsed by pyarrow; None when a
         row is malformed (then the caller parses line by line, to name it)."""
         import pyarrow as pa
