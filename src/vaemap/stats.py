@@ -55,7 +55,11 @@ def ica_components(code: np.ndarray, seed: int = 0) -> np.ndarray:
         return out
     ica = FastICA(n_components=active.size, whiten="unit-variance", random_state=seed,
                   max_iter=2000, tol=1e-5)
+    every = active.size == code.shape[1]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # convergence warnings: the result is still scored
-        out[:, :active.size] = ica.fit_transform(code[:, active])
+        components = ica.fit_transform(code if every else code[:, active])
+    if every:  # the array FastICA returns, as before (its layout sets BLAS's rounding)
+        return components
+    out[:, :active.size] = components
     return out
