@@ -8,8 +8,10 @@ import healpy as hp
 import numpy as np
 
 from vaemap import simulate
+from vaemap.healpix import pix_to_lonlat
 from vaemap.products import TRUTH_FACTORS, simulated_rdr_names
 from vaemap.rdr import RDR_COLUMNS, label_columns, read_table
+from vaemap.thermal import surface_temperature_components
 
 
 def test_rdr_tables_are_in_the_published_layout(survey):
@@ -80,9 +82,9 @@ def test_ingest_accepts_the_simulation_unchanged(survey):
 
 
 def test_multichannel_brightness_reveals_rocks(tiny_config, tmp_path):
-    """Channels 3-9: Planck mixing makes rocky footprints brighter at short wavelengths."""
+    """Channels 3-9: radiance mixing makes rocky footprints brighter at short wavelengths."""
     cfg = {**tiny_config, "simulate": {**tiny_config["simulate"], "days": 30.0, "files": 1,
-                                       "channels": [3, 7, 9], "noise_k": 0.0,
+                                       "channels": [3, 7, 9], "noise_scale": 0.0,
                                        "bad_fraction": 0.0, "packaging": "plain"}}
     simulate.run(tmp_path, cfg)
     path = tmp_path / "rdr" / simulated_rdr_names(cfg["simulate"])[0]
@@ -97,8 +99,74 @@ def test_multichannel_brightness_reveals_rocks(tiny_config, tmp_path):
     night = (lt[c == 3] > 20) | (lt[c == 3] < 4)
     with h5py.File(tmp_path / "truth.h5") as h5:
         rock = h5["rock_fraction"][...]
-    pix = hp.ang2pix(8, table["clon"][c == 3], table["clat"][c == 3],
+    pix = hp.ang2pix(cfg["simulate"]["nside"], table["clon"][c == 3], table["clat"][c == 3],
                      nest=True, lonlat=True)
     rocky = night & (rock[pix] > 0.2)
     assert rocky.sum() > 0
     assert np.all(t3[rocky] > t9[rocky] + 5.0)
+
+
+def test_the_sun_follows_the_seasons():
+    """Sub-solar latitude swings ±1.54° with the eclipse year; the Sun's distance
+    follows Earth's orbit (nearest in early January) and the lunation."""
+    jd = simulate.SIMULATION_START_JD + np.arange(0.0, 730.0, 0.25)
+    sunlat, sundist = simulate.solar_geometry(jd)
+    assert 1.5 < sunlat.max() <= simulate.LUNAR_OBLIQUITY_DEG
+    assert -simulate.LUNAR_OBLIQUITY_DEG <= sunlat.min() < -1.5
+    assert 0.978 < sundist.min() < 0.985 and 1.015 < sundist.max() < 1.022
+    nearest = jd[np.argmin(sundist[: 4 * 365])]
+    assert abs(nearest - simulate.PERIHELION_JD) < 20  # early January, give or take a lunation
+
+
+def test_rdr_sun_columns_carry_the_season(survey):
+    table = {k: np.concatenate([b[k] for b in read_table(survey["rdr"][0],
+                                                         ("jdate", "sunlat", "sundist"))])
+             for k in ("jdate", "sunlat", "sundist")}
+    sunlat, sundist = simulate.solar_geometry(table["jdate"])
+    np.testing.assert_allclose(table["sunlat"], sunlat, atol=1e-3)
+    np.testing.assert_allclose(table["sundist"], sundist, atol=1e-4)
+    assert np.ptp(table["sunlat"]) > 0.5 and np.ptp(table["sundist"]) > 0.005
+
+
+def test_noon_at_75_degrees_changes_with_the_season_as_the_thermal_model_predicts():
+    """The seasonal tables against the thermal model solved directly at the season's
+    sub-solar latitude and Sun distance, for flat columns near 75° N."""
+    nside = 16
+    pix = np.arange(12 * nside**2)
+    lat = pix_to_lonlat(nside, pix)[1]
+    flat = {"lat": lat, "albedo": np.full(pix.size, 0.12), "h_param": np.full(pix.size, 0.06),
+            "slope_ew": np.zeros(pix.size), "slope_ns": np.zeros(pix.size),
+            "rock_fraction": np.zeros(pix.size)}
+    tables = simulate.thermal_tables(flat, nside, workers=2)
+    column = int(np.argmin(np.abs(lat - 75.0)))
+    seasons = ((1.5, 0.985), (-1.5, 1.015), (0.0, 1.0))
+    table_noon = [float(tables.at(np.array([column]), np.array([12.0]), np.array([d]),
+                                  np.array([r]))[0][0]) for d, r in seasons]
+    direct_noon = [float(surface_temperature_components(
+        lat[column], [12.0], declination_deg=d, solar_distance_au=r, steps_per_day=120)[0][0, 0])
+        for d, r in seasons]
+    summer, winter = direct_noon[0] - direct_noon[2], direct_noon[1] - direct_noon[2]
+    assert summer > 3.0 and winter < -3.0  # the season matters at 75°: several kelvin
+    np.testing.assert_allclose(table_noon, direct_noon, atol=0.6)
+    np.testing.assert_allclose(table_noon[0] - table_noon[1], direct_noon[0] - direct_noon[1],
+                               rtol=0.1)
+
+
+def test_a_profile_pixel_mixes_several_surface_columns(survey, tiny_config):
+    """The surface is simulated finer than the profiles: the observations of one
+    profile pixel come from several surface columns, with different factors."""
+    surface_nside = tiny_config["simulate"]["nside"]
+    profile_nside = tiny_config["profiles"]["nside"]
+    assert surface_nside > profile_nside
+    with h5py.File(survey["samples"]) as s:
+        pix = s["pix"][...]  # at the ingest nside, here the surface's
+    assert int(tiny_config["ingest"]["nside"]) == surface_nside
+    children = np.unique(pix)
+    parents, columns_per_pixel = np.unique(children >> 2 * int(np.log2(surface_nside
+                                                                         // profile_nside)),
+                                           return_counts=True)
+    assert np.mean(columns_per_pixel) > 3.0
+    with h5py.File(survey["truth"]) as t:
+        albedo = t["albedo"][...]
+    spread = [np.ptp(albedo[children[(children >> 2) == p]]) for p in parents[:50]]
+    assert np.median(spread) > 0.002

@@ -3,12 +3,18 @@
 import numpy as np
 import pytest
 
-from vaemap.thermal import (
+from vaemap.instrument import (
+    NER,
+    PASSBANDS_UM,
+    band_radiance,
     brightness_temperature,
+    mix_footprint,
+    noise_equivalent_delta_t,
+    observe,
+)
+from vaemap.thermal import (
     cos_incidence,
     heat_capacity,
-    mix_planck,
-    planck_radiance,
     surface_temperature,
     surface_temperature_components,
 )
@@ -103,17 +109,54 @@ def test_bad_arguments():
         surface_temperature(0.0, [12.0], rock_fraction=1.5)
 
 
-def test_planck_round_trip_and_rock_mixing():
-    t = np.array([80.0, 150.0, 390.0])
-    for wavelength in (7.8, 32.0, 200.0):
-        np.testing.assert_allclose(brightness_temperature(planck_radiance(t, wavelength),
-                                                          wavelength), t, rtol=1e-10)
+def test_band_radiance_round_trip_and_rock_mixing():
+    t = np.array([40.0, 80.0, 150.0, 390.0])
+    for channel in PASSBANDS_UM:
+        np.testing.assert_allclose(brightness_temperature(band_radiance(t, channel), channel),
+                                   t, atol=2e-3)
     # A warm rock in a cold footprint: short wavelengths see it more.
-    short = mix_planck(np.array([95.0]), np.array([200.0]), np.array([0.2]), 7.8)
-    long = mix_planck(np.array([95.0]), np.array([200.0]), np.array([0.2]), 200.0)
+    cold, warm = np.array([95.0]), np.array([200.0])
+    short = brightness_temperature(mix_footprint((cold, warm), (0.8, 0.2), 3), 3)
+    long = brightness_temperature(mix_footprint((cold, warm), (0.8, 0.2), 9), 9)
     assert short[0] > long[0] + 30.0 > 95.0 + 30.0
-    np.testing.assert_allclose(mix_planck(np.array([95.0]), np.array([np.nan]),
-                                          np.array([0.0]), 32.0), [95.0])
+    np.testing.assert_allclose(
+        brightness_temperature(mix_footprint((cold, np.array([np.nan])), (1.0, 0.0), 7), 7),
+        [95.0], atol=2e-3)
+    with pytest.raises(ValueError, match="channel 2"):
+        band_radiance(300.0, 2)
+
+
+def test_band_integration_is_not_the_centre_wavelength():
+    """Channel 9 spans 100-400 µm: its band radiance of a mixed footprint is not the
+    Planck function at the centre wavelength, and the band-integrated brightness
+    temperature of a rock/regolith mix differs from the centre-wavelength one."""
+    c1, c2 = 1.191042972e8, 1.4387769e4
+    t = np.array([100.0, 300.0])
+    lo, hi = PASSBANDS_UM[9]
+    centre = c1 / 200.0**5 / np.expm1(c2 / (200.0 * t)) * (hi - lo)
+    band = band_radiance(t, 9)
+    assert np.all(np.abs(band / centre - 1) > 0.05)
+    # trapezoid check of the band integral itself
+    lam = np.linspace(lo, hi, 20001)
+    spectral = c1 / lam**5 / np.expm1(c2 / (lam * t[:, None]))
+    np.testing.assert_allclose(band, np.trapezoid(spectral, lam, axis=1), rtol=1e-4)
+
+
+def test_noise_in_kelvin_grows_as_the_scene_cools():
+    """One noise-equivalent radiance per channel: channel 3 (8 µm) is far noisier at
+    100 K than at 300 K, and cannot see a 100 K night at all; channel 7 can."""
+    assert noise_equivalent_delta_t(100.0, 3) > 100 * noise_equivalent_delta_t(300.0, 3)
+    assert noise_equivalent_delta_t(300.0, 3) < 0.5
+    assert noise_equivalent_delta_t(100.0, 7) < 0.5
+    assert band_radiance(100.0, 3) < NER[3] < band_radiance(200.0, 3)  # below detection
+    rng = np.random.default_rng(0)
+    for temp, channel in ((300.0, 3), (100.0, 7), (300.0, 7)):
+        radiance, tb = observe(np.full(20000, band_radiance(temp, channel)), channel, rng)
+        np.testing.assert_allclose(radiance.std(), NER[channel], rtol=0.03)
+        np.testing.assert_allclose(tb.std(), noise_equivalent_delta_t(temp, channel),
+                                   rtol=0.05)
+    _, tb = observe(np.full(20000, band_radiance(100.0, 3)), 3, rng)
+    assert np.isnan(tb).mean() > 0.3  # a noisy radiance below zero has no temperature
 
 
 def test_components_match_the_bolometric_mix():

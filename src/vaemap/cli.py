@@ -44,7 +44,7 @@ def _common(parser: argparse.ArgumentParser) -> None:
 def _step_simulate(args, cfg):
     from vaemap import simulate
 
-    return simulate.run(args.outdir, cfg)
+    return simulate.run(args.outdir, cfg, workers=args.threads)
 
 
 def _step_ingest(args, cfg):
@@ -144,6 +144,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("simulate", _step_simulate, "Simulate a synthetic Moon survey: Diviner RDR tables "
             "(OUTDIR/rdr/), ground truth truth.h5 and truth_*.fits.")
     p.add_argument("--outdir", required=True, help="output directory")
+    p.add_argument("--threads", type=int, default=1,
+                   help="processes solving the thermal model side by side (default 1)")
     _common(p)
 
     p = add("ingest", _step_ingest, "Quality-filter RDR tables into a HEALPix-indexed, "

@@ -63,7 +63,9 @@ def _key_path(error: jsonschema.ValidationError) -> str:
 
 #: Keys that moved to the section of the step that reads them: old -> new.
 _MOVED_KEYS = {"profiles.normalisation": "model.normalisation",
-               "simulate.gzip": "simulate.packaging (zip, gzip or plain)"}
+               "simulate.gzip": "simulate.packaging (zip, gzip or plain)",
+               "simulate.noise_k": "simulate.noise_scale (a multiple of each channel's "
+                                   "noise-equivalent radiance, not kelvin)"}
 
 
 def validate_config(config: Mapping[str, Any] | None, source: str = "config") -> dict[str, Any]:

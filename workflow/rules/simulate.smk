@@ -16,12 +16,13 @@ rule simulate:
         f"{BENCH}/simulate.tsv"
     conda:
         "../envs/vaemap.yaml"
-    threads: 1
+    threads: 4
     resources:
-        mem_mb=2000,
+        mem_mb=3000,
     params:
         cfg=step_config("simulate"),
         outdir=lambda wildcards, output: os.path.dirname(output.truth),
     shell:
-        "vaemap simulate --outdir {params.outdir} --config-json {params.cfg:q} "
+        "vaemap simulate --outdir {params.outdir} --threads {threads} "
+        "--config-json {params.cfg:q} "
         "--json > {log} 2>&1"
