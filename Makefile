@@ -8,7 +8,7 @@ TORCH ?= torch==2.13.0
 CORES ?= 2
 BIN := $(abspath $(VENV))/bin
 
-.PHONY: demo test report lint clean
+.PHONY: demo test results-table report lint clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,12 @@ test: $(VENV)/.installed  ## install, then run the test suite (lint, units, end-
 	PATH="$(BIN):$$PATH" ruff check .
 	PATH="$(BIN):$$PATH" snakefmt --check workflow
 	PATH="$(BIN):$$PATH" pytest
+
+results-table: demo  ## the demo, then the README's results block (and docs/results/) from its numbers
+	mkdir -p docs/results
+	cp results/evaluate/metrics.json docs/results/metrics.json
+	cp results/evaluate/metrics.md docs/results/metrics.md
+	PATH="$(BIN):$$PATH" vaemap readme-table docs/results/metrics.json --readme README.md
 
 clean:
 	rm -rf results .snakemake

@@ -108,8 +108,20 @@ def _step_evaluate(args, cfg):
 def _step_summarize(args, cfg):
     from vaemap import evaluate
 
-    rows = evaluate.summarize(args.metrics, args.labels, args.output, args.csv)
-    return {"rows": len(rows), "output": args.output}
+    result = evaluate.summarize(args.metrics, args.labels, args.output, args.markdown, args.csv,
+                                main_label=args.main_label)
+    return {"methods": {k: v["runs"] for k, v in result["methods"].items()},
+            "output": args.output}
+
+
+def _step_readme_table(args, cfg):
+    from vaemap import evaluate
+
+    current = evaluate.update_readme(args.summary, args.readme, check=args.check)
+    if args.check and not current:
+        raise ValueError(f"{args.readme}: the results block differs from {args.summary}; "
+                         f"run `vaemap readme-table {args.summary} --readme {args.readme}`")
+    return {"readme": args.readme, "up_to_date": current}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -204,12 +216,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--outdir", required=True, help="output directory")
     _common(p)
 
-    p = add("summarize", _step_summarize, "Compare several evaluate metrics.json files in one "
-            "Markdown (and CSV) table, e.g. a beta sweep.")
+    p = add("summarize", _step_summarize, "Aggregate evaluate metrics.json files of several "
+            "runs (training seeds, sweep variants) into the headline table: each method's "
+            "metrics as mean ± sd over its seeds.")
     p.add_argument("metrics", nargs="+", help="metrics.json files")
-    p.add_argument("--labels", nargs="+", required=True, help="one label per file")
-    p.add_argument("--output", required=True, help="Markdown table to write")
-    p.add_argument("--csv", help="CSV table to write")
+    p.add_argument("--labels", nargs="+", required=True,
+                   help="one label per file: main, seed=S, beta=0, beta=0,seed=S, ...")
+    p.add_argument("--output", required=True, help="JSON to write")
+    p.add_argument("--markdown", help="Markdown table to write")
+    p.add_argument("--csv", help="CSV (one row per run) to write")
+    p.add_argument("--main-label", default="VAE", help="name of the main model's column")
+    _common(p)
+
+    p = add("readme-table", _step_readme_table, "Write the results block of README.md from "
+            "a summarize JSON (between its vaemap:metrics markers), or --check it.")
+    p.add_argument("summary", help="metrics.json written by `vaemap summarize`")
+    p.add_argument("--readme", default="README.md", help="README to update (README.md)")
+    p.add_argument("--check", action="store_true",
+                   help="only check; exit 1 when the README's block differs")
     _common(p)
     return parser
 

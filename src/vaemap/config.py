@@ -129,6 +129,9 @@ def _check_cross_keys(cfg: dict[str, Any], given: set[str], source: str) -> None
                 f"{source}: profiles.bins: {bins} local-time bins cannot be halved "
                 f"model.depth = {depth} times (preset {cfg['model']['preset']!r}); choose bins "
                 f"divisible by {2**depth}, e.g. {bins - bins % 2**depth or 2**depth}")
+    if "sweep" in given and cfg["seed"] in cfg["sweep"]["seed"]:
+        raise ConfigError(f"{source}: sweep.seed: {cfg['seed']} is the main seed already; "
+                          f"list only extra seeds")
     lo, hi = cfg["maps"]["percentiles"]
     if lo >= hi:
         raise ConfigError(f"{source}: maps.percentiles: {lo} must be below {hi}")

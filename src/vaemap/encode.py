@@ -30,7 +30,13 @@ import torch
 
 from vaemap.healpix import sorted_row_range, tile_pixel_range
 from vaemap.io import atomic_path, open_tile_parts, provenance_attrs, write_dataset
-from vaemap.model import latitude_condition, load_checkpoint, resolve_device
+from vaemap.model import (
+    ANOMALY_ERRORS,
+    latitude_condition,
+    load_checkpoint,
+    reconstruction_errors,
+    resolve_device,
+)
 from vaemap.products import LATENTS, PROFILES, open_product
 from vaemap.stats import robust_z
 
@@ -120,13 +126,9 @@ def run(profiles: str | Path, model_path: str | Path, output: str | Path,
                         net = _inference_module(model, (x, mask, cond))
                     m, lv, recon = net(x, mask, cond)
                     recon_k = norm.to_kelvin(recon, mean=mean)
-                    err = torch.where(mask > 0, recon_k - prof, torch.zeros((), device=device))
-                    n_bins = mask.flatten(1).sum(1).clamp(min=1)
-                    arrays["recon_error"][a:b] = torch.sqrt(
-                        (err**2).flatten(1).sum(1) / n_bins).cpu().numpy()
-                    arrays["recon_l1"][a:b] = (err.abs().flatten(1).sum(1) / n_bins).cpu().numpy()
-                    arrays["recon_norm_l1"][a:b] = (
-                        (err / norm.std).abs().flatten(1).sum(1) / n_bins).cpu().numpy()
+                    for key, err in reconstruction_errors(recon_k - prof, mask,
+                                                          norm.std).items():
+                        arrays[key][a:b] = err.cpu().numpy()
                     arrays["mu"][a:b] = m.cpu().numpy()
                     arrays["logvar"][a:b] = lv.cpu().numpy()
                     if recon_ds is not None:
@@ -171,8 +173,7 @@ def _score_attrs(params: Mapping[str, Any]) -> dict[str, Any]:
 def _write_score(out: h5py.File, arrays: Mapping[str, np.ndarray], params: Mapping[str, Any]
                  ) -> tuple[np.ndarray, np.ndarray]:
     """Robust z of the chosen error over all pixels, and the 0/1 anomaly flag."""
-    error = arrays["recon_norm_l1" if params["anomaly_metric"] == "normalised_l1"
-                   else "recon_l1"]
+    error = arrays[ANOMALY_ERRORS[params["anomaly_metric"]]]
     score = robust_z(error).astype(np.float32)
     anomaly = (score > params["anomaly_threshold"]).astype(np.uint8)
     write_dataset(out, "anomaly_score", score)

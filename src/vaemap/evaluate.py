@@ -35,6 +35,8 @@ __all__ = [
     "average_precision",
     "dci",
     "linear_probe",
+    "matched_assignment",
+    "metrics_table",
     "mutual_information_gap",
     "pca_baseline",
     "roc_auc",
@@ -42,6 +44,7 @@ __all__ = [
     "score_code",
     "spearman_matrix",
     "summarize",
+    "update_readme",
 ]
 
 log = logging.getLogger(__name__)
@@ -177,15 +180,20 @@ def _normalised_profiles(profiles: Path, model_path: Path
             norm.std.numpy())
 
 
-def pca_baseline(profiles: Path, model_path: Path, n_components: int
-                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """PCA of the same normalised profiles the VAE sees.
+def pca_baseline(profiles: Path, model_path: Path, n_components: int,
+                 metric: str = "normalised_l1") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """PCA of the same normalised profiles the VAE sees, scored like the VAE.
 
     Masked bins are imputed with the normalisation mean (0 in normalised
-    units). Returns ``(pix, scores (n, n_components), anomaly score)``, the
-    anomaly score being the robust z of the PCA reconstruction's mean absolute
-    error (kelvin) over observed bins — the same statistic as the VAE's.
+    units). Returns ``(pix, scores (n, n_components), anomaly score)``: the
+    anomaly score is the robust z of the PCA reconstruction's error chosen by
+    ``metric`` (an ``encode.anomaly_metric``), computed by the same function
+    as the VAE's (:func:`vaemap.model.reconstruction_errors`).
     """
+    import torch
+
+    from vaemap.model import ANOMALY_ERRORS, reconstruction_errors
+
     pix, _, x, mask, std = _normalised_profiles(profiles, model_path)
     flat = x.reshape(len(pix), -1)
     centre = flat.mean(0)
@@ -193,9 +201,9 @@ def pca_baseline(profiles: Path, model_path: Path, n_components: int
     basis = vt[:n_components]
     scores = (flat - centre) @ basis.T
     recon = (scores @ basis + centre).reshape(x.shape)
-    err_k = np.abs((recon - x) * std) * mask
-    l1 = err_k.reshape(len(pix), -1).sum(1) / np.maximum(mask.reshape(len(pix), -1).sum(1), 1)
-    return pix, scores, robust_z(l1)
+    errors = reconstruction_errors(torch.from_numpy((recon - x) * std), torch.from_numpy(mask),
+                                   torch.from_numpy(std.astype(np.float64)))
+    return pix, scores, robust_z(errors[ANOMALY_ERRORS[metric]].numpy())
 
 
 def linear_probe(profiles: Path, model_path: Path, nside: int, factors: np.ndarray,
@@ -244,19 +252,47 @@ def linear_probe(profiles: Path, model_path: Path, nside: int, factors: np.ndarr
                                           strict=True))}
 
 
+def matched_assignment(rho: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """One-to-one latent-factor assignment maximising the total |ρ| (Hungarian
+    matching on the (latents, factors) Spearman matrix), so one latent cannot
+    count for two factors. Returns per factor its matched |ρ| (0 for a factor
+    left without a latent when there are fewer latents than factors) and the
+    latent index (-1 for none)."""
+    from scipy.optimize import linear_sum_assignment
+
+    latent_of = np.full(rho.shape[1], -1)
+    rows, cols = linear_sum_assignment(-np.abs(rho))
+    latent_of[cols] = rows
+    matched = np.where(latent_of >= 0, np.abs(rho[np.maximum(latent_of, 0),
+                                                  np.arange(rho.shape[1])]), 0.0)
+    return matched, latent_of
+
+
 def score_code(code: np.ndarray, factors: np.ndarray, score: np.ndarray,
                kind: np.ndarray) -> dict[str, Any]:
-    """All ground-truth metrics of one representation and one anomaly score."""
-    rho = spearman_matrix(code, factors)
-    mig, gaps = mutual_information_gap(code, factors)
+    """All ground-truth metrics of one representation and one anomaly score.
+
+    Factor metrics (Spearman, Hungarian-matched Spearman, MIG, DCI) are computed
+    on background pixels only (``kind == 0``): the injected anomalies carry
+    most of the variance of rock fraction and much of H's, and would let a
+    latent that flags anomalies pass for one that measures those factors.
+    Anomaly detection is scored on all pixels.
+    """
+    background = kind == 0
+    rho = spearman_matrix(code[background], factors[background])
+    mig, gaps = mutual_information_gap(code[background], factors[background])
+    matched, latent_of = matched_assignment(rho)
     label = kind > 0
     out: dict[str, Any] = {
+        "factor_pixels": int(background.sum()),
         "spearman": {f: rho[:, j].round(4).tolist() for j, f in enumerate(FACTOR_NAMES)},
         "best_abs_spearman": {f: float(np.abs(rho[:, j]).max())
                               for j, f in enumerate(FACTOR_NAMES)},
+        "matched_abs_spearman": dict(zip(FACTOR_NAMES, matched.round(4).tolist(), strict=True)),
+        "matched_latent": dict(zip(FACTOR_NAMES, latent_of.tolist(), strict=True)),
         "mig": mig,
         "mig_per_factor": dict(zip(FACTOR_NAMES, gaps.round(4).tolist(), strict=True)),
-        "dci": dci(code, factors),
+        "dci": dci(code[background], factors[background]),
         "anomaly": {"n_anomalous_pixels": int(label.sum()), "roc_auc": roc_auc(score, label),
                     "average_precision": average_precision(score, label)},
     }
@@ -287,10 +323,12 @@ def region_recall(pix: np.ndarray, nside: int, kind: np.ndarray, score: np.ndarr
     return result
 
 
-def _truth_at(truth_path: Path, pix: np.ndarray, nside: int) -> dict[str, np.ndarray]:
-    """Ground truth at the map pixels (averaging finer truth, or taking the parent's)."""
+def _truth_at(truth_path: Path, pix: np.ndarray, nside: int) -> dict[str, Any]:
+    """Ground truth at the map pixels (averaging finer truth, or taking the parent's),
+    and the simulated Moon's ``seed``."""
     with open_product(truth_path, TRUTH) as h5:
         t_nside = int(h5.attrs["nside"])
+        seed = int(h5.attrs["seed"])
         t_pix = h5["pix"][...]
         fields = {k: h5[k][...] for k in TRUTH.fields if k not in ("pix", "lon")}
     full = {}
@@ -309,6 +347,7 @@ def _truth_at(truth_path: Path, pix: np.ndarray, nside: int) -> dict[str, np.nda
         out = {k: (np.nanmax if k.startswith("anomaly") else np.nanmean)(v[children], axis=1)
                for k, v in full.items()}
     out["slope_pole"] = out["slope_ns"] * np.sign(out["lat"])
+    out["seed"] = seed
     return out
 
 
@@ -354,12 +393,14 @@ def run(latents: str | Path, truth: str | Path | None, outdir: str | Path,
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
     expect: dict[str, Any] = {}
+    training_seed = None
     if model is not None:  # the baselines must use the model that made the latents
         from vaemap.model import load_checkpoint
 
         ckpt = load_checkpoint(model)[2]
         expect = {"model_weights": ckpt["weights_checksum"], "nside": int(ckpt["nside"]),
                   "against": f"the model {model}"}
+        training_seed = ckpt.get("config", {}).get("seed")
     with open_product(latents, LATENTS, **expect) as h5:
         nside = int(h5.attrs["nside"])
         pix = h5["pix"][...]
@@ -368,9 +409,12 @@ def run(latents: str | Path, truth: str | Path | None, outdir: str | Path,
         score = h5["anomaly_score"][...].astype(np.float64)
         rms = h5["recon_error"][...]
         threshold = float(h5.attrs.get("anomaly_threshold", config["encode"]["anomaly_threshold"]))
+        metric = str(h5.attrs.get("anomaly_metric", config["encode"]["anomaly_metric"]))
     kl = 0.5 * (mu**2 + np.exp(logvar) - 1.0 - logvar)
     metrics: dict[str, Any] = {
         "pixels": int(pix.size),
+        "training_seed": training_seed,
+        "anomaly_metric": metric,
         "kl_per_latent": kl.mean(axis=0).round(4).tolist(),
         "active_units": int((mu.var(axis=0) > 0.01).sum()),
         "recon_rms_k": {"median": float(np.median(rms)), "mean": float(np.mean(rms)),
@@ -379,21 +423,26 @@ def run(latents: str | Path, truth: str | Path | None, outdir: str | Path,
     }
     if metrics["ground_truth"]:
         t = _truth_at(Path(truth), pix, nside)
+        metrics["moon_seed"] = t["seed"]
         factors = np.column_stack([t[k] for k in FACTOR_NAMES])
         kind = np.nan_to_num(t["anomaly_kind"]).astype(int)
         metrics.update(score_code(mu, factors, score, kind))
         metrics["anomaly"]["catalogue"] = region_recall(pix, nside, kind, score, threshold)
         metrics["ica"] = score_code(ica_components(mu), factors, score, kind)
+        metrics["ica"]["anomaly"]["catalogue"] = metrics["anomaly"]["catalogue"]
         if profiles is not None and model is not None:
             pca_pix, pca_code, pca_score = pca_baseline(Path(profiles), Path(model),
-                                                        mu.shape[1])
+                                                        mu.shape[1], metric)
             if not np.array_equal(pca_pix, pix):
                 raise ValueError(f"{profiles} and {latents} hold different pixels")
-            metrics["baselines"] = {"pca": score_code(pca_code, factors, pca_score, kind)}
+            pca = score_code(pca_code, factors, pca_score, kind)
+            pca["anomaly"]["catalogue"] = region_recall(pix, nside, kind, pca_score, threshold)
+            metrics["baselines"] = {"pca": pca}
             metrics["linear_probe"] = linear_probe(Path(profiles), Path(model), nside, factors,
                                                    exclude=kind > 0)
         _heatmap(np.array([metrics["spearman"][f] for f in FACTOR_NAMES]).T,
-                 outdir / "correlation.png", "latents × ground-truth factors")
+                 outdir / "correlation.png", "latents × ground-truth factors "
+                 "(background pixels)")
     else:
         metrics["note"] = ("no ground truth for these data: disentanglement and anomaly "
                            "detection cannot be scored; KL, active units and reconstruction "
@@ -423,12 +472,20 @@ def _markdown(m: Mapping[str, Any]) -> str:
     probe = m.get("linear_probe")
     names = list(methods) + (["linear probe of the profiles ¹"] if probe else [])
     lines += ["## Against the ground truth", "",
+              f"Simulated Moon seed {m['moon_seed']}, training seed {m['training_seed']}. "
+              f"Factor metrics on the {m['factor_pixels']} background pixels (injected "
+              "anomalies left out); matched: one latent per factor (Hungarian). Anomaly "
+              f"scores on all pixels, each method's {m['anomaly_metric']} error.", "",
               "| metric | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
     for f in FACTOR_NAMES:
         cells = [f"{v['best_abs_spearman'][f]:.3f}" for v in methods.values()]
         if probe:
             cells.append(f"{probe['best_abs_spearman'][f]:.3f} (R² {probe['r2'][f]:.2f})")
         lines.append(f"| best abs Spearman, {f} | " + " | ".join(cells) + " |")
+    for f in FACTOR_NAMES:
+        cells = [f"{v['matched_abs_spearman'][f]:.3f}" for v in methods.values()]
+        lines.append(f"| matched abs Spearman, {f} | " + " | ".join(cells)
+                     + (" | —" if probe else "") + " |")
     rows = [("MIG", lambda v: v["mig"]),
             ("DCI disentanglement", lambda v: v["dci"]["disentanglement"]),
             ("DCI completeness", lambda v: v["dci"]["completeness"]),
@@ -462,61 +519,181 @@ def _markdown(m: Mapping[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def summarize(metrics: Sequence[str | Path], labels: Sequence[str], output: str | Path,
-              csv_path: str | Path | None = None) -> list[dict[str, Any]]:
-    """One comparison table (Markdown, optional CSV) of several ``metrics.json``.
+#: The rows of the headline table: (label, path into a method's metrics).
+TABLE_ROWS: tuple[tuple[str, str], ...] = (
+    *((f"best \\|ρ\\| {f}", f"best_abs_spearman.{f}") for f in FACTOR_NAMES),
+    *((f"matched \\|ρ\\| {f}", f"matched_abs_spearman.{f}") for f in FACTOR_NAMES),
+    ("MIG", "mig"),
+    ("DCI disentanglement", "dci.disentanglement"),
+    ("anomaly ROC-AUC", "anomaly.roc_auc"),
+    ("ROC-AUC warm rocky", "anomaly.roc_auc_warm_rocky"),
+    ("ROC-AUC cold spot", "anomaly.roc_auc_cold_spot"),
+    ("anomaly average precision", "anomaly.average_precision"),
+    ("injected regions found", "anomaly.regions_found"),
+)
 
-    Rows: one per file (labelled), plus the ICA rotation and PCA baseline of
-    any file that has them; when files labelled ``seed=...`` follow the first
-    (main) one, the mean and standard deviation over the main model and those
-    re-seeded copies. Columns: best |Spearman| per factor, MIG, DCI, anomaly
-    ROC-AUC / AP, active latents, median reconstruction RMS.
+
+def _lookup(m: Mapping[str, Any], path: str) -> float | None:
+    if path == "anomaly.regions_found":
+        cat = m.get("anomaly", {}).get("catalogue")
+        if not cat:
+            return None
+        found = sum(cat[f"{k}_found"] for k in ANOMALY_KINDS.values())
+        total = sum(cat[f"{k}_regions"] for k in ANOMALY_KINDS.values())
+        return found / total if total else None
+    for key in path.split("."):
+        if not isinstance(m, Mapping) or key not in m:
+            return None
+        m = m[key]
+    return float(m) if isinstance(m, int | float) else None
+
+
+def _group(label: str) -> str:
+    """The method a run belongs to: its label without the training seed."""
+    return ",".join(p for p in label.split(",") if not p.startswith("seed=")) or "main"
+
+
+def _method_name(group: str, main_label: str) -> str:
+    if group == "main":
+        return main_label
+    return "AE (β = 0)" if group in ("beta=0", "beta=0.0") else f"VAE ({group})"
+
+
+def summarize(metrics: Sequence[str | Path], labels: Sequence[str], output: str | Path,
+              markdown: str | Path | None = None, csv_path: str | Path | None = None,
+              main_label: str = "VAE") -> dict[str, Any]:
+    """The headline evaluation: every method's metrics as mean ± sd over its training seeds.
+
+    ``metrics`` are per-run ``metrics.json`` files of :func:`run`, ``labels`` their
+    names: ``main`` for the main model, ``seed=S`` for it re-trained with seed
+    S, ``beta=0`` / ``latent_dim=8`` ... for sweep variants and
+    ``beta=0,seed=S`` for those re-seeded. Runs sharing a label without its
+    seed are one method; each method's runs (and the main runs' ICA rotation,
+    PCA baseline and linear probe) are aggregated. Every run must come from the
+    same simulated Moon. Writes ``output`` (JSON), ``markdown`` (the table
+    with its caption) and ``csv_path`` (one row per run); returns the JSON.
     """
     if len(metrics) != len(labels):
         raise ValueError(f"{len(metrics)} metrics files but {len(labels)} labels")
-    rows: list[dict[str, Any]] = []
-
-    def row(label: str, m: Mapping[str, Any], base: Mapping[str, Any]) -> dict[str, Any]:
-        r: dict[str, Any] = {"model": label, "active_units": base.get("active_units", ""),
-                             "median_rms_k": base.get("recon_rms_k", {}).get("median", "")}
-        if "best_abs_spearman" in m:
-            r.update({f"spearman_{f}": m["best_abs_spearman"][f] for f in FACTOR_NAMES})
-            r.update({"mig": m["mig"], "dci_d": m["dci"]["disentanglement"],
-                      "dci_c": m["dci"]["completeness"],
-                      "dci_i": m["dci"]["informativeness_r2"],
-                      "auc": m["anomaly"]["roc_auc"], "ap": m["anomaly"]["average_precision"]})
-        return r
-
-    seed_rows: list[dict[str, Any]] = []
-    for i, (path, label) in enumerate(zip(metrics, labels, strict=True)):
-        m = json.loads(Path(path).read_text())
-        rows.append(row(label, m, m))
-        if i == 0 or label.startswith("seed="):  # the main model and its re-seeded copies
-            seed_rows.append(rows[-1])
-        if "ica" in m:
-            rows.append(row(f"{label} + ICA", m["ica"], m))
-        for name, base in m.get("baselines", {}).items():
-            rows.append(row(f"{name.upper()} ({label})", base, {}))
-    if len(seed_rows) > 1:  # run-to-run spread of the main model's settings
-        numeric = [k for k, v in seed_rows[0].items() if isinstance(v, (int, float))
-                   and not isinstance(v, bool) and k != "active_units"]
-        values = {k: np.array([float(r[k]) for r in seed_rows]) for k in numeric}
-        rows.append({"model": f"mean of {len(seed_rows)} seeds",
-                     **{k: float(v.mean()) for k, v in values.items()}})
-        rows.append({"model": f"std of {len(seed_rows)} seeds",
-                     **{k: float(v.std(ddof=1)) for k, v in values.items()}})
-    columns = list(dict.fromkeys(k for r in rows for k in r))
-
-    def fmt(v: Any) -> str:
-        return f"{v:.3f}" if isinstance(v, float) else str(v)
-
-    lines = ["# Model comparison", "", "| " + " | ".join(columns) + " |",
-             "|---" * len(columns) + "|"]
-    lines += ["| " + " | ".join(fmt(r.get(c, "")) for c in columns) + " |" for r in rows]
+    runs = [(label, json.loads(Path(path).read_text()), str(path))
+            for path, label in zip(metrics, labels, strict=True)]
+    moons = {m.get("moon_seed") for _, m, _ in runs}
+    if len(moons) > 1:
+        raise ValueError(f"{', '.join(p for *_, p in runs)}: runs of different simulated Moons "
+                         f"(seeds {sorted(moons, key=str)}) cannot be aggregated")
+    members: dict[str, list[tuple[dict[str, Any], Any]]] = {}
+    for label, m, _ in runs:
+        group = _group(label)
+        name = _method_name(group, main_label)
+        members.setdefault(name, []).append((m, m.get("training_seed")))
+        if group != "main":
+            continue
+        for extra, part in (("ICA rotation of the VAE", m.get("ica")),
+                            ("PCA", m.get("baselines", {}).get("pca")),
+                            ("linear probe (supervised reference)", m.get("linear_probe"))):
+            if part is not None:
+                members.setdefault(extra, []).append((part, m.get("training_seed")))
+    methods: dict[str, Any] = {}
+    for name, items in members.items():
+        table: dict[str, Any] = {}
+        for _, path in TABLE_ROWS:
+            values = [_lookup(m, path) for m, _ in items]
+            values = [v for v in values if v is not None and np.isfinite(v)]
+            if values:
+                table[path] = {"mean": float(np.mean(values)),
+                               "sd": float(np.std(values, ddof=1)) if len(values) > 1 else None,
+                               "values": [round(v, 4) for v in values]}
+        methods[name] = {"runs": len(items), "training_seeds": [seed for _, seed in items],
+                         "metrics": table}
+    result = {"moon_seed": moons.pop(), "ground_truth": all(m["ground_truth"] for _, m, _ in runs),
+              "factor_pixels": runs[0][1].get("factor_pixels"),
+              "anomaly_metric": runs[0][1].get("anomaly_metric"), "methods": methods,
+              "runs": [{"label": label, "file": path} for label, _, path in runs]}
     with atomic_path(output) as tmp:
-        tmp.write_text("\n".join(lines) + "\n")
+        tmp.write_text(json.dumps(result, indent=2, allow_nan=True))
+    if markdown is not None:
+        with atomic_path(markdown) as tmp:
+            tmp.write_text(_summary_markdown(result, runs))
     if csv_path is not None:
+        columns = ["label", "training_seed", *(path for _, path in TABLE_ROWS)]
+        lines = [",".join(columns)]
+        for label, m, _ in runs:
+            cells = [label, str(m.get("training_seed"))]
+            cells += ["" if (v := _lookup(m, path)) is None else f"{v:.4f}"
+                      for _, path in TABLE_ROWS]
+            lines.append(",".join(cells))
         with atomic_path(csv_path) as tmp:
-            tmp.write_text("\n".join([",".join(columns)] + [
-                ",".join(fmt(r.get(c, "")) for c in columns) for r in rows]) + "\n")
-    return rows
+            tmp.write_text("\n".join(lines) + "\n")
+    return result
+
+
+def metrics_table(summary: Mapping[str, Any]) -> str:
+    """The headline table (Markdown) of a :func:`summarize` result: one column per
+    method, cells mean ± sd over its training seeds."""
+    names = list(summary["methods"])
+    lines = ["| | " + " | ".join(f"{n} ({summary['methods'][n]['runs']})" for n in names)
+             + " |", "|---" * (len(names) + 1) + "|"]
+    for label, path in TABLE_ROWS:
+        cells = []
+        for n in names:
+            cell = summary["methods"][n]["metrics"].get(path)
+            if cell is None:
+                cells.append("—")
+            elif cell["sd"] is None:
+                cells.append(f"{cell['mean']:.3f}")
+            else:
+                cells.append(f"{cell['mean']:.3f} ± {cell['sd']:.3f}")
+        if any(c != "—" for c in cells):
+            lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def metrics_caption(summary: Mapping[str, Any]) -> str:
+    """What the headline table is: Moon, pixels, seeds, statistic."""
+    seeds = sorted({s for m in summary["methods"].values() for s in m["training_seeds"]
+                    if s is not None})
+    return (f"Simulated Moon seed {summary['moon_seed']}; mean ± sd over training seeds "
+            f"{', '.join(map(str, seeds)) or '—'} (runs per method in brackets). Factor "
+            f"metrics (|ρ|: Spearman with the ground truth; matched: one latent per factor, "
+            f"Hungarian; MIG; DCI) on the {summary['factor_pixels']} background pixels, "
+            f"injected anomalies left out; anomaly scores on all pixels, every method with "
+            f"the same statistic (robust z of its {summary['anomaly_metric']} reconstruction "
+            f"error) and catalogue threshold.")
+
+
+def _summary_markdown(summary: Mapping[str, Any], runs: Sequence[tuple[str, Any, str]]) -> str:
+    lines = ["# vaemap evaluation", "", metrics_caption(summary), "", metrics_table(summary),
+             "The linear probe is a supervised ridge regression from every profile bin to "
+             "each factor (cross-validated over sky tiles): what the data carry, not a "
+             "competitor. The ICA rotation and PCA use the main model's runs.", "",
+             "## Runs", "", "| run | training seed | file |", "|---|---|---|"]
+    lines += [f"| {label} | {m.get('training_seed')} | {path} |" for label, m, path in runs]
+    return "\n".join(lines) + "\n"
+
+
+README_START = "<!-- vaemap:metrics:start -->"
+README_END = "<!-- vaemap:metrics:end -->"
+
+
+def readme_block(summary: Mapping[str, Any]) -> str:
+    """The README's results block, generated from a :func:`summarize` JSON."""
+    return "\n".join([README_START, "", metrics_table(summary), f"*{metrics_caption(summary)}*",
+                      "", README_END])
+
+
+def update_readme(summary_path: str | Path, readme: str | Path, check: bool = False) -> bool:
+    """Replace the block between the README's markers with :func:`readme_block`;
+    with ``check``, only say whether it is up to date. Returns True when the
+    README already held that block."""
+    summary = json.loads(Path(summary_path).read_text())
+    text = Path(readme).read_text()
+    if README_START not in text or README_END not in text:
+        raise ValueError(f"{readme}: no {README_START} ... {README_END} block to fill")
+    head, rest = text.split(README_START, 1)
+    _, tail = rest.split(README_END, 1)
+    new = head + readme_block(summary) + tail
+    if new == text or check:
+        return new == text
+    with atomic_path(readme) as tmp:
+        tmp.write_text(new)
+    return False

@@ -38,6 +38,7 @@ __all__ = [
     "masked_sse",
     "mean_profile",
     "normalise",
+    "reconstruction_errors",
     "resolve_device",
     "save_checkpoint",
     "torch_load",
@@ -244,6 +245,29 @@ def bin_weights(count: torch.Tensor, std: torch.Tensor, noise_k: float, floor_k:
     count = count.float()
     var = noise_k**2 / count.clamp(min=1.0) + floor_k**2
     return torch.where(count > 0, std**2 / var, torch.zeros((), device=count.device))
+
+
+#: The per-pixel error each ``encode.anomaly_metric`` scores (a key of
+#: :func:`reconstruction_errors`).
+ANOMALY_ERRORS = {"normalised_l1": "recon_norm_l1", "l1": "recon_l1"}
+
+
+def reconstruction_errors(residual_k: torch.Tensor, mask: torch.Tensor, std: torch.Tensor
+                          ) -> dict[str, torch.Tensor]:
+    """Per-pixel reconstruction errors over the observed bins, one definition for
+    the model and every baseline scored like it.
+
+    ``residual_k`` is reconstruction − profile in kelvin and ``mask`` 1 on
+    observed bins, both (n, channels, bins); ``std`` (channels, bins) is each
+    bin's spread over the map (K). Returns (n,) tensors: ``recon_error`` RMS (K),
+    ``recon_l1`` mean |residual| (K) and ``recon_norm_l1`` mean |residual| / spread.
+    """
+    err = torch.where(mask > 0, residual_k, torch.zeros((), device=residual_k.device,
+                                                        dtype=residual_k.dtype))
+    n_bins = mask.flatten(1).sum(1).clamp(min=1)
+    return {"recon_error": torch.sqrt((err**2).flatten(1).sum(1) / n_bins),
+            "recon_l1": err.abs().flatten(1).sum(1) / n_bins,
+            "recon_norm_l1": (err / std).abs().flatten(1).sum(1) / n_bins}
 
 
 def kl_per_latent(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:

@@ -48,21 +48,23 @@ def _config_json(cfg):
 
 
 def sweep_step_config(*sections):
-    """step_config for a sweep model: the swept value in place (``model.beta``,
-    ``model.latent_dim`` or the top-level ``seed``), so a sweep model re-runs only
+    """step_config for a sweep model: its values in place (``model.beta``,
+    ``model.latent_dim``, the top-level ``seed``), so a sweep model re-runs only
     when its own settings change (the β = 0 autoencoder does not depend on the
     main model's β)."""
 
     def params(wildcards):
-        value = json.loads(wildcards.value)
         cfg = {name: config[name] for name in sections}
-        if wildcards.param == "seed":
-            cfg["seed"] = value
-        else:
-            cfg["model"] = {**cfg["model"], wildcards.param: value}
-        # beta = 0 is the plain autoencoder: no total-correlation term either
-        if wildcards.param == "beta" and value == 0:
-            cfg["model"]["tc_weight"] = 0.0
+        for item in wildcards.variant.split(","):
+            param, value = item.split("=")
+            value = json.loads(value)
+            if param == "seed":
+                cfg["seed"] = value
+            else:
+                cfg["model"] = {**cfg["model"], param: value}
+            # beta = 0 is the plain autoencoder: no total-correlation term either
+            if param == "beta" and value == 0:
+                cfg["model"]["tc_weight"] = 0.0
         return _config_json(cfg)
 
     return params
@@ -130,31 +132,39 @@ def tiles(step):
     return range(12 * config[step]["tile_nside"] ** 2)
 
 
+def if_truth(path):
+    """An output that exists only when there is ground truth (simulated data)."""
+    return [path] if config["data"]["source"] == "simulate" else []
+
+
 def report_if_truth(path, **kwargs):
-    """A report() output that exists only when there is ground truth (simulated data)."""
-    return [report(path, **kwargs)] if config["data"]["source"] == "simulate" else []
+    """A report() output that exists only when there is ground truth."""
+    return [report(p, **kwargs) for p in if_truth(path)]
 
 
 def sweep_labels():
-    """``param=value`` for every configured sweep value, in config order."""
-    return [
+    """Every sweep model as its directory name, in config order: the main model
+    re-trained with each extra seed (``seed=S``), then each variant of
+    sweep.beta / sweep.latent_dim with the main seed (``beta=0``) and with each
+    extra seed (``beta=0,seed=S``), so every method is trained with the same
+    seeds and summarised as mean ± sd."""
+    seeds = [f"seed={seed}" for seed in config["sweep"]["seed"]]
+    variants = [
         f"{param}={value}"
-        for param in ("beta", "latent_dim", "seed")
+        for param in ("beta", "latent_dim")
         for value in config["sweep"][param]
     ]
-
-
-def sweep_table_labels():
-    """Row labels of the sweep summary: the main model, then each sweep model
-    (β = 0 marked as the plain autoencoder, as sweep_step_config makes it)."""
-
-    def label(name):
-        param, value = name.split("=")
-        return f"AE({name})" if param == "beta" and float(value) == 0 else name
-
-    return [f"main(beta={config['model']['beta']:g})"] + [
-        label(name) for name in sweep_labels()
+    return seeds + [
+        f"{variant},{seed}" if seed else variant
+        for variant in variants
+        for seed in ["", *seeds]
     ]
+
+
+def main_label():
+    """The main model's column in the results table."""
+    model = config["model"]
+    return f"VAE (β = {model['beta']:g}, γ_TC = {model['tc_weight']:g})"
 
 
 def sweep_metrics():
@@ -170,6 +180,4 @@ def final_outputs():
         f"{RESULTS}/model/model.pt",
         f"{RESULTS}/latents.h5",
     ]
-    if sweep_labels():
-        outputs.append(f"{RESULTS}/sweep/summary.md")
     return outputs

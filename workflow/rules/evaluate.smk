@@ -5,19 +5,19 @@ rule evaluate:
         profiles=f"{RESULTS}/profiles.h5",
         model=f"{RESULTS}/model/model.pt",
     output:
-        metrics=f"{RESULTS}/evaluate/metrics.json",
+        metrics=f"{RESULTS}/evaluate/main/metrics.json",
         table=report(
-            f"{RESULTS}/evaluate/metrics.md",
+            f"{RESULTS}/evaluate/main/metrics.md",
             category="Evaluation",
-            caption="../report/metrics.rst",
+            caption="../report/metrics_main.rst",
         ),
         kl=report(
-            f"{RESULTS}/evaluate/kl.png",
+            f"{RESULTS}/evaluate/main/kl.png",
             category="Evaluation",
             caption="../report/kl.rst",
         ),
         heatmap=report_if_truth(
-            f"{RESULTS}/evaluate/correlation.png",
+            f"{RESULTS}/evaluate/main/correlation.png",
             category="Evaluation",
             caption="../report/correlation.rst",
         ),

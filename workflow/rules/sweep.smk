@@ -1,23 +1,24 @@
-# Config-driven sweeps: one model per value of sweep.beta / latent_dim / seed,
-# trained, encoded and evaluated by the main model's rules with the swept
-# value in place, then one table.
+# Config-driven sweeps: the main model re-trained with every extra seed of
+# sweep.seed, and one model per value of sweep.beta / latent_dim with each
+# seed, trained, encoded and evaluated by the main model's rules with the
+# swept values in place; then one table of mean ± sd over the seeds.
 
 
 wildcard_constraints:
-    param="beta|latent_dim|seed",
+    variant="(beta|latent_dim|seed)=[^/,]+(,seed=[^/,]+)?",
 
 
 use rule train as train_sweep with:
     input:
         f"{RESULTS}/profiles.h5",
     output:
-        model=f"{RESULTS}/sweep/{{param}}={{value}}/model.pt",
-        metrics=f"{RESULTS}/sweep/{{param}}={{value}}/train_metrics.csv",
-        curve=f"{RESULTS}/sweep/{{param}}={{value}}/loss_curve.png",
+        model=f"{RESULTS}/sweep/{{variant}}/model.pt",
+        metrics=f"{RESULTS}/sweep/{{variant}}/train_metrics.csv",
+        curve=f"{RESULTS}/sweep/{{variant}}/loss_curve.png",
     log:
-        f"{LOGS}/sweep/train_{{param}}={{value}}.log",
+        f"{LOGS}/sweep/train_{{variant}}.log",
     benchmark:
-        f"{BENCH}/sweep/train_{{param}}={{value}}.tsv"
+        f"{BENCH}/sweep/train_{{variant}}.tsv"
     params:
         cfg=sweep_step_config("model", "train", "seed", "device"),
 
@@ -25,13 +26,13 @@ use rule train as train_sweep with:
 use rule encode as encode_sweep with:
     input:
         profiles=f"{RESULTS}/profiles.h5",
-        model=f"{RESULTS}/sweep/{{param}}={{value}}/model.pt",
+        model=f"{RESULTS}/sweep/{{variant}}/model.pt",
     output:
-        temp(f"{RESULTS}/sweep/{{param}}={{value}}/latents.h5"),
+        temp(f"{RESULTS}/sweep/{{variant}}/latents.h5"),
     log:
-        f"{LOGS}/sweep/encode_{{param}}={{value}}.log",
+        f"{LOGS}/sweep/encode_{{variant}}.log",
     benchmark:
-        f"{BENCH}/sweep/encode_{{param}}={{value}}.tsv"
+        f"{BENCH}/sweep/encode_{{variant}}.tsv"
     params:
         cfg=step_config("encode", "device"),
         extra="--set encode.store_recon=false",
@@ -40,37 +41,43 @@ use rule encode as encode_sweep with:
 use rule evaluate as evaluate_sweep with:
     input:
         unpack(truth_input),
-        latents=f"{RESULTS}/sweep/{{param}}={{value}}/latents.h5",
+        latents=f"{RESULTS}/sweep/{{variant}}/latents.h5",
+        profiles=f"{RESULTS}/profiles.h5",
+        model=f"{RESULTS}/sweep/{{variant}}/model.pt",
     output:
-        metrics=f"{RESULTS}/sweep/{{param}}={{value}}/metrics.json",
+        metrics=f"{RESULTS}/sweep/{{variant}}/metrics.json",
+        table=f"{RESULTS}/sweep/{{variant}}/metrics.md",
+        kl=f"{RESULTS}/sweep/{{variant}}/kl.png",
+        heatmap=if_truth(f"{RESULTS}/sweep/{{variant}}/correlation.png"),
     log:
-        f"{LOGS}/sweep/evaluate_{{param}}={{value}}.log",
+        f"{LOGS}/sweep/evaluate_{{variant}}.log",
     benchmark:
-        f"{BENCH}/sweep/evaluate_{{param}}={{value}}.tsv"
-    params:
-        truth=truth_flag,
-        baselines="",
-        outdir=lambda wildcards, output: os.path.dirname(output.metrics),
+        f"{BENCH}/sweep/evaluate_{{variant}}.tsv"
 
 
-rule sweep_summary:
+rule summarize:
     input:
-        main=f"{RESULTS}/evaluate/metrics.json",
+        main=f"{RESULTS}/evaluate/main/metrics.json",
         variants=sweep_metrics(),
     output:
+        metrics=f"{RESULTS}/evaluate/metrics.json",
         table=report(
-            f"{RESULTS}/sweep/summary.md",
+            f"{RESULTS}/evaluate/metrics.md",
             category="Evaluation",
-            caption="../report/sweep.rst",
+            caption="../report/metrics.rst",
         ),
-        csv=f"{RESULTS}/sweep/summary.csv",
+        csv=f"{RESULTS}/evaluate/runs.csv",
     log:
-        f"{LOGS}/sweep/summary.log",
+        f"{LOGS}/summarize.log",
+    benchmark:
+        f"{BENCH}/summarize.tsv"
     conda:
         "../envs/vaemap.yaml"
     threads: 1
     params:
-        labels=sweep_table_labels(),
+        labels=["main", *sweep_labels()],
+        main_label=main_label(),
     shell:
         "vaemap summarize {input.main} {input.variants} --labels {params.labels:q} "
-        "--output {output.table} --csv {output.csv} > {log} 2>&1"
+        "--main-label {params.main_label:q} --output {output.metrics} "
+        "--markdown {output.table} --csv {output.csv} > {log} 2>&1"
