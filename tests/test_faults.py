@@ -111,7 +111,7 @@ def test_snakemake_config_errors_name_the_config_file(tmp_path):
 def test_an_unexpected_failure_is_still_one_line(monkeypatch, capsys, tmp_path):
     from vaemap import simulate
 
-    def broken(outdir, config):
+    def broken(outdir, config, **kwargs):
         raise IndexError("index 7 is out of bounds for axis 0 with size 3")
 
     monkeypatch.setattr(simulate, "run", broken)
@@ -209,7 +209,7 @@ def test_killed_during_ingest_train_and_maps_a_rerun_gives_identical_products(tm
 
     cfg = yaml.safe_load(TINY.read_text())
     cfg["train"]["epochs"] = cfg["train"]["patience"] = 6  # a wider window to kill in
-    cfg["sweep"] = {"beta": []}
+    cfg["sweep"] = {"beta": [], "seed": []}
     config = tmp_path / "config.yaml"
     config.write_text(yaml.safe_dump(cfg))
 

@@ -281,12 +281,12 @@ def test_readme_block_is_generated_from_the_summary(tmp_path):
                    "anomaly.roc_auc": {"mean": 0.9512, "sd": 0.0123, "values": []}}}}}
     (tmp_path / "s.json").write_text(json.dumps(summary))
     readme = tmp_path / "README.md"
-    readme.write_text(f"intro\n{evaluate.README_START}\nold\n{evaluate.README_END}\nrest\n")
+    readme.write_text(f"intro\n{evaluate.README_START}\nSTALE TABLE\n{evaluate.README_END}\nrest\n")
     assert not evaluate.update_readme(tmp_path / "s.json", readme, check=True)
     evaluate.update_readme(tmp_path / "s.json", readme)
     text = readme.read_text()
     assert "| anomaly ROC-AUC | 0.951 ± 0.012 |" in text and "seeds 42, 43, 44" in text
-    assert text.startswith("intro\n") and text.endswith("rest\n") and "old" not in text
+    assert text.startswith("intro\n") and text.endswith("rest\n") and "STALE TABLE" not in text
     assert evaluate.update_readme(tmp_path / "s.json", readme, check=True)
 
 
