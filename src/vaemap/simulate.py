@@ -534,6 +534,36 @@ def _write_label(path: Path, table: str, rows: int) -> None:
         tmp.write_text("\r\n".join(lines) + "\r\n")
 
 
+_WRITER: dict[str, Any] = {}  # what _write_table needs, set once per process
+
+
+def _set_writer_state(tables: ThermalTables, rock: np.ndarray, params: Mapping[str, Any],
+                      seed: int) -> None:
+    _WRITER.update(tables=tables, rock=rock, params=params, seed=seed)
+
+
+def _write_table(job: tuple[Path, int, tuple[int, int]]) -> int:
+    """Observe orbits ``lo <= k < hi`` and write them as table ``path`` (the
+    ``index``-th of the mission, seeded by it); returns the rows written."""
+    path, index, (lo, hi) = job
+    tables, rock, params, seed = (_WRITER[k] for k in ("tables", "rock", "params", "seed"))
+    rng = np.random.default_rng([seed, index])  # each file reproducible on its own
+    batches = (simulate_observations(tables, rock, params, (a, min(a + ORBITS_PER_BATCH, hi)),
+                                     rng)
+               for a in range(lo, hi, ORBITS_PER_BATCH))
+    preamble = [
+        "Header: Diviner Lunar Radiometer RDR table (SIMULATED by vaemap)",
+        f"Header: orbits {lo + 1}-{hi}, seed {seed}, nside {tables.nside}",
+        "Header: published fixed-format layout, fill values -9999 and -9998",
+    ]
+    rows = _write_rdr(path, batches, preamble, params["packaging"])
+    if params["packaging"] == "zip":
+        _write_label(path.with_name(path.name.replace(".zip", ".lbl")),
+                     path.name.split("_")[0] + "_RDR.TAB", rows)
+    log.info("wrote %s: %d rows", path.name, rows)
+    return rows
+
+
 def run(outdir: str | Path, config: Mapping[str, Any], *, workers: int = 1) -> dict[str, Any]:
     """Simulate a survey: RDR tables, ``truth.h5`` and ground-truth FITS maps.
 
@@ -546,7 +576,7 @@ def run(outdir: str | Path, config: Mapping[str, Any], *, workers: int = 1) -> d
     config : mapping
         Validated configuration; uses the ``simulate`` section.
     workers : int
-        Processes that solve the thermal model side by side.
+        Processes that solve the thermal model, and write the tables, side by side.
 
     Returns
     -------
@@ -566,26 +596,18 @@ def run(outdir: str | Path, config: Mapping[str, Any], *, workers: int = 1) -> d
     tables = thermal_tables(surface, nside, workers)
     rock = surface["rock_fraction"].astype(np.float32)
 
-    names = simulated_rdr_names(params)
-    rows_written = {}
-    for i, (name, (lo, hi)) in enumerate(zip(names, simulated_table_orbits(params),
-                                             strict=True)):
-        rng = np.random.default_rng([seed, i])  # each file reproducible on its own
-        batches = (
-            simulate_observations(tables, rock, params, (a, min(a + ORBITS_PER_BATCH, hi)), rng)
-            for a in range(lo, hi, ORBITS_PER_BATCH)
-        )
-        preamble = [
-            "Header: Diviner Lunar Radiometer RDR table (SIMULATED by vaemap)",
-            f"Header: orbits {lo + 1}-{hi}, seed {seed}, nside {nside}",
-            "Header: published fixed-format layout, fill values -9999 and -9998",
-        ]
-        rows_written[name] = _write_rdr(outdir / "rdr" / name, batches, preamble,
-                                        params["packaging"])
-        if params["packaging"] == "zip":
-            _write_label(outdir / "rdr" / name.replace(".zip", ".lbl"),
-                         name.split("_")[0] + "_RDR.TAB", rows_written[name])
-        log.info("wrote %s: %d rows", name, rows_written[name])
+    jobs = [(outdir / "rdr" / name, i, span) for i, (name, span) in
+            enumerate(zip(simulated_rdr_names(params), simulated_table_orbits(params),
+                          strict=True))]
+    # Tables are independent (each has its own random stream): written side by side.
+    if workers > 1 and len(jobs) > 1:
+        with ProcessPoolExecutor(min(workers, len(jobs)), initializer=_set_writer_state,
+                                 initargs=(tables, rock, params, seed)) as pool:
+            written = list(pool.map(_write_table, jobs))
+    else:
+        _set_writer_state(tables, rock, params, seed)
+        written = [_write_table(job) for job in jobs]
+    rows_written = {path.name: rows for (path, _, _), rows in zip(jobs, written, strict=True)}
 
     attrs = provenance_attrs(config, **TRUTH.identity(), nside=nside, ordering="NESTED",
                              body="MOON", seed=seed, parameters=dict(params),

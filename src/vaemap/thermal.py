@@ -126,7 +126,7 @@ def solve_columns(
     growth: float = 1.22,
     n_layers: int = 26,
     max_days: int = 8,
-    tol_k: float = 0.05,
+    tol_k: float = 0.1,
 ) -> np.ndarray:
     """Periodic diurnal surface temperature for columns driven by ``absorbed`` flux.
 

@@ -19,6 +19,7 @@ use rule train as train_sweep with:
         f"{LOGS}/sweep/train_{{variant}}.log",
     benchmark:
         f"{BENCH}/sweep/train_{{variant}}.tsv"
+    priority: 0
     params:
         cfg=sweep_step_config("model", "train", "seed", "device"),
 

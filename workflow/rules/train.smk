@@ -13,6 +13,8 @@ rule train:
         f"{LOGS}/train.log",
     benchmark:
         f"{BENCH}/train.tsv"
+    # the main model first: its encode and maps then overlap the sweep trainings
+    priority: 1
     conda:
         "../envs/vaemap.yaml"
     threads: config["train"]["threads"]
