@@ -293,9 +293,17 @@ def _unraisable(info: Any) -> None:
     log.debug("ignored while freeing %r: %s", info.object, info.exc_value)
 
 
+def _printed_exception(kind: type, value: BaseException, tb: Any) -> None:
+    # main() reports every failure itself; what still reaches the excepthook are
+    # errors C extensions print while freeing objects (h5py's datasets of a file
+    # that a full disk broke), which would bury the one-line message.
+    log.debug("ignored: %s: %s", kind.__name__, value)
+
+
 def run_cli() -> None:
     """The ``vaemap`` console script."""
     sys.unraisablehook = _unraisable
+    sys.excepthook = _printed_exception
     sys.exit(main(hard_exit=True))
 
 

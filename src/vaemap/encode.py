@@ -28,7 +28,13 @@ import numpy as np
 import torch
 
 from vaemap.healpix import sorted_row_range, tile_pixel_range
-from vaemap.io import atomic_path, open_tile_parts, provenance_attrs, write_dataset
+from vaemap.io import (
+    atomic_hdf5,
+    file_checksum,
+    open_tile_parts,
+    provenance_attrs,
+    write_dataset,
+)
 from vaemap.model import (
     ANOMALY_ERRORS,
     latitude_condition,
@@ -110,7 +116,7 @@ def run(profiles: str | Path, model_path: str | Path, output: str | Path,
                   "logvar": np.empty((n, arch["latent_dim"]), np.float32),
                   "recon_error": np.empty(n, np.float32), "recon_l1": np.empty(n, np.float32),
                   "recon_norm_l1": np.empty(n, np.float32), "n_obs": src["n_obs"][lo:hi]}
-        with atomic_path(output) as tmp, h5py.File(tmp, "w") as out:
+        with atomic_hdf5(output) as out:
             recon_ds = _recon_dataset(out, (n, *shape[1:])) if params["store_recon"] else None
             net = None
             with torch.inference_mode():
@@ -135,7 +141,8 @@ def run(profiles: str | Path, model_path: str | Path, output: str | Path,
             attrs = {**LATENTS.identity(), "nside": int(ckpt["nside"]), "ordering": "NESTED",
                      "body": "MOON", "model": str(model_path), "latent_dim": arch["latent_dim"],
                      "channels": list(ckpt["channels"]),
-                     "model_weights": ckpt["weights_checksum"]}
+                     "model_weights": ckpt["weights_checksum"],
+                     "profiles_checksum": file_checksum(profiles)}
             _write_pixel_datasets(out, arrays)
             if tile is None:
                 _, anomaly = _write_score(out, arrays, params)
@@ -205,15 +212,15 @@ def merge(parts: Sequence[str | Path], output: str | Path, config: Mapping[str, 
         handles = [h for _, h in opened]
         ref = handles[0]
         for path, h in opened[1:]:
-            for key in ("nside", "latent_dim", "model", "model_weights"):
-                if str(h.attrs[key]) != str(ref.attrs[key]):
+            for key in ("nside", "latent_dim", "model", "model_weights", "profiles_checksum"):
+                if str(h.attrs.get(key)) != str(ref.attrs.get(key)):
                     raise ValueError(f"{path}: {key} {h.attrs[key]} differs from "
                                      f"{opened[0][0]}'s {ref.attrs[key]}")
         arrays = {key: np.concatenate([h[key][...] for h in handles]) for key in _PIXEL_DATASETS}
         if np.any(np.diff(arrays["pix"]) <= 0):  # also catches a part out of order inside
             raise ValueError("tile parts overlap or repeat pixels: "
                              + ", ".join(str(path) for path, _ in opened))
-        with atomic_path(output) as tmp, h5py.File(tmp, "w") as out:
+        with atomic_hdf5(output) as out:
             _write_pixel_datasets(out, arrays)
             if all("recon" in h for h in handles):
                 recon = _recon_dataset(out, (arrays["pix"].size, *ref["recon"].shape[1:]))
@@ -228,7 +235,8 @@ def merge(parts: Sequence[str | Path], output: str | Path, config: Mapping[str, 
                      "latent_dim": int(ref.attrs["latent_dim"]),
                      "channels": json.loads(ref.attrs["channels"]),
                      **{k: str(ref.attrs[k]) for k in ("ordering", "body", "model",
-                                                       "model_weights")}}
+                                                       "model_weights", "profiles_checksum")
+                        if k in ref.attrs}}
             out.attrs.update(provenance_attrs(
                 config, **attrs, **_score_attrs(params),
                 merged_from=[str(path) for path, _ in opened]))

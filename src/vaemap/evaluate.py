@@ -20,7 +20,7 @@ import numpy as np
 from scipy import stats
 
 from vaemap.figures import pyplot, save_figure
-from vaemap.io import atomic_path
+from vaemap.io import atomic_path, file_checksum
 from vaemap.products import (
     ANOMALY_KINDS,
     LATENTS,
@@ -400,6 +400,10 @@ def run(latents: str | Path, truth: str | Path | None, outdir: str | Path,
         ckpt = load_checkpoint(model)[2]
         expect = {"model_weights": ckpt["weights_checksum"], "nside": int(ckpt["nside"]),
                   "against": f"the model {model}"}
+    if profiles is not None:  # and the profiles that made them
+        expect.update(profiles_checksum=file_checksum(profiles),
+                      against=f"{expect.get('against', 'the inputs')} and the profiles "
+                              f"{profiles}")
         training_seed = ckpt.get("config", {}).get("seed")
     with open_product(latents, LATENTS, **expect) as h5:
         nside = int(h5.attrs["nside"])

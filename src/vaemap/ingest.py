@@ -33,7 +33,13 @@ import h5py
 import numpy as np
 
 from vaemap.healpix import lonlat_to_pix, wrap_lon
-from vaemap.io import RowWriter, atomic_path, file_checksum, provenance_attrs, read_json_attr
+from vaemap.io import (
+    RowWriter,
+    atomic_hdf5,
+    file_checksum,
+    provenance_attrs,
+    read_json_attr,
+)
 from vaemap.products import SAMPLES, open_product
 from vaemap.rdr import FILL_THRESHOLD, FLAG_BITS, REQUIRED_COLUMNS, RdrFormatError, read_table
 
@@ -331,7 +337,7 @@ def _write_output(output: Path, runs: Sequence[_Run], params: Mapping[str, Any],
                   attrs: dict[str, Any]) -> int:
     """Merge ``runs`` into ``output`` (atomically); returns the duplicates dropped."""
     block = max(params["chunk_rows"] // max(len(runs), 1), 4096)
-    with atomic_path(output) as tmp, h5py.File(tmp, "w") as h5:
+    with atomic_hdf5(output) as h5:
         writer = _sample_writer(h5, params["compression"])
         duplicates = _merge_runs(runs, writer, block)
         attrs["rejected"]["duplicate"] += duplicates

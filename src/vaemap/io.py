@@ -105,6 +105,22 @@ def atomic_path(path: str | Path, suffix: str | None = None) -> Iterator[Path]:
             tmp_path.unlink()
 
 
+@contextlib.contextmanager
+def atomic_hdf5(path: str | Path) -> Iterator[h5py.File]:
+    """An HDF5 product written atomically (see :func:`atomic_path`): yields the
+    open file; closes it (flushing what HDF5 still buffers, where a full disk
+    often shows) and renames it onto ``path`` on success, removes it on failure."""
+    with atomic_path(path) as tmp:
+        h5 = h5py.File(tmp, "w")
+        try:
+            yield h5
+        except BaseException:
+            with contextlib.suppress(OSError, RuntimeError):
+                h5.close()  # the error being raised already says what went wrong
+            raise
+        h5.close()
+
+
 #: Checksums :func:`file_checksum` computes: xxh3_128 (xxHash, several GB/s, for
 #: change detection) or sha256 (cryptographic, about 10x slower).
 CHECKSUMS = ("xxh3_128", "sha256")

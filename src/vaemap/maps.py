@@ -20,7 +20,7 @@ import numpy as np
 
 from vaemap.figures import pyplot, save_figure
 from vaemap.healpix import write_partial_map
-from vaemap.io import atomic_path
+from vaemap.io import atomic_path, file_checksum
 from vaemap.products import LATENTS, PROFILES, map_products, open_product
 from vaemap.stats import ica_components
 
@@ -243,7 +243,8 @@ def run(latents: str | Path, profiles: str | Path, model: str | Path, outdir: st
     model_net, norm, ckpt = load_checkpoint(model)
     with open_product(latents, LATENTS, nside=int(ckpt["nside"]), channels=ckpt["channels"],
                       model_weights=ckpt["weights_checksum"],
-                      against=f"the model {model}") as h5, \
+                      profiles_checksum=file_checksum(profiles),
+                      against=f"the model {model} and the profiles {profiles}") as h5, \
             open_product(profiles, PROFILES, nside=int(ckpt["nside"]),
                          channels=ckpt["channels"], bins=int(ckpt["arch"]["bins"]),
                          against=f"the model {model}") as prof:

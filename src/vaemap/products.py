@@ -278,6 +278,7 @@ def _attr(h5, key: str) -> Any:
 def check_product(h5, path: str | Path, spec: ProductSpec, *, part: bool | None = False,
                   nside: int | None = None, channels: Sequence[int] | None = None,
                   bins: int | None = None, model_weights: str | None = None,
+                  profiles_checksum: str | None = None,
                   against: str = "the configuration") -> None:
     """Check an open HDF5 file against ``spec`` and the reader's expectations.
 
@@ -297,6 +298,9 @@ def check_product(h5, path: str | Path, spec: ProductSpec, *, part: bool | None 
         the number of ``bins`` of a profiles-shaped dataset).
     model_weights : str, optional
         The weights checksum of the model the product must have been made with.
+    profiles_checksum : str, optional
+        The checksum of the profiles file the product must have been made from
+        (checked where the product records one).
     against : str
         Where the expected values come from, for the message (e.g. ``"model.pt"``).
 
@@ -351,6 +355,11 @@ def check_product(h5, path: str | Path, spec: ProductSpec, *, part: bool | None 
         if made_by != model_weights:
             raise ProductError(f"{path}: was made by another model (weights {made_by}), not "
                                f"{against} ({model_weights}); re-run encode with this model")
+    if profiles_checksum is not None and "profiles_checksum" in h5.attrs:
+        made_from = str(h5.attrs["profiles_checksum"])
+        if made_from != profiles_checksum:
+            raise ProductError(f"{path}: was made from other profiles ({made_from}), not "
+                               f"{against} ({profiles_checksum}); re-run encode on them")
     if bins is not None:
         for name, f in spec.fields.items():
             if "bins" in f.dims and name in h5:

@@ -25,7 +25,14 @@ import h5py
 import numpy as np
 
 from vaemap.healpix import parent_pix, pix_to_lonlat, sorted_row_range, tile_pixel_range
-from vaemap.io import RowWriter, atomic_path, open_tile_parts, provenance_attrs, read_json_attr
+from vaemap.io import (
+    RowWriter,
+    atomic_hdf5,
+    file_checksum,
+    open_tile_parts,
+    provenance_attrs,
+    read_json_attr,
+)
 from vaemap.products import PROFILES, SAMPLES, open_product
 
 __all__ = ["bin_edges", "max_cyclic_gap_h", "run"]
@@ -153,8 +160,7 @@ def run(samples: str | Path, output: str | Path, config: Mapping[str, Any], *,
     nside, bins = params["nside"], params["bins"]
     rejected = {"too_few_observations": 0, "gap_too_large": 0}
     observed_bins = 0
-    with open_product(samples, SAMPLES) as h5, atomic_path(output) as tmp, \
-            h5py.File(tmp, "w") as out:
+    with open_product(samples, SAMPLES) as h5, atomic_hdf5(output) as out:
         nside_in = int(h5.attrs["nside"])
         if nside_in < nside:
             raise ValueError(f"{samples}: samples nside {nside_in} is coarser than "
@@ -166,7 +172,7 @@ def run(samples: str | Path, output: str | Path, config: Mapping[str, Any], *,
         if tile is not None:
             tile_pixel_range(tile, nside)  # the tile must be no finer than the map
             lo, hi = sorted_row_range(h5["pix"], *tile_pixel_range(tile, nside_in))
-        source = {"path": str(samples), "rows": hi - lo,
+        source = {"path": str(samples), "checksum": file_checksum(samples), "rows": hi - lo,
                   "rejected_rows": read_json_attr(h5.attrs, "rejected", {})}
         writer = _profile_writer(out, n_ch, bins)
         for chunk in _iter_pixel_chunks(h5, nside_in, nside, READ_ROWS, lo, hi):
@@ -215,7 +221,7 @@ def merge(parts: Sequence[str | Path], output: str | Path, config: Mapping[str, 
                                  f"{opened[0][0]} (channels {channels})")
         rejected = {"too_few_observations": 0, "gap_too_large": 0}
         observed_bins = 0
-        with atomic_path(output) as tmp, h5py.File(tmp, "w") as out:
+        with atomic_hdf5(output) as out:
             writer = _profile_writer(out, len(channels), params["bins"])
             for _, h in opened:
                 for a in range(0, h["pix"].shape[0], 65536):

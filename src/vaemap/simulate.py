@@ -52,13 +52,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import h5py
 import healpy as hp
 import numpy as np
 
 from vaemap import instrument, thermal
 from vaemap.healpix import MOON_RADIUS_KM, pix_to_lonlat
-from vaemap.io import atomic_path, provenance_attrs, write_dataset
+from vaemap.io import atomic_hdf5, atomic_path, provenance_attrs, write_dataset
 from vaemap.products import (
     SIMULATION_START_JD,
     TRUTH,
@@ -612,7 +611,7 @@ def run(outdir: str | Path, config: Mapping[str, Any], *, workers: int = 1) -> d
     attrs = provenance_attrs(config, **TRUTH.identity(), nside=nside, ordering="NESTED",
                              body="MOON", seed=seed, parameters=dict(params),
                              factor_units=TRUTH_FACTORS)
-    with atomic_path(outdir / "truth.h5") as tmp, h5py.File(tmp, "w") as h5:
+    with atomic_hdf5(outdir / "truth.h5") as h5:
         h5.attrs.update(attrs)
         for key, spec in TRUTH.fields.items():
             write_dataset(h5, key, surface[key].astype(spec.dtype, copy=False),
