@@ -7,6 +7,7 @@ full disks are still to come.)
 
 import json
 import os
+import re
 import stat
 import subprocess
 import sys
@@ -143,7 +144,7 @@ def test_an_unexpected_failure_is_still_one_line(monkeypatch, capsys, tmp_path):
     assert rc == 3 and "internal error: IndexError: index 7" in _one_line(err)
 
 
-@pytest.mark.parametrize("step", ["ingest", "encode"])
+@pytest.mark.parametrize("step", ["ingest", "merge", "train", "encode"])
 def test_a_full_disk_ends_cleanly_naming_the_path(survey, trained, tmp_path, step):
     """A write that fails for space (here: the file-size limit, EFBIG; a full disk
     gives ENOSPC the same way) ends with one line and exit 1: no crash of HDF5
@@ -153,14 +154,20 @@ def test_a_full_disk_ends_cleanly_naming_the_path(survey, trained, tmp_path, ste
     def small_files():
         resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, 20_000))
 
-    args = {"ingest": ["ingest", str(survey["rdr"][0]), "--set", "ingest.compression=none"],
+    tiny = ["--config", str(TINY), "--set", "ingest.compression=none"]
+    args = {"ingest": ["ingest", str(survey["rdr"][0]), *tiny],
+            "merge": ["merge", str(survey["samples"]), str(survey["samples"]), *tiny],
+            "train": ["train", str(survey["profiles_h5"]), *tiny, "--set", "train.epochs=1",
+                      "--no-progress"],
             "encode": ["encode", str(survey["profiles_h5"]), str(trained["model"])]}[step]
-    out = tmp_path / "out.h5"
+    out = tmp_path / ("model.pt" if step == "train" else "out.h5")
     proc = subprocess.run([sys.executable, "-m", "vaemap.cli", *args, "--output", str(out),
                            "-q"], preexec_fn=small_files, capture_output=True, text=True)
     assert proc.returncode == 1, proc.stderr
     last = proc.stderr.strip().splitlines()[-1]
-    assert last.startswith(f"vaemap {step}: error: cannot write {out}: File too large")
+    # (train names its per-epoch state, model.pt.ckpt, the first file it writes)
+    assert re.match(rf"vaemap {step}: error: cannot write {re.escape(str(out))}(\.ckpt)?: "
+                    r"File too large", last), last
     _one_line(proc.stderr.strip())  # HDF5's own complaints about closing the file silenced
     assert list(tmp_path.iterdir()) == []
 

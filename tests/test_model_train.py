@@ -114,10 +114,14 @@ def test_cpu_training_is_deterministic_and_resume_continues(survey, tiny_config,
     assert full["val_loss"] == again["val_loss"]
 
     half = {**cfg, "train": {**cfg["train"], "epochs": 2}}
-    train.run(survey["profiles_h5"], tmp_path / "resumed.pt", half, progress=False)
+    first = train.run(survey["profiles_h5"], tmp_path / "resumed.pt", half, progress=False)
     resumed = train.run(survey["profiles_h5"], tmp_path / "resumed.pt", cfg, progress=False,
                         resume=True)
     assert resumed["steps"] == full["steps"]
+    # throughput after a resume counts the first half's time too (not inflated)
+    assert resumed["seconds"] > first["seconds"]
+    assert resumed["profiles_per_s"] == pytest.approx(
+        resumed["steps"] * cfg["train"]["batch_size"] / resumed["seconds"])
     assert resumed["epochs"] == 4
     assert resumed["val_loss"] == pytest.approx(full["val_loss"], rel=1e-6)
     a = torch.load(tmp_path / "full.pt", weights_only=True)["history"]

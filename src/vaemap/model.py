@@ -42,6 +42,7 @@ __all__ = [
     "resolve_device",
     "save_checkpoint",
     "torch_load",
+    "torch_save",
     "vae_loss",
     "weights_checksum",
 ]
@@ -532,15 +533,26 @@ def save_checkpoint(path: str | Path, model: ProfileVAE, normaliser: Normaliser,
     ``weights_checksum`` (:func:`weights_checksum`) and whatever ``extra``
     holds (the producing ``config``, ``metrics``, ``history``).
     """
-    from vaemap.io import atomic_path
-
     ckpt = {"format": CHECKPOINT_FORMAT,
             "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
             "arch": model.cfg.to_dict(), **normaliser.state(), "nside": int(nside),
             "channels": [int(c) for c in channels], **extra}
     ckpt["weights_checksum"] = weights_checksum(ckpt)
+    torch_save(ckpt, path)
+
+
+def torch_save(obj: Any, path: str | Path) -> None:
+    """``torch.save`` to ``path`` atomically. The bytes are serialised in memory
+    first, so a full disk raises the OSError of a plain write, naming ``path``
+    (torch's own writer reports it as an opaque RuntimeError)."""
+    import io
+
+    from vaemap.io import atomic_path
+
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
     with atomic_path(path) as tmp:
-        torch.save(ckpt, tmp)
+        tmp.write_bytes(buffer.getbuffer())
 
 
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu"

@@ -44,6 +44,7 @@ from vaemap.model import (
     resolve_device,
     save_checkpoint,
     torch_load,
+    torch_save,
     total_correlation,
     vae_loss,
 )
@@ -229,14 +230,13 @@ class Trainer:
     def save_state(self, epoch: int) -> None:
         """Write the full training state after ``epoch`` (atomically)."""
         cuda = self.device.type == "cuda"
-        with atomic_path(self.state_path) as tmp:
-            torch.save({"arch": self.arch.to_dict(), "state_dict": self.model.state_dict(),
-                        "optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(),
-                        "generator": self.gen.get_state(), "torch_rng": torch.get_rng_state(),
-                        "cuda_rng": torch.cuda.get_rng_state_all() if cuda else [],
-                        "history": self.history, "step": self.step, "epoch": epoch,
-                        "best": self.best, "stale": self.stale, "best_state": self.best_state,
-                        "seconds": self.seconds, "run_key": self.run_key}, tmp)
+        torch_save({"arch": self.arch.to_dict(), "state_dict": self.model.state_dict(),
+                    "optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(),
+                    "generator": self.gen.get_state(), "torch_rng": torch.get_rng_state(),
+                    "cuda_rng": torch.cuda.get_rng_state_all() if cuda else [],
+                    "history": self.history, "step": self.step, "epoch": epoch,
+                    "best": self.best, "stale": self.stale, "best_state": self.best_state,
+                    "seconds": self.seconds, "run_key": self.run_key}, self.state_path)
 
     # -- one epoch -----------------------------------------------------------------------
 
