@@ -170,3 +170,43 @@ def test_a_profile_pixel_mixes_several_surface_columns(survey, tiny_config):
         albedo = t["albedo"][...]
     spread = [np.ptp(albedo[children[(children >> 2) == p]]) for p in parents[:50]]
     assert np.median(spread) > 0.002
+
+
+def test_solar_channels_are_reflectance_and_ingest_counts_each_channel(tiny_config, tmp_path):
+    """Channels 1-2 are written as the archive stores them, a reflectance relative to a
+    normally lit Lambertian surface (albedo x cos i by day, 0 at night), and ingest
+    keeps them with their own range and counts every rejection per channel."""
+    from vaemap import ingest
+
+    sim = {**tiny_config["simulate"], "days": 30.0, "files": 1, "channels": [1, 7],
+           "noise_scale": 0.0, "packaging": "plain"}
+    cfg = {**tiny_config, "simulate": sim,
+           "ingest": {**tiny_config["ingest"], "channels": [1, 7]}}
+    simulate.run(tmp_path, cfg)
+    path = tmp_path / "rdr" / simulated_rdr_names(sim)[0]
+    cols = ("c", "tb", "radiance", "cloctime", "clat", "clon", "af", "qca", "cemis")
+    table = {k: np.concatenate([b[k] for b in read_table(path, cols)]) for k in cols}
+    good = (table["af"] == 110) & (table["qca"] == 0) & (table["cemis"] < 10) \
+        & (table["tb"] > -9998)
+    solar = good & (table["c"] == 1)
+    night = ((table["cloctime"] > 19) | (table["cloctime"] < 5)) & (np.abs(table["clat"]) < 60)
+    assert np.abs(table["tb"][solar & night]).max() < 0.001
+    noon = solar & (np.abs(table["cloctime"] - 12) < 1) & (np.abs(table["clat"]) < 30)
+    with h5py.File(tmp_path / "truth.h5") as h5:
+        albedo = h5["albedo"][...]
+    pix = hp.ang2pix(sim["nside"], table["clon"][noon], table["clat"][noon], nest=True,
+                     lonlat=True)
+    ratio = table["tb"][noon] / albedo[pix]  # = cos i: near 1 at the equator at noon
+    assert 0.6 < np.median(ratio) <= 1.0
+    assert np.corrcoef(table["tb"][noon], albedo[pix])[0, 1] > 0.5
+    lit = solar & (table["tb"] > 0.02)
+    np.testing.assert_allclose(table["radiance"][lit] / table["tb"][lit], 382.0,
+                               rtol=0.05)  # in-band radiance at about 1 AU
+    result = ingest.run([path], tmp_path / "samples.h5", cfg)
+    per = result["per_channel"]
+    assert set(per) == {"1", "7"}
+    assert per["1"]["accepted"] > 0.9 * per["7"]["accepted"]  # reflectances pass their range
+    rejected = {reason: sum(c.get(reason, 0) for c in per.values())
+                for reason in result["rejected"] if reason not in ("channel", "malformed",
+                                                                    "duplicate")}
+    assert rejected == {k: v for k, v in result["rejected"].items() if k in rejected}

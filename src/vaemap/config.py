@@ -119,6 +119,9 @@ def _check_cross_keys(cfg: dict[str, Any], given: set[str], source: str) -> None
         )
     if ing["tb_min"] >= ing["tb_max"]:
         raise ConfigError(f"{source}: ingest.tb_min: must be below ingest.tb_max")
+    if ing["reflectance_min"] >= ing["reflectance_max"]:
+        raise ConfigError(f"{source}: ingest.reflectance_min: must be below "
+                          f"ingest.reflectance_max")
     if {"profiles", "model"} <= given:
         from vaemap.presets import PRESETS
 

@@ -75,15 +75,21 @@ _CHECKSUMS = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vaemap-checks
 
 
 def quality_filter(cols: Mapping[str, np.ndarray], params: Mapping[str, Any],
-                   flag_bits: dict[str, dict[str, int]] | None = None
+                   flag_bits: dict[str, dict[str, int]] | None = None,
+                   per_channel: dict[str, dict[str, int]] | None = None
                    ) -> tuple[np.ndarray, dict[str, int]]:
     """Apply the quality filters; returns (accepted mask, per-reason rejection counts).
 
     Each rejected row is counted under the first reason it fails, in the order
-    of :data:`REJECTION_REASONS`. A value at or below -9998 is a fill. With
-    ``flag_bits``, the rows rejected for a quality word are also counted per
-    bit set in it (``flag_bits["qmi"]["eclipse"]``; a row with two bits set
-    counts under both), so a user sees *why* the flags rejected them.
+    of :data:`REJECTION_REASONS`. A value at or below -9998 is a fill. The
+    ``tb`` range is ``ingest.tb_min``..``tb_max`` kelvin for the thermal
+    channels 3-9 and ``ingest.reflectance_min``..``reflectance_max`` for the
+    solar channels 1-2, whose ``tb`` is a reflectance relative to a normally
+    lit Lambertian surface. With ``flag_bits``, the rows rejected for a quality
+    word are also counted per bit set in it (``flag_bits["qmi"]["eclipse"]``;
+    a row with two bits set counts under both), so a user sees *why* the flags
+    rejected them; with ``per_channel``, every rejection and acceptance is also
+    counted per channel (``per_channel["7"]["tb_range"]``).
     """
     n = cols["tb"].size
     values = {c: cols[c] for c in REQUIRED_COLUMNS}
@@ -106,8 +112,11 @@ def quality_filter(cols: Mapping[str, np.ndarray], params: Mapping[str, Any],
             ("latitude_range", ~((values["clat"] >= -90) & (values["clat"] <= 90))),
             ("longitude_range", ~((values["clon"] >= -180) & (values["clon"] < 360))),
             ("local_time_range", ~((values["cloctime"] >= 0) & (values["cloctime"] < 24))),
-            ("tb_range", ~((values["tb"] >= params["tb_min"])
-                           & (values["tb"] <= params["tb_max"]))),
+            ("tb_range", ~np.where(values["c"] <= 2,
+                                   (values["tb"] >= params["reflectance_min"])
+                                   & (values["tb"] <= params["reflectance_max"]),
+                                   (values["tb"] >= params["tb_min"])
+                                   & (values["tb"] <= params["tb_max"]))),
         ]
     rejected = np.zeros(n, dtype=bool)
     counts: dict[str, int] = {}
@@ -115,13 +124,25 @@ def quality_filter(cols: Mapping[str, np.ndarray], params: Mapping[str, Any],
         new = failed & ~rejected
         counts[reason] = int(new.sum())
         rejected |= new
+        if per_channel is not None and counts[reason]:
+            _count_by_channel(per_channel, values["c"][new], reason)
         if flag_bits is not None and reason in FLAG_BITS and counts[reason]:
             word = values[reason][new].astype(np.int64)
             for bit, name in FLAG_BITS[reason].items():
                 hit = int(((word & bit) != 0).sum())
                 if hit:
                     flag_bits[reason][name] = flag_bits[reason].get(name, 0) + hit
+    if per_channel is not None:
+        _count_by_channel(per_channel, values["c"][~rejected], "accepted")
     return ~rejected, counts
+
+
+def _count_by_channel(per_channel: dict[str, dict[str, int]], channel: np.ndarray,
+                      key: str) -> None:
+    found, n = np.unique(channel.astype(np.int64), return_counts=True)
+    for ch, count in zip(found.tolist(), n.tolist(), strict=True):
+        entry = per_channel.setdefault(str(ch), {})
+        entry[key] = entry.get(key, 0) + count
 
 
 def _to_samples(cols: Mapping[str, np.ndarray], keep: np.ndarray, nside: int
@@ -278,8 +299,8 @@ def _merge_runs(runs: Sequence[_Run], writer: RowWriter, block_rows: int) -> int
 
 
 def _ingest_file(path: Path, params: Mapping[str, Any], spill: h5py.File,
-                 totals: dict[str, int], flag_bits: dict[str, dict[str, int]]
-                 ) -> tuple[list[_Run], dict[str, Any]]:
+                 totals: dict[str, int], flag_bits: dict[str, dict[str, int]],
+                 per_channel: dict[str, dict[str, int]]) -> tuple[list[_Run], dict[str, Any]]:
     """Parse, filter and index one table into sorted runs in ``spill``."""
     nside, chunk_rows = params["nside"], params["chunk_rows"]
     runs: list[_Run] = []
@@ -312,7 +333,7 @@ def _ingest_file(path: Path, params: Mapping[str, Any], spill: h5py.File,
     batches = read_table(path, REQUIRED_COLUMNS, channels=params["channels"],
                          on_malformed=params["on_malformed"], stats=stats)
     for cols in batches:
-        keep, counts = quality_filter(cols, params, flag_bits)
+        keep, counts = quality_filter(cols, params, flag_bits, per_channel)
         for reason, n in counts.items():
             totals[reason] += n
         # Sorting each block here overlaps with the parse of the next one and
@@ -377,6 +398,7 @@ def run(inputs: Sequence[str | Path], output: str | Path, config: Mapping[str, A
     output.parent.mkdir(parents=True, exist_ok=True)
     totals = dict.fromkeys(REJECTION_REASONS, 0)
     flag_bits: dict[str, dict[str, int]] = {word: {} for word in FLAG_BITS}
+    per_channel: dict[str, dict[str, int]] = {}
     inputs_info = []
     for stale in output.parent.glob(f".{glob.escape(output.name)}.*.spill.h5"):
         stale.unlink(missing_ok=True)  # left by a killed run
@@ -389,7 +411,8 @@ def run(inputs: Sequence[str | Path], output: str | Path, config: Mapping[str, A
             for path in map(Path, inputs):
                 if not path.exists():
                     raise FileNotFoundError(f"{path}: input RDR table not found")
-                file_runs, info = _ingest_file(path, params, spill, totals, flag_bits)
+                file_runs, info = _ingest_file(path, params, spill, totals, flag_bits,
+                                               per_channel)
                 runs += file_runs
                 inputs_info.append(info)
             rows_read = sum(i["rows_read"] for i in inputs_info)
@@ -397,13 +420,14 @@ def run(inputs: Sequence[str | Path], output: str | Path, config: Mapping[str, A
                      "channels": list(params["channels"]), "ordering": "NESTED",
                      "body": "MOON", "inputs": inputs_info, "filters": dict(params),
                      "rejected": totals, "rejected_flag_bits": flag_bits,
-                     "rows_read": rows_read}
+                     "per_channel": per_channel, "rows_read": rows_read}
             _write_output(output, runs, params, attrs)
             accepted = attrs["accepted"]
     finally:
         os.unlink(spill_name)
     summary = _summary(rows_read, accepted, totals, output)
     summary["rejected_flag_bits"] = {k: v for k, v in flag_bits.items() if v}
+    summary["per_channel"] = per_channel
     log.info("ingest: %d rows read, %d accepted, rejected %s; by flag bit %s", rows_read,
              accepted, summary["rejected"] or "none", summary["rejected_flag_bits"] or "none")
     return summary
@@ -421,6 +445,7 @@ def merge(parts: Sequence[str | Path], output: str | Path, config: Mapping[str, 
     params = config["ingest"]
     totals = dict.fromkeys(REJECTION_REASONS, 0)
     flag_bits: dict[str, dict[str, int]] = {word: {} for word in FLAG_BITS}
+    per_channel: dict[str, dict[str, int]] = {}
     inputs_info: list[dict[str, Any]] = []
     rows_read = 0
     with contextlib.ExitStack() as stack:
@@ -433,13 +458,17 @@ def merge(parts: Sequence[str | Path], output: str | Path, config: Mapping[str, 
             for word, bits in read_json_attr(h.attrs, "rejected_flag_bits", {}).items():
                 for bit, n in bits.items():
                     flag_bits[word][bit] = flag_bits[word].get(bit, 0) + int(n)
+            for ch, counts in read_json_attr(h.attrs, "per_channel", {}).items():
+                entry = per_channel.setdefault(ch, {})
+                for key, n in counts.items():
+                    entry[key] = entry.get(key, 0) + int(n)
             inputs_info += read_json_attr(h.attrs, "inputs", [])
             rows_read += int(h.attrs["rows_read"])
         attrs = {"config": config, **SAMPLES.identity(), "nside": params["nside"],
                  "channels": list(params["channels"]), "ordering": "NESTED", "body": "MOON",
                  "inputs": inputs_info, "filters": dict(params), "rejected": totals,
-                 "rejected_flag_bits": flag_bits, "rows_read": rows_read,
-                 "merged_from": [str(p) for p in parts]}
+                 "rejected_flag_bits": flag_bits, "per_channel": per_channel,
+                 "rows_read": rows_read, "merged_from": [str(p) for p in parts]}
         _write_output(Path(output), [_Run(h) for h in handles], params, attrs)
     summary = _summary(rows_read, attrs["accepted"], totals, output)
     log.info("merge: %d parts, %d rows read, %d accepted", len(parts), rows_read,

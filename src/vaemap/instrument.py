@@ -8,6 +8,11 @@ Planck function does not reproduce the archive's ``tb`` (the Diviner team
 says so), so everything here works with the band integral, with a flat
 response inside each band.
 
+Channels 1 and 2 see reflected sunlight (0.3-3 µm); the archive stores their
+``tb`` as a reflectance relative to a normally lit Lambertian surface (not
+kelvin) and ``radiance`` as the in-band radiance. A Lambertian surface of
+normal albedo A under the Sun at incidence i has reflectance A·cos i there.
+
 The noise of an uncooled thermopile radiometer is set by a noise-equivalent
 radiance (NER) per channel, the same at any scene temperature, so in kelvin it
 grows steeply as the scene cools: channels 3-5 (8 µm) lose a night-time
@@ -31,11 +36,14 @@ import numpy as np
 __all__ = [
     "NER",
     "PASSBANDS_UM",
+    "REFLECTANCE_NOISE",
+    "SOLAR_CHANNELS",
     "band_radiance",
     "brightness_temperature",
     "mix_footprint",
     "noise_equivalent_delta_t",
     "observe",
+    "observe_reflectance",
 ]
 
 #: Thermal passbands, µm (Paige et al. 2010).
@@ -117,3 +125,28 @@ def observe(radiance: np.ndarray, channel: int, rng: np.random.Generator,
     brightness temperature, NaN where the noisy radiance is not positive."""
     noisy = radiance + rng.normal(0.0, NER[channel] * noise_scale, np.shape(radiance))
     return noisy, brightness_temperature(noisy, channel)
+
+
+#: The solar channels (reflected sunlight, archived as relative reflectance).
+SOLAR_CHANNELS = (1, 2)
+#: Representative noise of one solar-channel measurement, in reflectance units.
+REFLECTANCE_NOISE: dict[int, float] = {1: 0.002, 2: 0.004}
+#: In-band (0.3-3 µm) radiance of a white Lambertian surface under the overhead
+#: Sun at 1 AU, W m⁻² sr⁻¹ (about 1200 W m⁻² of the solar constant, over π).
+SOLAR_BAND_RADIANCE = 382.0
+
+
+def observe_reflectance(albedo: np.ndarray, cos_incidence: np.ndarray, channel: int,
+                        rng: np.random.Generator, noise_scale: float = 1.0,
+                        sundist_au: np.ndarray | float = 1.0
+                        ) -> tuple[np.ndarray, np.ndarray]:
+    """One noisy solar-channel measurement of Lambertian surfaces: ``(radiance,
+    reflectance)``, the reflectance ``albedo`` × ``cos_incidence`` (0 at night)
+    plus Gaussian noise of ``noise_scale`` × :data:`REFLECTANCE_NOISE`, and the
+    in-band radiance (W m⁻² sr⁻¹) at the Sun distance ``sundist_au``."""
+    if channel not in SOLAR_CHANNELS:
+        raise ValueError(f"channel {channel}: not a solar channel (expected 1 or 2)")
+    reflectance = np.asarray(albedo, float) * np.clip(cos_incidence, 0.0, 1.0)
+    reflectance = reflectance + rng.normal(0.0, REFLECTANCE_NOISE[channel] * noise_scale,
+                                           reflectance.shape)
+    return reflectance * SOLAR_BAND_RADIANCE / np.asarray(sundist_au) ** 2, reflectance

@@ -284,6 +284,13 @@ class ThermalTables:
                 + flux * by_lat_albedo(self.d_flux_rock))
         return regolith, rock
 
+    def cos_incidence(self, pix: np.ndarray, local_time_h: np.ndarray,
+                      sunlat_deg: np.ndarray) -> np.ndarray:
+        """Cosine of the solar incidence on the facets of columns ``pix`` (0 at night)."""
+        shifted = np.mod(local_time_h + self.time_shift_h[pix], 24.0)
+        return thermal.cos_incidence(self.equivalent_lat[pix], (shifted - 12.0) * 15.0, 0.0,
+                                     0.0, sunlat_deg)
+
 
 _COLUMN_KEYS = ("lat", "albedo", "h_param", "slope_ew", "slope_ns", "rock_fraction")
 _BLOCK_COLUMNS = 4096  # columns solved together: their arrays stay in cache (2x faster than 16k)
@@ -404,6 +411,11 @@ def simulate_observations(
     radiance = np.empty(rep.size)
     tb = np.empty(rep.size)
     for j, ch in enumerate(channels):
+        if ch in instrument.SOLAR_CHANNELS:  # reflected sunlight, as relative reflectance
+            radiance[j::n_ch], tb[j::n_ch] = instrument.observe_reflectance(
+                tables.albedo[pix], tables.cos_incidence(pix, local_time, sunlat), int(ch), rng,
+                params["noise_scale"], sundist)
+            continue
         signal = instrument.mix_footprint((t_reg, t_rock), (1 - frac, frac), int(ch))
         radiance[j::n_ch], tb[j::n_ch] = instrument.observe(signal, int(ch), rng,
                                                             params["noise_scale"])
