@@ -77,7 +77,7 @@ def _inference_module(model: torch.nn.Module, example: tuple[torch.Tensor, ...])
 
 #: Per-pixel datasets of latents.h5 that tile parts carry too (all but ``recon``
 #: and the anomaly score, which needs every pixel).
-_PIXEL_DATASETS = tuple(LATENTS.layout(part=True, latent=0))
+_PIXEL_DATASETS = tuple(LATENTS.layout(part=True, latent=0, channels=0))
 
 
 def run(profiles: str | Path, model_path: str | Path, output: str | Path,
@@ -115,7 +115,9 @@ def run(profiles: str | Path, model_path: str | Path, output: str | Path,
         arrays = {"pix": pix, "mu": np.empty((n, arch["latent_dim"]), np.float32),
                   "logvar": np.empty((n, arch["latent_dim"]), np.float32),
                   "recon_error": np.empty(n, np.float32), "recon_l1": np.empty(n, np.float32),
-                  "recon_norm_l1": np.empty(n, np.float32), "n_obs": src["n_obs"][lo:hi]}
+                  "recon_norm_l1": np.empty(n, np.float32),
+                  "recon_error_channel": np.empty((n, shape[1]), np.float32),
+                  "n_obs": src["n_obs"][lo:hi]}
         with atomic_hdf5(output) as out:
             recon_ds = _recon_dataset(out, (n, *shape[1:])) if params["store_recon"] else None
             net = None

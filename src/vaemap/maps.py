@@ -8,6 +8,7 @@ percentile colour limits, unobserved pixels in grey).
 
 from __future__ import annotations
 
+import json
 import logging
 import multiprocessing
 from collections.abc import Mapping
@@ -37,6 +38,9 @@ def _values(h5: h5py.File, name: str, ica: np.ndarray | None = None) -> np.ndarr
         if name.endswith("_mu"):
             return h5["mu"][:, k]
         return np.exp(0.5 * h5["logvar"][:, k])
+    if name.startswith("recon_error_ch"):
+        channels = [int(c) for c in json.loads(h5.attrs["channels"])]
+        return h5["recon_error_channel"][:, channels.index(int(name[len("recon_error_ch"):]))]
     return h5[name][...].astype(np.float32)
 
 
@@ -262,7 +266,8 @@ def run(latents: str | Path, profiles: str | Path, model: str | Path, outdir: st
         with ProcessPoolExecutor(max_workers=max(1, threads),
                                  mp_context=multiprocessing.get_context("spawn")) as pool:
             jobs = []
-            for name, meta in map_products(latent_dim, ica is not None).items():
+            for name, meta in map_products(latent_dim, ica is not None,
+                                           json.loads(h5.attrs["channels"])).items():
                 values = _values(h5, name, ica)
                 header = {"PRODUCT": meta["fits"], "LATENTS": latent_dim,
                           "BETA": float(ckpt["config"]["model"]["beta"])}

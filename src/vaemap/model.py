@@ -261,14 +261,20 @@ def reconstruction_errors(residual_k: torch.Tensor, mask: torch.Tensor, std: tor
     ``residual_k`` is reconstruction − profile in kelvin and ``mask`` 1 on
     observed bins, both (n, channels, bins); ``std`` (channels, bins) is each
     bin's spread over the map (K). Returns (n,) tensors: ``recon_error`` RMS (K),
-    ``recon_l1`` mean |residual| (K) and ``recon_norm_l1`` mean |residual| / spread.
+    ``recon_l1`` mean |residual| (K) and ``recon_norm_l1`` mean |residual| / spread,
+    and ``recon_error_channel`` (n, channels), the RMS of each channel (NaN where a
+    channel has no observed bin).
     """
     err = torch.where(mask > 0, residual_k, torch.zeros((), device=residual_k.device,
                                                         dtype=residual_k.dtype))
     n_bins = mask.flatten(1).sum(1).clamp(min=1)
+    per_channel = mask.sum(2)
     return {"recon_error": torch.sqrt((err**2).flatten(1).sum(1) / n_bins),
             "recon_l1": err.abs().flatten(1).sum(1) / n_bins,
-            "recon_norm_l1": (err / std).abs().flatten(1).sum(1) / n_bins}
+            "recon_norm_l1": (err / std).abs().flatten(1).sum(1) / n_bins,
+            "recon_error_channel": torch.where(
+                per_channel > 0, torch.sqrt((err**2).sum(2) / per_channel.clamp(min=1)),
+                torch.full((), float("nan"), device=err.device, dtype=err.dtype))}
 
 
 def kl_per_latent(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:

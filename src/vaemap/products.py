@@ -139,7 +139,7 @@ PROFILES = ProductSpec(
 
 #: ``latents.h5`` (encode): one row per encoded pixel.
 LATENTS = ProductSpec(
-    "latents", 1,
+    "latents", 2,  # 2: recon_error_channel
     {
         "pix": Field(np.int64, doc="NESTED pixel at the map nside"),
         "mu": Field(np.float32, ("n", "latent"), doc="posterior mean of each latent"),
@@ -148,6 +148,9 @@ LATENTS = ProductSpec(
         "recon_l1": Field(np.float32, unit="K", doc="mean absolute error over observed bins"),
         "recon_norm_l1": Field(np.float32,
                                doc="mean absolute error in units of each bin's spread"),
+        "recon_error_channel": Field(np.float32, ("n", "channels"),
+                                     doc="RMS error over each channel's observed bins (K for "
+                                         "channels 3-9, reflectance for 1-2; NaN: none)"),
         "n_obs": Field(np.int32, doc="observations of the pixel"),
         "anomaly_score": Field(np.float32, final_only=True,
                                doc="robust z of the anomaly metric over all pixels"),
@@ -234,13 +237,15 @@ def simulated_rdr_names(params: Mapping[str, Any]) -> list[str]:
     return names
 
 
-def map_products(latent_dim: int, independent_components: bool = False
-                 ) -> dict[str, dict[str, str]]:
+def map_products(latent_dim: int, independent_components: bool = False,
+                 channels: Sequence[int] = ()) -> dict[str, dict[str, str]]:
     """Names, titles and units of the map products for ``latent_dim`` latents.
 
     The names are the file stems, ``maps/<name>.fits`` and ``maps/<name>.png``;
     with ``independent_components`` also ``ic0`` ... (the latent means rotated
-    to independent components, see :func:`vaemap.stats.ica_components`).
+    to independent components, see :func:`vaemap.stats.ica_components`); with
+    several ``channels``, one reconstruction-error map per channel
+    (``recon_error_ch7`` ...).
     """
     products: dict[str, dict[str, str]] = {}
     for k in range(latent_dim):
@@ -255,6 +260,12 @@ def map_products(latent_dim: int, independent_components: bool = False
                                                       f"latent means (FastICA, unit variance)"}
     products["recon_error"] = {"title": "reconstruction error (RMS)", "unit": "K",
                                "fits": "reconstruction error, RMS over observed bins"}
+    if len(channels) > 1:
+        for c in channels:
+            unit = "K" if c >= 3 else "reflectance"
+            products[f"recon_error_ch{c}"] = {
+                "title": f"reconstruction error of channel {c} (RMS)", "unit": unit,
+                "fits": f"reconstruction error of channel {c}, RMS over its observed bins"}
     products["recon_l1"] = {"title": "reconstruction error (L1)", "unit": "K",
                             "fits": "reconstruction error, mean abs over observed bins"}
     products["anomaly_score"] = {"title": "anomaly score (robust z of the reconstruction error)",

@@ -27,7 +27,9 @@ LOGS = f"{RESULTS}/logs"
 BENCH = f"{RESULTS}/benchmarks"
 PRODUCTS = list(
     map_products(
-        config["model"]["latent_dim"], config["maps"]["independent_components"]
+        config["model"]["latent_dim"],
+        config["maps"]["independent_components"],
+        config["ingest"]["channels"],
     )
 )
 
