@@ -20,6 +20,7 @@ target ≥ 500 k profiles/s on an H200).
 from __future__ import annotations
 
 import argparse
+import json
 import tempfile
 import time
 from pathlib import Path
@@ -43,28 +44,31 @@ from vaemap.model import (
 from vaemap.products import PROFILES
 
 
-def synthetic_profiles(path: Path, n: int, bins: int = 120, seed: int = 0) -> None:
-    """Diurnal-looking profiles: a lit half-day and an exponential night, 30 % observed."""
+def synthetic_profiles(path: Path, n: int, bins: int = 120, seed: int = 0,
+                       channels: tuple[int, ...] = (7,)) -> None:
+    """Diurnal-looking profiles: a lit half-day and an exponential night, 30 % observed,
+    the same curve (plus its own noise) in every channel of ``channels``."""
     rng = np.random.default_rng(seed)
     lt = (np.arange(bins) + 0.5) * 24 / bins
     lat = rng.uniform(-70, 70, n).astype(np.float32)
     t_noon = 385 * np.cos(np.radians(lat))[:, None] ** 0.25
     day = np.clip(np.cos(np.radians((lt - 12) * 15)), 0, None)[None] ** 0.25
     night = 100 + 20 * rng.uniform(size=(n, 1)) * np.exp(-np.abs(lt - 18) / 6)[None]
-    prof = np.maximum(t_noon * day, night) + rng.normal(0, 1, (n, bins))
-    count = (rng.uniform(size=(n, bins)) < 0.3).astype(np.uint16)
+    n_ch = len(channels)
+    prof = np.maximum(t_noon * day, night)[:, None, :] + rng.normal(0, 1, (n, n_ch, bins))
+    count = (rng.uniform(size=(n, n_ch, bins)) < 0.3).astype(np.uint16)
     prof = np.where(count > 0, prof, np.nan).astype(np.float32)
     with h5py.File(path, "w") as h5:
         h5.attrs.update({**PROFILES.identity(), "nside": 64, "ordering": "NESTED",
-                         "body": "MOON", "channels": "[7]",
+                         "body": "MOON", "channels": json.dumps(list(channels)),
                          "bin_edges_h": np.linspace(0, 24, bins + 1), "rejected_pixels": "{}",
                          "observed_bins": int(count.sum())})
         h5["pix"] = np.arange(n, dtype=np.int64)
         h5["lat"] = lat
         h5["lon"] = np.zeros(n, np.float32)
-        h5["profile"] = prof[:, None, :]
-        h5["count"] = count[:, None, :]
-        h5["n_obs"] = count.sum(axis=1).astype(np.int32)
+        h5["profile"] = prof
+        h5["count"] = count
+        h5["n_obs"] = count.sum(axis=(1, 2)).astype(np.int32)
 
 
 class H5ProfileDataset(torch.utils.data.Dataset):
