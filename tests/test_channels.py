@@ -1,5 +1,8 @@
 """Several Diviner channels through the pipeline: per-channel errors and maps."""
 
+import json
+
+import h5py
 import healpy as hp
 import numpy as np
 import torch
@@ -31,6 +34,8 @@ def test_a_solar_and_a_thermal_channel_end_to_end(tiny_config, tmp_path):
     tables = [tmp_path / "sim" / "rdr" / n for n in simulated_rdr_names(cfg["simulate"])]
     ingest.run(tables, tmp_path / "samples.h5", cfg)
     profiles.run(tmp_path / "samples.h5", tmp_path / "profiles.h5", cfg)
+    with h5py.File(tmp_path / "profiles.h5") as h5:
+        assert json.loads(h5.attrs["channel_units"]) == ["reflectance", "K"]
     train.run(tmp_path / "profiles.h5", tmp_path / "model.pt", cfg, progress=False)
     encode.run(tmp_path / "profiles.h5", tmp_path / "model.pt", tmp_path / "latents.h5", cfg)
     maps.run(tmp_path / "latents.h5", tmp_path / "profiles.h5", tmp_path / "model.pt",

@@ -40,6 +40,7 @@ __all__ = [
     "SOLAR_CHANNELS",
     "band_radiance",
     "brightness_temperature",
+    "channel_unit",
     "mix_footprint",
     "noise_equivalent_delta_t",
     "observe",
@@ -150,3 +151,11 @@ def observe_reflectance(albedo: np.ndarray, cos_incidence: np.ndarray, channel: 
     reflectance = reflectance + rng.normal(0.0, REFLECTANCE_NOISE[channel] * noise_scale,
                                            reflectance.shape)
     return reflectance * SOLAR_BAND_RADIANCE / np.asarray(sundist_au) ** 2, reflectance
+
+
+def channel_unit(channel: int) -> str:
+    """The unit of a channel's archived ``tb``: kelvin for the thermal channels 3-9,
+    ``reflectance`` (relative to a normally lit Lambertian surface) for 1-2."""
+    if not 1 <= channel <= 9:
+        raise ValueError(f"channel {channel}: Diviner has channels 1-9")
+    return "reflectance" if channel in SOLAR_CHANNELS else "K"

@@ -127,7 +127,9 @@ PROFILES = ProductSpec(
         "lat": Field(np.float32, unit="deg", doc="pixel centre latitude"),
         "lon": Field(np.float32, unit="deg", doc="pixel centre longitude, east [0, 360)"),
         "profile": Field(np.float32, ("n", "channels", "bins"), unit="K",
-                         doc="mean brightness temperature per local-time bin, NaN where empty"),
+                         doc="mean brightness temperature per local-time bin, NaN where "
+                             "empty (reflectance for the solar channels 1-2: see the "
+                             "channel_units attribute)"),
         "count": Field(np.uint16, ("n", "channels", "bins"),
                        doc="observations averaged in each bin"),
         "n_obs": Field(np.int32, doc="observations of the pixel, all channels and bins"),

@@ -25,6 +25,7 @@ import h5py
 import numpy as np
 
 from vaemap.healpix import parent_pix, pix_to_lonlat, sorted_row_range, tile_pixel_range
+from vaemap.instrument import channel_unit
 from vaemap.io import (
     RowWriter,
     atomic_hdf5,
@@ -128,7 +129,8 @@ def _finish(out: h5py.File, config: Mapping[str, Any], nside: int, channels: lis
     n, bins = out["pix"].shape[0], config["profiles"]["bins"]
     out.attrs.update(provenance_attrs(
         config, **PROFILES.identity(), nside=nside, ordering="NESTED", body="MOON",
-        channels=channels, bin_edges_h=bin_edges(bins), rejected_pixels=dict(rejected),
+        channels=channels, channel_units=[channel_unit(c) for c in channels],
+        bin_edges_h=bin_edges(bins), rejected_pixels=dict(rejected),
         observed_bins=int(observed_bins), **attrs))
     return float(observed_bins / (n * len(channels) * bins)) if n else 0.0
 
