@@ -18,8 +18,8 @@ radiance (NER) per channel, the same at any scene temperature, so in kelvin it
 grows steeply as the scene cools: channels 3-5 (8 µm) lose a night-time
 surface entirely, channel 9 is noisy everywhere but sees the coldest traps.
 The NER values below are representative, not the instrument's calibration:
-they put each channel's detection floor (signal-to-noise 1) near 155 K
-(channels 3-5), 75 K (6), 50 K (7), 33 K (8) and 22 K (9), which reproduces
+they put each channel's detection floor (signal-to-noise 1) at 145-155 K
+(channels 3-5), 73 K (6), 49 K (7), 32 K (8) and 22 K (9), which reproduces
 which channels see the lunar night.
 
 Functions take kelvin and return W m⁻² sr⁻¹ (or the reverse) and broadcast
