@@ -58,3 +58,22 @@ def test_missing_and_broken_files(tmp_path):
     bad.write_text("model: [unclosed\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_config(bad)
+
+
+@pytest.mark.parametrize("overlay", ["validation.yaml", "moseley2020.yaml"])
+def test_config_overlays_validate_over_the_default(overlay):
+    """The shipped overlays (the validation Moon, the paper's set-up) are valid layered
+    over config/config.yaml, and change only what they say."""
+    import yaml
+    from conftest import REPO
+
+    base = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    extra = yaml.safe_load((REPO / "config" / overlay).read_text())
+    merged = {k: ({**base[k], **v} if isinstance(v, dict) else v) for k, v in extra.items()}
+    cfg = validate_config({**base, **merged})
+    assert cfg["results"] != "results"  # never overwrites the default run's products
+    if overlay == "validation.yaml":
+        assert cfg["simulate"]["seed"] != base["simulate"]["seed"]  # another Moon
+    else:
+        assert cfg["simulate"]["seed"] == base["simulate"]["seed"]
+        assert cfg["ingest"]["channels"] == [7] and cfg["model"]["tc_weight"] == 0.0
