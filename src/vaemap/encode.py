@@ -11,7 +11,10 @@ threshold.  Moseley et al. (2020) map the L1 error in kelvin
 (``anomaly_metric: l1``); the default ``normalised_l1`` divides each bin's
 residual by that bin's spread, so a 5 K error at night (where pixels differ by
 a few kelvin) counts more than at noon (where they differ by tens), which lifts
-the cold spots' detection most.
+the cold spots' detection most. With several channels it averages every
+observed bin of every channel, each in units of its own spread, so channels in
+kelvin and in reflectance (1-2) combine on one scale; ``recon_error_channel``
+keeps each channel's RMS in its own unit.
 """
 
 from __future__ import annotations
