@@ -161,6 +161,7 @@ def test_cli_json_summary_and_error_exit(tmp_path):
     summary = json.loads(proc.stdout)
     assert summary == {"rows_read": 2, "accepted": 1, "rejected": {"qca": 1},
                        "rejected_flag_bits": {"qca": {"marker_out_of_bounds": 1}},
+                       "per_channel": {"7": {"qca": 1, "accepted": 1}},
                        "output": str(tmp_path / "c.h5")}
     bad = subprocess.run([sys.executable, "-m", "vaemap.cli", "ingest",
                           str(tmp_path / "missing.TAB"), "--output", str(tmp_path / "m.h5")],

@@ -139,10 +139,15 @@ def quality_filter(cols: Mapping[str, np.ndarray], params: Mapping[str, Any],
 
 def _count_by_channel(per_channel: dict[str, dict[str, int]], channel: np.ndarray,
                       key: str) -> None:
-    found, n = np.unique(channel.astype(np.int64), return_counts=True)
-    for ch, count in zip(found.tolist(), n.tolist(), strict=True):
-        entry = per_channel.setdefault(str(ch), {})
-        entry[key] = entry.get(key, 0) + count
+    channel = np.asarray(channel, dtype=float)
+    readable = np.isfinite(channel)  # a malformed row may have no channel
+    found, n = np.unique(channel[readable].astype(np.int64), return_counts=True)
+    names = [str(ch) for ch in found.tolist()]
+    if not readable.all():
+        names, n = [*names, "unreadable"], [*n.tolist(), int((~readable).sum())]
+    for name, count in zip(names, list(n), strict=True):
+        entry = per_channel.setdefault(name, {})
+        entry[key] = entry.get(key, 0) + int(count)
 
 
 def _to_samples(cols: Mapping[str, np.ndarray], keep: np.ndarray, nside: int
