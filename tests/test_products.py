@@ -119,7 +119,8 @@ def test_evaluate_with_and_without_truth(trained, survey, tiny_config, tmp_path)
 def test_linear_probe_known_answers(trained, survey):
     """A factor that is a linear function of two bins is read back (R² ≈ 1, ρ ≈ 1);
     a factor independent of the data is not (R² ≤ ~0)."""
-    pix, lat, x, _, _ = evaluate._normalised_profiles(survey["profiles_h5"], trained["model"])
+    data = evaluate.normalised_profiles(survey["profiles_h5"], trained["model"])
+    pix, lat, x = data.pix, data.lat, data.x
     n = len(pix)
     rng = np.random.default_rng(0)
     flat = x.reshape(n, -1)
@@ -127,8 +128,7 @@ def test_linear_probe_known_answers(trained, survey):
     factors = np.column_stack([linear, rng.normal(size=n), linear, linear, linear])
     with h5py.File(trained["latents"]) as h5:
         nside = int(h5.attrs["nside"])
-    probe = evaluate.linear_probe(survey["profiles_h5"], trained["model"], nside, factors,
-                                  ridge=1e-6)
+    probe = evaluate.linear_probe(data, nside, factors, ridge=1e-6)
     assert probe["r2"]["albedo"] > 0.95 and probe["best_abs_spearman"]["albedo"] > 0.95
     assert probe["r2"]["h_param"] < 0.05 and probe["best_abs_spearman"]["h_param"] < 0.3
 

@@ -14,7 +14,7 @@ import json
 import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from scipy import stats
@@ -32,12 +32,14 @@ from vaemap.products import (
 from vaemap.stats import ica_components, robust_z
 
 __all__ = [
+    "NormalisedProfiles",
     "average_precision",
     "dci",
     "linear_probe",
     "matched_assignment",
     "metrics_table",
     "mutual_information_gap",
+    "normalised_profiles",
     "pca_baseline",
     "roc_auc",
     "run",
@@ -161,28 +163,43 @@ def dci(code: np.ndarray, factors: np.ndarray, ridge: float = 1e-3) -> dict[str,
             "importance": importance.round(4).tolist()}
 
 
-def _normalised_profiles(profiles: Path, model_path: Path
-                         ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """The profiles as the VAE sees them: ``(pix, lat, x, mask, std)`` with ``x``
-    and ``mask`` (n, channels, bins) float64 (masked bins 0) and ``std``
-    (channels, bins) the kelvin per normalised unit."""
+class NormalisedProfiles(NamedTuple):
+    """The profiles as the VAE sees them: ``x`` and ``mask`` (n, channels, bins)
+    float64 (masked bins 0), ``std`` (channels, bins) the kelvin per normalised
+    unit, ``pix`` and ``lat`` (n,)."""
+
+    pix: np.ndarray
+    lat: np.ndarray
+    x: np.ndarray
+    mask: np.ndarray
+    std: np.ndarray
+
+
+def normalised_profiles(profiles: str | Path, model_path: str | Path,
+                        checkpoint: tuple[Any, Any] | None = None) -> NormalisedProfiles:
+    """Read ``profiles`` and normalise them with the model's normaliser (checked
+    against the model's nside, channels and bins). ``checkpoint`` is the
+    ``(normaliser, checkpoint dict)`` of the model when already loaded."""
     import torch
 
-    from vaemap.model import load_checkpoint
+    if checkpoint is None:
+        from vaemap.model import load_checkpoint
 
-    _, norm, ckpt = load_checkpoint(model_path)
+        checkpoint = load_checkpoint(model_path)[1:]
+    norm, ckpt = checkpoint
     with open_product(profiles, PROFILES, nside=int(ckpt["nside"]), channels=ckpt["channels"],
                       bins=int(ckpt["arch"]["bins"]), against=f"the model {model_path}") as h5:
         pix, lat = h5["pix"][...], h5["lat"][...]
         prof = torch.from_numpy(h5["profile"][...])
     x, mask = norm.to_model(prof, torch.from_numpy(lat))
-    return (pix, lat, x.numpy().astype(np.float64), mask.numpy().astype(np.float64),
-            norm.std.numpy())
+    return NormalisedProfiles(pix, lat, x.numpy().astype(np.float64),
+                              mask.numpy().astype(np.float64), norm.std.numpy())
 
 
-def pca_baseline(profiles: Path, model_path: Path, n_components: int,
+def pca_baseline(data: NormalisedProfiles, n_components: int,
                  metric: str = "normalised_l1") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """PCA of the same normalised profiles the VAE sees, scored like the VAE.
+    """PCA of the same normalised profiles the VAE sees (``data``, see
+    :func:`normalised_profiles`), scored like the VAE.
 
     Masked bins are imputed with the normalisation mean (0 in normalised
     units). Returns ``(pix, scores (n, n_components), anomaly score)``: the
@@ -194,7 +211,7 @@ def pca_baseline(profiles: Path, model_path: Path, n_components: int,
 
     from vaemap.model import ANOMALY_ERRORS, reconstruction_errors
 
-    pix, _, x, mask, std = _normalised_profiles(profiles, model_path)
+    pix, x, mask, std = data.pix, data.x, data.mask, data.std
     flat = x.reshape(len(pix), -1)
     centre = flat.mean(0)
     _, _, vt = np.linalg.svd(flat - centre, full_matrices=False)
@@ -206,7 +223,7 @@ def pca_baseline(profiles: Path, model_path: Path, n_components: int,
     return pix, scores, robust_z(errors[ANOMALY_ERRORS[metric]].numpy())
 
 
-def linear_probe(profiles: Path, model_path: Path, nside: int, factors: np.ndarray,
+def linear_probe(data: NormalisedProfiles, nside: int, factors: np.ndarray,
                  exclude: np.ndarray | None = None, folds: int = 5, ridge: float = 1e-3
                  ) -> dict[str, Any]:
     """How well each factor can be read linearly from the profiles themselves.
@@ -225,7 +242,7 @@ def linear_probe(profiles: Path, model_path: Path, nside: int, factors: np.ndarr
     """
     from vaemap.healpix import parent_pix
 
-    pix, lat, x, mask, _ = _normalised_profiles(profiles, model_path)
+    pix, lat, x, mask = data.pix, data.lat, data.x, data.mask
     n = len(pix)
     feats = np.column_stack([x.reshape(n, -1), mask.reshape(n, -1),
                              np.sin(np.radians(lat)), np.abs(lat) / 90.0])
@@ -397,7 +414,7 @@ def run(latents: str | Path, truth: str | Path | None, outdir: str | Path,
     if model is not None:  # the baselines must use the model that made the latents
         from vaemap.model import load_checkpoint
 
-        ckpt = load_checkpoint(model)[2]
+        _, norm, ckpt = load_checkpoint(model)
         expect = {"model_weights": ckpt["weights_checksum"], "nside": int(ckpt["nside"]),
                   "against": f"the model {model}"}
     if profiles is not None:  # and the profiles that made them
@@ -435,15 +452,14 @@ def run(latents: str | Path, truth: str | Path | None, outdir: str | Path,
         metrics["ica"] = score_code(ica_components(mu), factors, score, kind)
         metrics["ica"]["anomaly"]["catalogue"] = metrics["anomaly"]["catalogue"]
         if profiles is not None and model is not None:
-            pca_pix, pca_code, pca_score = pca_baseline(Path(profiles), Path(model),
-                                                        mu.shape[1], metric)
+            data = normalised_profiles(profiles, model, (norm, ckpt))
+            pca_pix, pca_code, pca_score = pca_baseline(data, mu.shape[1], metric)
             if not np.array_equal(pca_pix, pix):
                 raise ValueError(f"{profiles} and {latents} hold different pixels")
             pca = score_code(pca_code, factors, pca_score, kind)
             pca["anomaly"]["catalogue"] = region_recall(pix, nside, kind, pca_score, threshold)
             metrics["baselines"] = {"pca": pca}
-            metrics["linear_probe"] = linear_probe(Path(profiles), Path(model), nside, factors,
-                                                   exclude=kind > 0)
+            metrics["linear_probe"] = linear_probe(data, nside, factors, exclude=kind > 0)
         _heatmap(np.array([metrics["spearman"][f] for f in FACTOR_NAMES]).T,
                  outdir / "correlation.png", "latents × ground-truth factors "
                  "(background pixels)")
