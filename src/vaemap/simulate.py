@@ -266,15 +266,15 @@ class ThermalTables:
         l0, l1, wl = weights(lat_eq, SEASON_LAT_GRID)
         a0, a1, wa = weights(self.albedo[pix], ROCK_ALBEDO_GRID)
 
-        def by_lat(table: np.ndarray) -> np.ndarray:  # (n_lat, steps), at the shifted time
-            return ((1 - wl) * ((1 - ws) * table[l0, s0] + ws * table[l0, s1])
-                    + wl * ((1 - ws) * table[l1, s0] + ws * table[l1, s1]))
+        def by_lat(table: np.ndarray, *albedo: np.ndarray) -> np.ndarray:
+            # (n_lat, [n_albedo,] steps), at the equivalent latitude and shifted time
+            return ((1 - wl) * ((1 - ws) * table[(l0, *albedo, s0)]
+                                + ws * table[(l0, *albedo, s1)])
+                    + wl * ((1 - ws) * table[(l1, *albedo, s0)]
+                            + ws * table[(l1, *albedo, s1)]))
 
         def by_lat_albedo(table: np.ndarray) -> np.ndarray:  # (n_lat, n_albedo, steps)
-            def at_albedo(a):
-                return ((1 - wl) * ((1 - ws) * table[l0, a, s0] + ws * table[l0, a, s1])
-                        + wl * ((1 - ws) * table[l1, a, s0] + ws * table[l1, a, s1]))
-            return (1 - wa) * at_albedo(a0) + wa * at_albedo(a1)
+            return (1 - wa) * by_lat(table, a0) + wa * by_lat(table, a1)
 
         dec = sunlat_deg.astype(np.float32)
         flux = (1.0 / sundist_au**2 - 1.0).astype(np.float32)

@@ -170,7 +170,6 @@ def solve_columns(
 
     result = np.empty((n_steps, n_col))
     active = np.arange(n_col)  # columns still changing from one day to the next
-    chi = chi.copy()
     last = n_layers - 1
     previous = None
     change = np.full(n_col, np.inf)
