@@ -34,6 +34,77 @@ PRODUCTS = list(
 )
 
 
+# Cluster resources. Memory follows the configuration (known before any input
+# exists, so a dry run shows it); run time follows the input's size where it
+# exists. Each retry asks for 50 % more memory and time than the last.
+
+
+def profile_cube_mb():
+    """MB of one float32 (pixels, channels, bins) cube over the whole sphere at
+    the profiles' nside: the unit in which profiles, train, encode and evaluate
+    hold data."""
+    npix = 12 * config["profiles"]["nside"] ** 2
+    cube = npix * len(config["ingest"]["channels"]) * config["profiles"]["bins"] * 4
+    return cube / 2**20
+
+
+def surface_table_mb():
+    """MB of the simulator's per-column thermal tables (two channels of 120
+    float32 local-time bins per surface column)."""
+    return 12 * config["simulate"]["nside"] ** 2 * 120 * 2 * 4 / 2**20
+
+
+def mem_mb(base, cubes=0.0, tables=0.0):
+    """The mem_mb resource: ``base`` MB plus ``cubes`` profile cubes and
+    ``tables`` simulator tables, 50 % more on each retry."""
+
+    def resource(wildcards, attempt):
+        need = base + cubes * profile_cube_mb() + tables * surface_table_mb()
+        return int(need * (1 + 0.5 * (attempt - 1)))
+
+    return resource
+
+
+# Bytes per row of a zipped simulated RDR table (measured on the demo: 45 MB for
+# 594,000 rows), to size ingest jobs in a dry run before the tables exist.
+RDR_ZIP_BYTES_PER_ROW = 80
+
+
+def input_gib(input):
+    """GiB of a job's input: the files' sizes where they exist, and for files
+    not yet written, a simulated day's expected size from the config."""
+    sim = config["simulate"]
+    rows = sim["days"] * sim["orbits_per_day"] * sim["samples_per_orbit"]
+    rows *= sim["detectors"] * len(sim["channels"])
+    expected = rows * RDR_ZIP_BYTES_PER_ROW / max(len(RDR_BATCHES), 1)
+    sizes = [
+        os.path.getsize(path) if os.path.exists(path) else expected for path in input
+    ]
+    return sum(sizes) / 2**30
+
+
+def runtime_min(base, per_gib_input=0.0, per_cube_gib=0.0, per_cube_gib_epoch=0.0):
+    """The runtime resource (minutes): ``base`` plus ``per_gib_input`` per GiB of
+    input, ``per_cube_gib`` per GiB of profile cube and ``per_cube_gib_epoch`` per
+    GiB of profile cube and training epoch, 50 % more on each retry."""
+
+    def resource(wildcards, input, attempt):
+        cube_gib = profile_cube_mb() / 1024
+        need = base + per_cube_gib * cube_gib
+        need += per_cube_gib_epoch * cube_gib * config["train"]["epochs"]
+        if per_gib_input:
+            need += per_gib_input * input_gib(input)
+        return int(need * (1 + 0.5 * (attempt - 1))) + 1
+
+    return resource
+
+
+def wants_gpu():
+    """Whether the config asks for CUDA (train.gpu, or device cuda / cuda:N): then
+    train and encode request one GPU (the SLURM executor's ``gpu`` resource)."""
+    return int(bool(config["train"]["gpu"]) or str(config["device"]).startswith("cuda"))
+
+
 def step_config(*sections):
     """The config sections a step reads, as compact JSON for --config-json.
 

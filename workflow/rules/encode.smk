@@ -12,7 +12,9 @@ rule encode:
         "../envs/vaemap.yaml"
     threads: 2
     resources:
-        mem_mb=4000,
+        mem_mb=mem_mb(1500, cubes=3.0),
+        runtime=runtime_min(5, per_cube_gib=30),
+        gpu=wants_gpu(),
     params:
         cfg=step_config("encode", "device"),
         extra="",
@@ -48,7 +50,8 @@ if config["encode"]["tile_nside"]:
         conda:
             "../envs/vaemap.yaml"
         resources:
-            mem_mb=4000,
+            mem_mb=mem_mb(1500, cubes=3.0),
+            runtime=runtime_min(5, per_cube_gib=10),
         params:
             cfg=step_config("encode", "device"),
         shell:

@@ -29,7 +29,8 @@ rule evaluate:
         "../envs/vaemap.yaml"
     threads: 1
     resources:
-        mem_mb=2000,
+        mem_mb=mem_mb(1500, cubes=4.0),
+        runtime=runtime_min(10, per_cube_gib=30),
     params:
         truth=truth_flag,
         # the PCA baseline and the linear probe of the profiles

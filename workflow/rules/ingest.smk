@@ -16,7 +16,8 @@ rule ingest:
         "../envs/vaemap.yaml"
     threads: 2
     resources:
-        mem_mb=2000,
+        mem_mb=mem_mb(1000 + config["ingest"]["chunk_rows"] / 4000),
+        runtime=runtime_min(5, per_gib_input=10),
     params:
         cfg=step_config("ingest"),
     shell:
@@ -37,7 +38,8 @@ rule merge_samples:
         "../envs/vaemap.yaml"
     threads: 1
     resources:
-        mem_mb=2000,
+        mem_mb=mem_mb(1000 + config["ingest"]["chunk_rows"] / 4000),
+        runtime=runtime_min(5, per_gib_input=8),
     params:
         cfg=step_config("ingest"),
     shell:

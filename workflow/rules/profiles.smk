@@ -15,7 +15,8 @@ rule profiles:
         "../envs/vaemap.yaml"
     threads: 1
     resources:
-        mem_mb=4000,
+        mem_mb=mem_mb(1000, cubes=4.0),
+        runtime=runtime_min(5, per_gib_input=15),
     params:
         cfg=step_config("profiles"),
         tile="",
@@ -51,7 +52,8 @@ if config["profiles"]["tile_nside"]:
         conda:
             "../envs/vaemap.yaml"
         resources:
-            mem_mb=4000,
+            mem_mb=mem_mb(1000, cubes=4.0),
+            runtime=runtime_min(5, per_cube_gib=10),
         params:
             cfg=step_config("profiles"),
         shell:

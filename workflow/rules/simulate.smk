@@ -18,7 +18,8 @@ rule simulate:
         "../envs/vaemap.yaml"
     threads: 4
     resources:
-        mem_mb=3000,
+        mem_mb=mem_mb(1500, tables=2.0),
+        runtime=runtime_min(30),
     params:
         cfg=step_config("simulate"),
         outdir=lambda wildcards, output: os.path.dirname(output.truth),

@@ -19,8 +19,9 @@ rule train:
         "../envs/vaemap.yaml"
     threads: config["train"]["threads"]
     resources:
-        mem_mb=8000,
-        gpu=1 if config["train"]["gpu"] else 0,
+        mem_mb=mem_mb(1500, cubes=3.0),
+        runtime=runtime_min(10, per_cube_gib_epoch=40),
+        gpu=wants_gpu(),
     params:
         cfg=step_config("model", "train", "seed", "device"),
     shell:
