@@ -60,9 +60,10 @@ def test_missing_and_broken_files(tmp_path):
         load_config(bad)
 
 
-@pytest.mark.parametrize("overlay", ["validation.yaml", "moseley2020.yaml"])
+@pytest.mark.parametrize("overlay", ["validation.yaml", "moseley2020.yaml", "allchannels.yaml"])
 def test_config_overlays_validate_over_the_default(overlay):
-    """The shipped overlays (the validation Moon, the paper's set-up) are valid layered
+    """The shipped overlays (the validation Moon, the paper's set-up, all channels) are
+    valid layered
     over config/config.yaml, and change only what they say."""
     import yaml
     from conftest import REPO
@@ -74,6 +75,10 @@ def test_config_overlays_validate_over_the_default(overlay):
     assert cfg["results"] != "results"  # never overwrites the default run's products
     if overlay == "validation.yaml":
         assert cfg["simulate"]["seed"] != base["simulate"]["seed"]  # another Moon
+    elif overlay == "allchannels.yaml":
+        assert cfg["simulate"]["seed"] == base["simulate"]["seed"]  # the test Moon
+        assert cfg["ingest"]["channels"] == cfg["simulate"]["channels"] == list(range(1, 10))
+        assert cfg["model"] == base["model"] or cfg["model"] == validate_config(base)["model"]
     else:
         assert cfg["simulate"]["seed"] == base["simulate"]["seed"]
         assert cfg["ingest"]["channels"] == [7] and cfg["model"]["tc_weight"] == 0.0

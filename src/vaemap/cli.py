@@ -117,7 +117,14 @@ def _step_summarize(args, cfg):
 def _step_readme_table(args, cfg):
     from vaemap import evaluate
 
-    current = evaluate.update_readme(args.summary, args.readme, check=args.check)
+    channels = []
+    for item in args.channels:
+        label, sep, path = item.rpartition("=")
+        if not sep or not label:
+            raise ValueError(f"--channels {item!r}: expected LABEL=SUMMARY.json")
+        channels.append((label, path))
+    current = evaluate.update_readme(args.summary, args.readme, check=args.check,
+                                     channels=channels)
     if args.check and not current:
         raise ValueError(f"{args.readme}: the results block differs from {args.summary}; "
                          f"run `vaemap readme-table {args.summary} --readme {args.readme}`")
@@ -232,6 +239,9 @@ def build_parser() -> argparse.ArgumentParser:
             "a summarize JSON (between its vaemap:metrics markers), or --check it.")
     p.add_argument("summary", help="metrics.json written by `vaemap summarize`")
     p.add_argument("--readme", default="README.md", help="README to update (README.md)")
+    p.add_argument("--channels", nargs="+", default=[], metavar="LABEL=SUMMARY",
+                   help="also write the channels block (vaemap:channels markers): one "
+                        "summarize JSON per channel set, e.g. '7=a.json' '1-9=b.json'")
     p.add_argument("--check", action="store_true",
                    help="only check; exit 1 when the README's block differs")
     _common(p)

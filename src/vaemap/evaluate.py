@@ -693,6 +693,21 @@ def _summary_markdown(summary: Mapping[str, Any], runs: Sequence[tuple[str, Any,
 
 README_START = "<!-- vaemap:metrics:start -->"
 README_END = "<!-- vaemap:metrics:end -->"
+CHANNELS_START = "<!-- vaemap:channels:start -->"
+CHANNELS_END = "<!-- vaemap:channels:end -->"
+
+# The targets of the channels comparison: (column, metric path, target). The
+# anomaly targets hold for warm rocky regions and cold spots separately.
+CHANNEL_TARGETS: tuple[tuple[str, str, float], ...] = (
+    ("albedo", "best_abs_spearman.albedo", 0.9),
+    ("pole-facing slope", "best_abs_spearman.slope_pole", 0.9),
+    ("E/W slope", "best_abs_spearman.slope_ew", 0.95),
+    ("H-parameter", "best_abs_spearman.h_param", 0.85),
+    ("rock fraction", "best_abs_spearman.rock_fraction", 0.85),
+    ("ROC-AUC warm rocky", "anomaly.roc_auc_warm_rocky", 0.98),
+    ("ROC-AUC cold spot", "anomaly.roc_auc_cold_spot", 0.98),
+)
+PROBE = "linear probe (supervised reference)"
 
 
 def readme_block(summary: Mapping[str, Any]) -> str:
@@ -701,17 +716,67 @@ def readme_block(summary: Mapping[str, Any]) -> str:
                       "", README_END])
 
 
-def update_readme(summary_path: str | Path, readme: str | Path, check: bool = False) -> bool:
-    """Replace the block between the README's markers with :func:`readme_block`;
-    with ``check``, only say whether it is up to date. Returns True when the
-    README already held that block."""
+def channels_table(summaries: Sequence[tuple[str, Mapping[str, Any]]]) -> str:
+    """The channel sets side by side (Markdown): one row per :func:`summarize`
+    result, its main model's best-latent |ρ| per factor and anomaly ROC-AUC per
+    kind as mean ± sd over seeds, with the supervised probe's |ρ| for the same
+    channels in brackets (what the data carry), under a row of targets."""
+    lines = ["| channels | " + " | ".join(col for col, _, _ in CHANNEL_TARGETS) + " |",
+             "|---" * (len(CHANNEL_TARGETS) + 1) + "|",
+             "| target | " + " | ".join(f"≥ {t:g}" for _, _, t in CHANNEL_TARGETS) + " |"]
+    moons = {summary["moon_seed"] for _, summary in summaries}
+    if len(moons) > 1:
+        raise ValueError(f"channel sets from different simulated Moons ({sorted(moons)}) "
+                         "cannot be compared")
+    for label, summary in summaries:
+        main, *_ = summary["methods"].values()
+        probe = summary["methods"].get(PROBE, {}).get("metrics", {})
+        cells = []
+        for _, path, _ in CHANNEL_TARGETS:
+            cell = main["metrics"].get(path)
+            text = "—" if cell is None else f"{cell['mean']:.3f}"
+            if cell is not None and cell["sd"] is not None:
+                text += f" ± {cell['sd']:.3f}"
+            if path in probe:
+                text += f" ({probe[path]['mean']:.2f})"
+            cells.append(text)
+        lines.append(f"| {label} ({main['runs']}) | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def channels_block(summaries: Sequence[tuple[str, Mapping[str, Any]]]) -> str:
+    """The README's channels block: :func:`channels_table` and its caption."""
+    moon = summaries[0][1]["moon_seed"]
+    caption = (f"Simulated Moon seed {moon}, the main model of each channel set, "
+               "background pixels; mean ± sd over training seeds (runs in brackets after "
+               "the channels); in brackets after a factor, the supervised linear probe of the "
+               "same profiles.")
+    return "\n".join([CHANNELS_START, "", channels_table(summaries), f"*{caption}*", "",
+                      CHANNELS_END])
+
+
+def _replace_block(text: str, start: str, end: str, block: str, where: str) -> str:
+    if start not in text or end not in text:
+        raise ValueError(f"{where}: no {start} ... {end} block to fill")
+    head, rest = text.split(start, 1)
+    _, tail = rest.split(end, 1)
+    return head + block + tail
+
+
+def update_readme(summary_path: str | Path, readme: str | Path, check: bool = False,
+                  channels: Sequence[tuple[str, str | Path]] = ()) -> bool:
+    """Replace the block between the README's metrics markers with
+    :func:`readme_block`, and, given ``channels`` ((label, summary JSON) per
+    channel set), the channels block with :func:`channels_block`; with
+    ``check``, only say whether they are up to date. Returns True when the
+    README already held those blocks."""
     summary = json.loads(Path(summary_path).read_text())
     text = Path(readme).read_text()
-    if README_START not in text or README_END not in text:
-        raise ValueError(f"{readme}: no {README_START} ... {README_END} block to fill")
-    head, rest = text.split(README_START, 1)
-    _, tail = rest.split(README_END, 1)
-    new = head + readme_block(summary) + tail
+    new = _replace_block(text, README_START, README_END, readme_block(summary), str(readme))
+    if channels:
+        sets = [(label, json.loads(Path(path).read_text())) for label, path in channels]
+        new = _replace_block(new, CHANNELS_START, CHANNELS_END, channels_block(sets),
+                             str(readme))
     if new == text or check:
         return new == text
     with atomic_path(readme) as tmp:
