@@ -26,6 +26,10 @@ def test_conda_environments_match_pyproject():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     pip = {CONDA_NAME.get(k, k): v for k, v in _requirements(project["dependencies"]).items()}
     pip["python"] = project["requires-python"].replace(" ", "")
-    for env in ("environment.yml", "workflow/envs/vaemap.yaml"):
+    # the users' environment also brings the SLURM executor (the `slurm` extra);
+    # a rule's environment runs inside a job and needs no executor
+    slurm = _requirements(project["optional-dependencies"]["slurm"])
+    for env, expected in (("environment.yml", {**pip, **slurm}),
+                          ("workflow/envs/vaemap.yaml", pip)):
         conda = _requirements(yaml.safe_load((ROOT / env).read_text())["dependencies"])
-        assert conda == pip, f"{env} differs from pyproject.toml"
+        assert conda == expected, f"{env} differs from pyproject.toml"

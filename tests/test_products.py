@@ -87,6 +87,28 @@ def test_maps_fits_and_png(trained, survey, tiny_config, tmp_path):
     for figure in ("anomaly_profiles.png", "latent_traversal.png"):
         image = np.asarray(Image.open(tmp_path / figure).convert("L"), dtype=float)
         assert image.std() > 10
+    for fits_path in tmp_path.glob("*.fits"):  # every FITS product is valid FITS
+        with fits.open(fits_path, checksum=True) as hdus:
+            hdus.verify("exception")
+    # GIS rasters: every product on every grid; a known pixel's value where it lies
+    import rasterio
+    from rasterio.warp import transform
+
+    grids = tiny_config["maps"]["geotiff"]
+    assert set(grids) == {"equirectangular", "north_polar", "south_polar"}
+    for name in map_products(4, independent_components=True):
+        for grid in grids:
+            assert (tmp_path / f"{name}_{grid}.tif").stat().st_size > 0
+    by_pix = dict(zip(pix.tolist(), mu[:, 0].tolist(), strict=True))
+    with rasterio.open(tmp_path / "latent0_mu_equirectangular.tif") as ds:
+        band = ds.read(1)
+        for p in pix[:: max(1, pix.size // 25)]:
+            lon, lat = hp.pix2ang(nside, int(p), nest=True, lonlat=True)
+            x, y = transform("IAU_2015:30100", ds.crs, [lon], [lat])
+            row, col = ds.index(x[0], y[0])
+            near = [by_pix.get(q) for q in [int(p), *hp.get_all_neighbours(nside, int(p),
+                                                                           nest=True)]]
+            assert band[row, col] in [np.float32(v) for v in near if v is not None]
     header = fits.getheader(tmp_path / "recon_error.fits", 1)
     assert any("vaemap config" in str(h) for h in header["HISTORY"])
     assert header["ORDERING"] == "NESTED"
@@ -290,6 +312,35 @@ def test_readme_block_is_generated_from_the_summary(tmp_path):
     assert evaluate.update_readme(tmp_path / "s.json", readme, check=True)
 
 
+def test_channels_block_sets_the_channel_sets_beside_their_targets(tmp_path):
+    def summary(albedo, probe, moon=1969):
+        cell = {"mean": albedo, "sd": 0.01, "values": []}
+        return {"moon_seed": moon, "factor_pixels": 100, "anomaly_metric": "normalised_l1",
+                "methods": {
+            "VAE": {"runs": 3, "training_seeds": [42, 43, 44],
+                    "metrics": {"best_abs_spearman.albedo": cell}},
+            evaluate.PROBE: {"runs": 3, "training_seeds": [42, 43, 44], "metrics": {
+                "best_abs_spearman.albedo": {"mean": probe, "sd": 0.0, "values": []}}}}}
+
+    for name, s in (("a", summary(0.35, 0.46)), ("b", summary(0.33, 0.81)),
+                    ("c", summary(0.5, 0.5, moon=7))):
+        (tmp_path / f"{name}.json").write_text(json.dumps(s))
+    readme = tmp_path / "README.md"
+    readme.write_text(f"{evaluate.README_START}\n{evaluate.README_END}\n"
+                      f"{evaluate.CHANNELS_START}\nSTALE\n{evaluate.CHANNELS_END}\n")
+    evaluate.update_readme(tmp_path / "a.json", readme,
+                           channels=[("7", tmp_path / "a.json"), ("1-9", tmp_path / "b.json")])
+    text = readme.read_text()
+    assert "| target | ≥ 0.9 | ≥ 0.9 | ≥ 0.95 | ≥ 0.85 | ≥ 0.85 | ≥ 0.98 | ≥ 0.98 |" in text
+    assert "| 7 (3) | 0.350 ± 0.010 (0.46) | — |" in text
+    assert "| 1-9 (3) | 0.330 ± 0.010 (0.81) | — |" in text and "STALE" not in text
+    assert evaluate.update_readme(tmp_path / "a.json", readme, check=True,
+                                  channels=[("7", tmp_path / "a.json"),
+                                            ("1-9", tmp_path / "b.json")])
+    with pytest.raises(ValueError, match="different simulated Moons"):
+        evaluate.channels_table([("7", summary(0.3, 0.4)), ("x", summary(0.3, 0.4, moon=7))])
+
+
 def test_hungarian_matching_gives_each_factor_its_own_latent():
     rho = np.array([[0.9, 0.8, 0.0],  # latent 0 is best for factors 0 and 1
                     [0.1, 0.7, 0.0]])
@@ -308,3 +359,9 @@ def test_the_readme_results_block_is_the_generated_one():
     assert summary["moon_seed"] == 1969  # the test Moon, never tuned on
     vae = next(iter(summary["methods"].values()))
     assert vae["runs"] >= 3 and len(set(vae["training_seeds"])) == vae["runs"]
+    # ... and so is the channels block beside it (`make results-table`)
+    sets = [("7 (default)", summary),
+            ("1-9", json.loads((REPO / "docs" / "results" / "allchannels.json").read_text()))]
+    assert evaluate.channels_block(sets) in (REPO / "README.md").read_text()
+    assert sets[1][1]["moon_seed"] == 1969
+    assert next(iter(sets[1][1]["methods"].values()))["runs"] >= 3

@@ -12,13 +12,17 @@ import healpy as hp
 import numpy as np
 
 __all__ = [
+    "HEALSPARSE_MIN_NSIDE",
     "MOON_RADIUS_KM",
     "connected_regions",
+    "downgrade_pairs",
     "lonlat_to_pix",
     "parent_pix",
     "pix_to_lonlat",
     "pixel_side_km",
     "wrap_lon",
+    "write_healsparse_map",
+    "write_partial_map",
 ]
 
 MOON_RADIUS_KM = 1737.4
@@ -57,6 +61,27 @@ def pixel_side_km(nside: int, radius_km: float = MOON_RADIUS_KM) -> float:
     return float(np.sqrt(hp.nside2pixarea(nside)) * radius_km)
 
 
+def downgrade_pairs(pix: np.ndarray, values: np.ndarray, nside: int, nside_out: int
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """Average a partial NESTED map given as (pixel, value) pairs to ``nside_out``.
+
+    Returns the observed parent pixels (sorted, int64) and the mean of their
+    finite children's values (float64): memory grows with the pairs, not with
+    the sphere at ``nside``. With ``nside_out >= nside`` the pairs come back
+    sorted, unchanged.
+    """
+    pix = np.asarray(pix, dtype=np.int64)
+    values = np.asarray(values, dtype=np.float64)
+    keep = np.isfinite(values)
+    if nside_out >= nside:
+        order = np.argsort(pix[keep], kind="stable")
+        return pix[keep][order], values[keep][order]
+    parents, inverse = np.unique(parent_pix(pix[keep], nside, nside_out), return_inverse=True)
+    sums = np.bincount(inverse, weights=values[keep], minlength=parents.size)
+    counts = np.bincount(inverse, minlength=parents.size)
+    return parents, sums / counts
+
+
 def write_partial_map(
     path,
     pix: np.ndarray,
@@ -67,22 +92,55 @@ def write_partial_map(
     unit: str = "",
     extra_header: dict | None = None,
     history: list[tuple[str, str]] | None = None,
-) -> None:
+) -> int:
     """Write a partial NESTED HEALPix FITS map of ``values`` at pixels ``pix`` (atomically).
 
-    Unlisted pixels are unobserved (``hp.UNSEEN`` when read back as a full map).
-    The header carries the ordering, nside, ``BODY = 'MOON'``, the planetocentric
-    east-positive longitude convention, units and the package version, plus any
-    ``extra_header`` cards (keys up to 8 characters) and ``history`` cards
-    (``("HISTORY", text)`` pairs, e.g. the producing configuration).
+    The file is the HEALPix explicit-index convention that healpy's
+    ``read_map`` and every HEALPix reader take: a binary table of ``PIXEL``
+    (32-bit, or 64-bit where 12·nside² needs it) and the value (float32,
+    ``unit``), sorted by pixel, with ``INDXSCHM = 'EXPLICIT'``. It is built from
+    the pairs alone, never a full-sphere array (an nside-8192 map of 10 M
+    observed pixels needs some 200 MB, not the sphere's 3.2 GB). Non-finite
+    values are left out: unlisted pixels are unobserved (``hp.UNSEEN`` when
+    read back as a full map). The header carries the ordering, nside,
+    ``BODY = 'MOON'``, the planetocentric east-positive longitude convention,
+    units and the package version, plus any ``extra_header`` cards (keys up to
+    8 characters) and ``history`` cards (``("HISTORY", text)`` pairs, e.g. the
+    producing configuration). Returns the number of pixels written.
     """
+    from astropy.io import fits
+
     from vaemap import __version__
     from vaemap.io import atomic_path
 
-    full = np.full(hp.nside2npix(nside), hp.UNSEEN, dtype=np.float32)
+    pix = np.asarray(pix, dtype=np.int64)
     vals = np.asarray(values, dtype=np.float32)
-    full[np.asarray(pix)] = np.where(np.isfinite(vals), vals, hp.UNSEEN)
-    header = [
+    if pix.shape != vals.shape or pix.ndim != 1:
+        raise ValueError(f"{path}: pixels {pix.shape} and values {vals.shape} must be two "
+                         "equal 1-d arrays")
+    npix = hp.nside2npix(nside)
+    keep = np.isfinite(vals)
+    order = np.argsort(pix[keep], kind="stable")
+    pix, vals = pix[keep][order], vals[keep][order]
+    if pix.size and (pix[0] < 0 or pix[-1] >= npix):
+        raise ValueError(f"{path}: pixel indices outside 0..{npix - 1} (nside {nside})")
+    if pix.size > 1 and (np.diff(pix) == 0).any():
+        raise ValueError(f"{path}: pixel {pix[1:][np.diff(pix) == 0][0]} is listed twice")
+    wide = npix > np.iinfo(np.int32).max
+    table = fits.BinTableHDU.from_columns([
+        fits.Column(name="PIXEL", format="K" if wide else "J",
+                    array=pix if wide else pix.astype(np.int32)),
+        fits.Column(name=column, format="E", unit=unit or None, array=vals),
+    ])
+    cards = [
+        ("PIXTYPE", "HEALPIX", "HEALPIX pixelisation"),
+        ("ORDERING", "NESTED", "pixel ordering scheme"),
+        ("NSIDE", nside, "resolution parameter"),
+        ("FIRSTPIX", 0, "first pixel index (0 based)"),
+        ("LASTPIX", npix - 1, "last pixel index (0 based)"),
+        ("INDXSCHM", "EXPLICIT", "indexing: explicit PIXEL column"),
+        ("OBJECT", "PARTIAL", "sky coverage: partial"),
+        ("OBS_NPIX", int(pix.size), "number of pixels listed"),
         ("BODY", "MOON", "target body"),
         ("COORDTYP", "PLANETOCENTRIC", "latitude planetocentric, degrees north"),
         ("LONCONV", "EAST", "longitude positive east, [0, 360)"),
@@ -90,13 +148,53 @@ def write_partial_map(
         ("PIXKM", round(pixel_side_km(nside), 3), "approximate pixel side on the Moon, km"),
         ("CREATOR", f"vaemap {__version__}", "software that wrote this map"),
     ]
-    for key, value in (extra_header or {}).items():
-        header.append((key[:8].upper(), value))
-    header += list(history or [])
+    cards += [(key[:8].upper(), value) for key, value in (extra_header or {}).items()]
+    for card in cards:
+        table.header.append(card)
+    for key, text in history or []:
+        if key == "HISTORY":
+            table.header.add_history(text)
+        else:
+            table.header.append((key, text))
+    hdus = fits.HDUList([fits.PrimaryHDU(), table])
+    hdus.verify("exception")
     with atomic_path(path) as tmp:
-        hp.write_map(str(tmp), full, nest=True, partial=True, column_names=[column],
-                     column_units=unit or None, extra_header=header, dtype=np.float32,
-                     overwrite=True)
+        hdus.writeto(tmp, overwrite=True, checksum=True)
+    return int(pix.size)
+
+
+#: Maps at this nside and finer are also written as HealSparse maps.
+HEALSPARSE_MIN_NSIDE = 4096
+
+
+def write_healsparse_map(path, pix: np.ndarray, values: np.ndarray, nside: int, *,
+                         unit: str = "", metadata: dict | None = None,
+                         nside_coverage: int = 32) -> int:
+    """Write (pixel, value) pairs of a NESTED map as a HealSparse map (atomically).
+
+    HealSparse keeps a full-sphere coverage map at ``nside_coverage`` and
+    float32 values only inside the coverage pixels that hold data, so its
+    memory and file follow the observed area (Rubin's format for maps of
+    10⁹-pixel spheres; read it with ``healsparse.HealSparseMap.read``).
+    Non-finite values are left out. ``metadata`` (FITS keys up to 8
+    characters) joins ``BODY``, ``ORDERING`` and ``BUNIT``. Returns the
+    number of pixels written.
+    """
+    import healsparse
+
+    from vaemap.io import atomic_path
+
+    pix = np.asarray(pix, dtype=np.int64)
+    vals = np.asarray(values, dtype=np.float32)
+    keep = np.isfinite(vals)
+    sparse = healsparse.HealSparseMap.make_empty(min(nside_coverage, nside), nside,
+                                                 np.float32)
+    sparse.update_values_pix(pix[keep], vals[keep], nest=True)
+    sparse.metadata = {"BODY": "MOON", "ORDERING": "NESTED", "BUNIT": unit,
+                       **{key[:8].upper(): value for key, value in (metadata or {}).items()}}
+    with atomic_path(path) as tmp:
+        sparse.write(str(tmp), clobber=True)
+    return int(keep.sum())
 
 
 def connected_regions(nside: int, pix: np.ndarray) -> tuple[int, np.ndarray]:

@@ -20,9 +20,15 @@ import h5py
 import numpy as np
 
 from vaemap.figures import pyplot, save_figure
-from vaemap.healpix import write_partial_map
+from vaemap.healpix import (
+    HEALSPARSE_MIN_NSIDE,
+    downgrade_pairs,
+    write_healsparse_map,
+    write_partial_map,
+)
 from vaemap.io import atomic_path, file_checksum
 from vaemap.products import LATENTS, PROFILES, map_products, open_product
+from vaemap.rasters import write_geotiff
 from vaemap.stats import ica_components
 
 __all__ = ["anomaly_catalogue", "latent_traversal", "render_png", "run"]
@@ -50,6 +56,10 @@ def _colour_limits(values: np.ndarray, percentiles: tuple[float, float]) -> tupl
     return float(lo), float(hi if hi > lo else lo + 1.0)
 
 
+#: The finest nside a PNG is drawn at (maps finer than it are averaged to it).
+DISPLAY_NSIDE = 1024
+
+
 def render_png(path: str | Path, pix: np.ndarray, values: np.ndarray, nside: int, *,
                title: str, unit: str, cmap: str = "viridis",
                percentiles: tuple[float, float] = (1.0, 99.0),
@@ -65,8 +75,12 @@ def render_png(path: str | Path, pix: np.ndarray, values: np.ndarray, nside: int
     import healpy as hp
 
     plt = pyplot()
-    full = np.full(hp.nside2npix(nside), hp.UNSEEN)
-    full[pix] = values
+    # A figure shows no more than ~1000 pixels across the globe: draw from the
+    # map averaged to at most DISPLAY_NSIDE, so a full-sphere array stays small
+    # whatever the map's own nside.
+    shown, shown_values = downgrade_pairs(pix, values, nside, min(nside, DISPLAY_NSIDE))
+    full = np.full(hp.nside2npix(min(nside, DISPLAY_NSIDE)), hp.UNSEEN)
+    full[shown] = shown_values
     lo, hi = _colour_limits(values, percentiles)
     style = {"nest": True, "flip": "geo", "min": lo, "max": hi, "cmap": cmap,
              "badcolor": "lightgray", "unit": unit, "cbar": True}
@@ -232,7 +246,9 @@ def run(latents: str | Path, profiles: str | Path, model: str | Path, outdir: st
     """Write every map product, the anomaly catalogue and the latent traversal.
 
     In ``outdir``: ``<name>.fits`` and ``<name>.png`` for each of
-    :func:`map_products`; ``anomalies.ecsv`` (astropy ECSV) and
+    :func:`map_products` (and ``<name>.hsp``, a HealSparse map, at nside ≥
+    :data:`~vaemap.healpix.HEALSPARSE_MIN_NSIDE`, and ``<name>_<grid>.tif``, a
+    GeoTIFF, for each grid of ``maps.geotiff``); ``anomalies.ecsv`` (astropy ECSV) and
     ``anomaly_profiles.png``; ``latent_traversal.png``. ``threads`` figures
     are drawn at once (separate processes).
     """
@@ -274,6 +290,14 @@ def run(latents: str | Path, profiles: str | Path, model: str | Path, outdir: st
                 write_partial_map(outdir / f"{name}.fits", pix, values, nside,
                                   column=name.upper(), unit=meta["unit"], extra_header=header,
                                   history=history)
+                if nside >= HEALSPARSE_MIN_NSIDE:
+                    write_healsparse_map(outdir / f"{name}.hsp", pix, values, nside,
+                                         unit=meta["unit"], metadata=header)
+                for grid in params["geotiff"]:
+                    jobs.append(pool.submit(
+                        write_geotiff, outdir / f"{name}_{grid}.tif", pix, values, nside,
+                        grid, unit=meta["unit"], description=meta["title"],
+                        tags={"PRODUCT": meta["fits"]}))
                 jobs.append(pool.submit(
                     render_png, outdir / f"{name}.png", pix, values, nside,
                     title=meta["title"], unit=meta["unit"], cmap=params["cmap"],

@@ -5,6 +5,17 @@ rule maps:
         model=f"{RESULTS}/model/model.pt",
     output:
         fits=expand(f"{RESULTS}/maps/{{product}}.fits", product=PRODUCTS),
+        # HealSparse copies of the maps at nside >= 4096 (vaemap.healpix)
+        healsparse=(
+            expand(f"{RESULTS}/maps/{{product}}.hsp", product=PRODUCTS)
+            if config["profiles"]["nside"] >= 4096
+            else []
+        ),
+        geotiff=expand(
+            f"{RESULTS}/maps/{{product}}_{{grid}}.tif",
+            product=PRODUCTS,
+            grid=config["maps"]["geotiff"],
+        ),
         png=[
             report(
                 f"{RESULTS}/maps/{product}.png",
@@ -37,7 +48,8 @@ rule maps:
         "../envs/vaemap.yaml"
     threads: 2
     resources:
-        mem_mb=2000,
+        mem_mb=mem_mb(2000, cubes=2.0),
+        runtime=runtime_min(10, per_cube_gib=30),
     params:
         cfg=step_config("maps"),
         outdir=lambda wildcards, output: os.path.dirname(output.fits[0]),
