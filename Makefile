@@ -8,7 +8,7 @@ TORCH ?= torch==2.13.0
 CORES ?= 2
 BIN := $(abspath $(VENV))/bin
 
-.PHONY: demo test results-table report lint clean
+.PHONY: demo test results-table viewer report lint clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,12 @@ results-table: demo  ## the demo and all channels, then the README's results blo
 	cp results/allchannels/evaluate/metrics.md docs/results/allchannels.md
 	PATH="$(BIN):$$PATH" vaemap readme-table docs/results/metrics.json --readme README.md \
 		--channels "7 (default)=docs/results/metrics.json" "1-9=docs/results/allchannels.json"
+
+viewer: $(VENV)/.installed  ## the demo's HiPS maps in Aladin Lite, served on http://127.0.0.1:8000
+	npm ci --prefix viewer --no-audit --no-fund
+	PATH="$(BIN):$$PATH" snakemake --cores $(CORES) results/maps/hips/index.html
+	@echo "Open http://127.0.0.1:8000/ (Ctrl-C stops the server)"
+	$(BIN)/python -m http.server --directory results/maps/hips --bind 127.0.0.1 8000
 
 clean:
 	rm -rf results .snakemake

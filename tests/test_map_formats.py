@@ -155,3 +155,59 @@ def test_geotiff_places_known_pixels_at_their_longitude_and_latitude(tmp_path, g
             assert band[row, col] == NODATA
         observed = band[band != NODATA]
         assert observed.size and np.isin(observed, pix).all()  # values of the map, unmixed
+
+
+def test_hips_tiles_moc_and_allsky_read_back_by_their_readers(tmp_path):
+    """A HiPS of a partial map: reproject's HiPS reader finds every observed
+    pixel's value where that pixel lies (tiles in the standard's order), mocpy
+    reads the coverage, and the properties name the Moon."""
+    from astropy.coordinates import SkyCoord
+    from astropy.io import fits
+    from mocpy import MOC
+    from reproject.hips import hips_as_dask_array
+
+    from vaemap.hips import read_properties, write_hips
+
+    nside = 64
+    pix = np.arange(hp.nside2npix(nside))
+    lon, lat = hp.pix2ang(nside, pix, nest=True, lonlat=True)
+    keep = lat > -30  # the south is unobserved
+    values = (np.sin(np.radians(3 * lon)) * np.cos(np.radians(lat))).astype(np.float32)
+    out = tmp_path / "hips" / "product"
+    info = write_hips(out, pix[keep], values[keep], nside, title="test map", unit="K",
+                      cut=(-1.0, 1.0))
+    assert info["order"] == 3  # at least order 3 for Aladin Lite
+    props = read_properties(out)
+    assert props["hips_body"] == "moon" and props["hips_order"] == "3"
+    assert props["hips_tile_format"] == "fits" and props["hips_pixel_cut"] == "-1 1"
+    assert props["obs_title"] == "test map" and props["bunit"] == "K"
+
+    image, wcs = hips_as_dask_array(str(out), level=3)
+    image = np.asarray(image.compute())
+    rng = np.random.default_rng(3)
+    probe_lon = rng.uniform(0, 360, 200)
+    probe_lat = np.degrees(np.arcsin(rng.uniform(-1, 1, 200)))
+    rows, cols = wcs.world_to_array_index(SkyCoord(probe_lon, probe_lat, unit="deg"))
+    got = image[rows, cols]
+    at = hp.ang2pix(nside, probe_lon, probe_lat, nest=True, lonlat=True)
+    seen = lat[at] > -30
+    np.testing.assert_allclose(got[seen], values[at[seen]], rtol=0, atol=1e-6)
+    assert np.isnan(got[~seen]).all()  # unobserved stays blank
+
+    moc = MOC.load(out / "Moc.fits")
+    assert moc.sky_fraction == pytest.approx(keep.mean(), abs=1e-9)
+    assert float(props["moc_sky_fraction"]) == pytest.approx(keep.mean(), abs=1e-6)
+    inside = moc.contains_lonlat(lon=probe_lon * u_deg(), lat=probe_lat * u_deg())
+    np.testing.assert_array_equal(inside, seen)
+    for order in range(4):
+        allsky = fits.getdata(out / f"Norder{order}" / "Allsky.fits")
+        per_row = int(np.sqrt(12 * 4**order))
+        assert allsky.shape == (-(-12 * 4**order // per_row) * 64, per_row * 64)
+    tile = fits.getdata(out / "Norder3" / "Dir0" / "Npix0.fits")
+    assert tile.shape == (64, 64) and np.isfinite(tile).all()  # the north is observed
+
+
+def u_deg():
+    import astropy.units as u
+
+    return u.deg

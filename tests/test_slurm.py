@@ -111,6 +111,8 @@ def _sacct_jobs(since: str) -> dict[str, list[str]]:
 
 
 def _datasets(path: Path) -> dict[str, np.ndarray]:
+    import hdf5plugin  # noqa: F401  (samples.h5 is blosc-compressed)
+
     with h5py.File(path) as h5:
         return {name: h5[name][...] for name in h5 if isinstance(h5[name], h5py.Dataset)}
 
@@ -161,4 +163,5 @@ def test_tiny_workflow_through_a_real_scheduler(tmp_path):
                                        rtol=0, atol=1e-5, err_msg=fits_path.name)
     main_a = json.loads((a / "evaluate" / "main" / "metrics.json").read_text())
     main_b = json.loads((b / "evaluate" / "main" / "metrics.json").read_text())
-    assert main_a["factors"] == main_b["factors"]
+    for key in ("best_abs_spearman", "anomaly", "recon_rms_k"):
+        assert main_a[key] == main_b[key], key

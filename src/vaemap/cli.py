@@ -14,6 +14,7 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from vaemap import __version__
@@ -96,6 +97,13 @@ def _step_maps(args, cfg):
 
     return maps.run(args.latents, args.profiles, args.model, args.outdir, cfg,
                     threads=args.threads)
+
+
+def _step_viewer(args, cfg):
+    from vaemap import hips
+
+    page = hips.write_viewer_for(args.hips_root, aladin_js=args.aladin_js, title=args.title)
+    return {"page": str(page), "serve": f"python -m http.server -d {args.hips_root} 8000"}
 
 
 def _step_evaluate(args, cfg):
@@ -233,6 +241,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--markdown", help="Markdown table to write")
     p.add_argument("--csv", help="CSV (one row per run) to write")
     p.add_argument("--main-label", default="VAE", help="name of the main model's column")
+    _common(p)
+
+    p = add("viewer", _step_viewer, "Write an Aladin Lite page (index.html) beside the HiPS "
+            "tile sets that `vaemap maps` wrote; serve it with python -m http.server.")
+    p.add_argument("hips_root", help="the maps' hips/ directory (one HiPS per product)")
+    p.add_argument("--aladin-js", default=str(Path(__file__).resolve().parents[2] / "viewer"
+                                              / "node_modules" / "aladin-lite" / "dist"
+                                              / "aladin.js"),
+                   help="Aladin Lite's aladin.js (default: the one `npm ci --prefix viewer` "
+                        "installs in this checkout)")
+    p.add_argument("--title", default="vaemap maps", help="the page's title")
     _common(p)
 
     p = add("readme-table", _step_readme_table, "Write the results block of README.md from "

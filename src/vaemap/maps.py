@@ -26,6 +26,7 @@ from vaemap.healpix import (
     write_healsparse_map,
     write_partial_map,
 )
+from vaemap.hips import write_hips
 from vaemap.io import atomic_path, file_checksum
 from vaemap.products import LATENTS, PROFILES, map_products, open_product
 from vaemap.rasters import write_geotiff
@@ -248,7 +249,9 @@ def run(latents: str | Path, profiles: str | Path, model: str | Path, outdir: st
     In ``outdir``: ``<name>.fits`` and ``<name>.png`` for each of
     :func:`map_products` (and ``<name>.hsp``, a HealSparse map, at nside ≥
     :data:`~vaemap.healpix.HEALSPARSE_MIN_NSIDE`, and ``<name>_<grid>.tif``, a
-    GeoTIFF, for each grid of ``maps.geotiff``); ``anomalies.ecsv`` (astropy ECSV) and
+    GeoTIFF, for each grid of ``maps.geotiff``); ``hips/<name>/``, a HiPS tile
+    set with its coverage MOC, for each product of ``maps.hips``;
+    ``anomalies.ecsv`` (astropy ECSV) and
     ``anomaly_profiles.png``; ``latent_traversal.png``. ``threads`` figures
     are drawn at once (separate processes).
     """
@@ -305,6 +308,17 @@ def run(latents: str | Path, profiles: str | Path, model: str | Path, outdir: st
                 written.append(name)
             for job in jobs:
                 job.result()
+        products = map_products(latent_dim, ica is not None, json.loads(h5.attrs["channels"]))
+        unknown = sorted(set(params["hips"]) - set(products))
+        if unknown:
+            raise ValueError(f"maps.hips: {', '.join(unknown)} not among this run's map "
+                             f"products ({', '.join(products)})")
+        for name in params["hips"]:
+            values = _values(h5, name, ica)
+            cut = _colour_limits(values, tuple(params["percentiles"]))
+            write_hips(outdir / "hips" / name, pix, values, nside,
+                       title=products[name]["title"], unit=products[name]["unit"],
+                       max_order=params["hips_max_order"], cut=cut)
         threshold = float(h5.attrs["anomaly_threshold"])
         table = anomaly_catalogue(pix, h5["anomaly_score"][...], nside, threshold)
         with atomic_path(outdir / "anomalies.ecsv") as tmp:

@@ -24,7 +24,7 @@ import numpy as np
 
 from vaemap.healpix import MOON_RADIUS_KM, pixel_side_km
 
-__all__ = ["GRIDS", "NODATA", "RasterGrid", "raster_grid", "write_geotiff"]
+__all__ = ["GRIDS", "NODATA", "RasterGrid", "raster_grid", "sample_grid", "write_geotiff"]
 
 #: The value of cells no observed pixel covers.
 NODATA = -9999.0
@@ -103,13 +103,17 @@ def raster_grid(name: str, nside: int, oversample: float = 1.0) -> RasterGrid:
                       0.5 * cells * resolution)
 
 
-def _sample(grid: RasterGrid, rows: slice, nside: int, pix_sorted: np.ndarray,
-            values_sorted: np.ndarray) -> np.ndarray:
+def sample_grid(grid: RasterGrid, rows: slice, nside: int, pix_sorted: np.ndarray,
+                values_sorted: np.ndarray, fill: float = NODATA) -> np.ndarray:
+    """The map's values at the centres of the cells in ``rows`` of ``grid``, float32
+    (n_rows, width): each cell takes the value of the NESTED pixel at ``nside``
+    holding its centre, ``fill`` where that pixel is not in ``pix_sorted`` (sorted
+    pixel indices, with their ``values_sorted``)."""
     lon, lat = grid.lonlat(rows)
     cell_pix = hp.ang2pix(nside, lon.ravel(), lat.ravel(), nest=True, lonlat=True)
     where = np.searchsorted(pix_sorted, cell_pix).clip(max=max(pix_sorted.size - 1, 0))
     hit = pix_sorted[where] == cell_pix if pix_sorted.size else np.zeros(cell_pix.size, bool)
-    out = np.full(cell_pix.size, NODATA, dtype=np.float32)
+    out = np.full(cell_pix.size, fill, dtype=np.float32)
     out[hit] = values_sorted[where[hit]]
     return out.reshape(lon.shape)
 
@@ -144,7 +148,7 @@ def write_geotiff(path: str | Path, pix: np.ndarray, values: np.ndarray, nside: 
         with rasterio.open(tmp, "w", **profile) as dst:
             for start in range(0, raster.height, _STRIP_ROWS):
                 rows = slice(start, min(start + _STRIP_ROWS, raster.height))
-                strip = _sample(raster, rows, nside, pix_sorted, values_sorted)
+                strip = sample_grid(raster, rows, nside, pix_sorted, values_sorted)
                 dst.write(strip, 1, window=Window(0, start, raster.width, strip.shape[0]))
             dst.units = (unit,)
             dst.descriptions = (description,)

@@ -11,6 +11,7 @@ rule maps:
             if config["profiles"]["nside"] >= 4096
             else []
         ),
+        hips=[directory(f"{RESULTS}/maps/hips/{p}") for p in config["maps"]["hips"]],
         geotiff=expand(
             f"{RESULTS}/maps/{{product}}_{{grid}}.tif",
             product=PRODUCTS,
@@ -57,3 +58,29 @@ rule maps:
         "vaemap maps {input.latents} --profiles {input.profiles} --model {input.model} "
         "--outdir {params.outdir} --threads {threads} --config-json {params.cfg:q} --json "
         "> {log} 2>&1"
+
+
+# The Aladin Lite page over the HiPS tile sets: not part of the default target,
+# since it needs Aladin Lite from npm (`npm ci --prefix viewer`; `make viewer`).
+rule viewer:
+    input:
+        rules.maps.output.hips,
+    output:
+        f"{RESULTS}/maps/hips/index.html",
+    log:
+        f"{LOGS}/viewer.log",
+    conda:
+        "../envs/vaemap.yaml"
+    params:
+        root=lambda wildcards, output: os.path.dirname(output[0]),
+        aladin=os.path.join(
+            workflow.basedir,
+            "..",
+            "viewer",
+            "node_modules",
+            "aladin-lite",
+            "dist",
+            "aladin.js",
+        ),
+    shell:
+        "vaemap viewer {params.root} --aladin-js {params.aladin:q} --json > {log} 2>&1"

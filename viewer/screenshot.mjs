@@ -1,0 +1,41 @@
+// Open a vaemap HiPS viewer page in headless Chromium and save a screenshot.
+//
+//   node viewer/screenshot.mjs URL OUT.png [CHROMIUM]
+//
+// Prints one JSON line: the tiles the page fetched, console errors, and the
+// product it shows. Uses the distribution's Chromium (/usr/bin/chromium by
+// default) through playwright-core, which downloads no browser of its own.
+import { chromium } from "playwright-core";
+
+const [url, out, executable = "/usr/bin/chromium"] = process.argv.slice(2);
+if (!url || !out) {
+  console.error("usage: node viewer/screenshot.mjs URL OUT.png [CHROMIUM]");
+  process.exit(2);
+}
+const browser = await chromium.launch({
+  executablePath: executable,
+  headless: true,
+  // swiftshader: WebGL 2 (which Aladin Lite needs) without a GPU
+  args: ["--no-sandbox", "--use-angle=swiftshader", "--enable-unsafe-swiftshader",
+         "--disable-quic", "--no-first-run", "--disable-background-networking",
+         "--disable-component-update", "--disable-sync"],
+});
+const page = await browser.newPage({ viewport: { width: 1000, height: 700 } });
+const tiles = [];
+const errors = [];
+page.on("requestfinished", async (request) => {
+  const response = await request.response();
+  if (/Npix\d+\.fits$/.test(request.url()) && response && response.ok()) tiles.push(request.url());
+});
+page.on("console", (message) => { if (message.type() === "error") errors.push(message.text()); });
+page.on("pageerror", (error) => errors.push(String(error)));
+await page.goto(url);
+await page.waitForFunction(() => window.vaemapShown !== undefined, null, { timeout: 30000 });
+// Tiles arrive over a few frames: wait until some have, then let them draw.
+const deadline = Date.now() + 30000;
+while (tiles.length === 0 && Date.now() < deadline) await page.waitForTimeout(250);
+await page.waitForTimeout(8000);
+await page.screenshot({ path: out });
+const shown = await page.evaluate(() => window.vaemapShown);
+console.log(JSON.stringify({ tiles: tiles.length, errors, shown }));
+await browser.close();
