@@ -211,3 +211,13 @@ def u_deg():
     import astropy.units as u
 
     return u.deg
+
+
+def test_hips_products_are_checked_against_the_runs_products():
+    from vaemap.maps import hips_products
+
+    products = {"anomaly_score": {}, "latent0_mu": {}}
+    assert hips_products(["all"], products) == ["anomaly_score", "latent0_mu"]
+    assert hips_products(["latent0_mu"], products) == ["latent0_mu"]
+    with pytest.raises(ValueError, match="maps.hips: latent9_mu not among"):
+        hips_products(["latent9_mu"], products)

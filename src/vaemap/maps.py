@@ -61,6 +61,18 @@ def _colour_limits(values: np.ndarray, percentiles: tuple[float, float]) -> tupl
 DISPLAY_NSIDE = 1024
 
 
+def hips_products(requested: list[str], products: Mapping[str, Any]) -> list[str]:
+    """The products of ``maps.hips`` (``["all"]``: every one), checked against this
+    run's ``products``."""
+    if requested == ["all"]:
+        return list(products)
+    unknown = sorted(set(requested) - set(products))
+    if unknown:
+        raise ValueError(f"maps.hips: {', '.join(unknown)} not among this run's map "
+                         f"products ({', '.join(products)}, or all)")
+    return list(requested)
+
+
 def render_png(path: str | Path, pix: np.ndarray, values: np.ndarray, nside: int, *,
                title: str, unit: str, cmap: str = "viridis",
                percentiles: tuple[float, float] = (1.0, 99.0),
@@ -309,11 +321,7 @@ def run(latents: str | Path, profiles: str | Path, model: str | Path, outdir: st
             for job in jobs:
                 job.result()
         products = map_products(latent_dim, ica is not None, json.loads(h5.attrs["channels"]))
-        unknown = sorted(set(params["hips"]) - set(products))
-        if unknown:
-            raise ValueError(f"maps.hips: {', '.join(unknown)} not among this run's map "
-                             f"products ({', '.join(products)})")
-        for name in params["hips"]:
+        for name in hips_products(params["hips"], products):
             values = _values(h5, name, ica)
             cut = _colour_limits(values, tuple(params["percentiles"]))
             write_hips(outdir / "hips" / name, pix, values, nside,

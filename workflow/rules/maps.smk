@@ -11,7 +11,14 @@ rule maps:
             if config["profiles"]["nside"] >= 4096
             else []
         ),
-        hips=[directory(f"{RESULTS}/maps/hips/{p}") for p in config["maps"]["hips"]],
+        hips=[
+            directory(f"{RESULTS}/maps/hips/{p}")
+            for p in (
+                PRODUCTS
+                if config["maps"]["hips"] == ["all"]
+                else config["maps"]["hips"]
+            )
+        ],
         geotiff=expand(
             f"{RESULTS}/maps/{{product}}_{{grid}}.tif",
             product=PRODUCTS,
