@@ -131,6 +131,11 @@ def test_evaluate_with_and_without_truth(trained, survey, tiny_config, tmp_path)
     assert "| best abs Spearman, albedo |" in (tmp_path / "t" / "metrics.md").read_text()
     assert set(m["linear_probe"]["r2"]) == set(evaluate.FACTOR_NAMES)
     assert "linear probe of the profiles" in (tmp_path / "t" / "metrics.md").read_text()
+    assert m["training_seed"] == tiny_config["seed"]
+    # the model alone (no profiles): no baselines, but still its training seed
+    model_only = evaluate.run(trained["latents"], survey["truth"], tmp_path / "mo",
+                              tiny_config, model=trained["model"])
+    assert "baselines" not in model_only and model_only["training_seed"] == tiny_config["seed"]
     real = evaluate.run(trained["latents"], None, tmp_path / "r", tiny_config)
     assert real["ground_truth"] is False and "no ground truth" in real["note"]
     assert "spearman" not in real

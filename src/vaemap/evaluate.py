@@ -417,11 +417,11 @@ def run(latents: str | Path, truth: str | Path | None, outdir: str | Path,
         _, norm, ckpt = load_checkpoint(model)
         expect = {"model_weights": ckpt["weights_checksum"], "nside": int(ckpt["nside"]),
                   "against": f"the model {model}"}
+        training_seed = ckpt.get("config", {}).get("seed")
     if profiles is not None:  # and the profiles that made them
         expect.update(profiles_checksum=file_checksum(profiles),
                       against=f"{expect.get('against', 'the inputs')} and the profiles "
                               f"{profiles}")
-        training_seed = ckpt.get("config", {}).get("seed")
     with open_product(latents, LATENTS, **expect) as h5:
         nside = int(h5.attrs["nside"])
         pix = h5["pix"][...]
