@@ -82,6 +82,9 @@ def test_healsparse_map_reads_back_at_known_pixels(tmp_path):
     assert got[1] == hp.UNSEEN
     assert sparse.metadata["BODY"] == "MOON" and sparse.metadata["BUNIT"] == "K"
     assert sparse.metadata["PRODUCT"] == "test"
+    with pytest.raises(ValueError, match=r"d\.hsp: pixel 11 is listed twice"):
+        write_healsparse_map(tmp_path / "d.hsp", np.array([11, 3, 11]), np.ones(3), nside)
+    assert not (tmp_path / "d.hsp").exists()
 
 
 def test_downgrade_pairs_averages_the_children():
@@ -219,5 +222,5 @@ def test_hips_products_are_checked_against_the_runs_products():
     products = {"anomaly_score": {}, "latent0_mu": {}}
     assert hips_products(["all"], products) == ["anomaly_score", "latent0_mu"]
     assert hips_products(["latent0_mu"], products) == ["latent0_mu"]
-    with pytest.raises(ValueError, match="maps.hips: latent9_mu not among"):
+    with pytest.raises(ValueError, match=r"maps\.hips: latent9_mu not among"):
         hips_products(["latent9_mu"], products)

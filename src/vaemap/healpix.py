@@ -169,12 +169,13 @@ HEALSPARSE_MIN_NSIDE = 4096
 
 def write_healsparse_map(path, pix: np.ndarray, values: np.ndarray, nside: int, *,
                          unit: str = "", metadata: dict | None = None,
-                         nside_coverage: int = 32) -> int:
+                         nside_coverage: int | None = None) -> int:
     """Write (pixel, value) pairs of a NESTED map as a HealSparse map (atomically).
 
     HealSparse keeps a full-sphere coverage map at ``nside_coverage`` and
     float32 values only inside the coverage pixels that hold data, so its
-    memory and file follow the observed area (Rubin's format for maps of
+    memory and file follow the observed area (by default a coverage pixel
+    holds 64 × 64 map pixels: nside / 64, at least 32) (Rubin's format for maps of
     10⁹-pixel spheres; read it with ``healsparse.HealSparseMap.read``).
     Non-finite values are left out. ``metadata`` (FITS keys up to 8
     characters) joins ``BODY``, ``ORDERING`` and ``BUNIT``. Returns the
@@ -187,14 +188,21 @@ def write_healsparse_map(path, pix: np.ndarray, values: np.ndarray, nside: int, 
     pix = np.asarray(pix, dtype=np.int64)
     vals = np.asarray(values, dtype=np.float32)
     keep = np.isfinite(vals)
+    if nside_coverage is None:
+        nside_coverage = max(32, nside // 64)
     sparse = healsparse.HealSparseMap.make_empty(min(nside_coverage, nside), nside,
                                                  np.float32)
-    sparse.update_values_pix(pix[keep], vals[keep], nest=True)
+    pix, vals = pix[keep], vals[keep]
+    ordered = np.sort(pix)  # (healsparse's own uniqueness check costs several copies)
+    if ordered.size > 1 and (repeated := np.flatnonzero(np.diff(ordered) == 0)).size:
+        raise ValueError(f"{path}: pixel {ordered[repeated[0]]} is listed twice")
+    del ordered
+    sparse.update_values_pix(pix, vals, nest=True, check_unique=False)
     sparse.metadata = {"BODY": "MOON", "ORDERING": "NESTED", "BUNIT": unit,
                        **{key[:8].upper(): value for key, value in (metadata or {}).items()}}
     with atomic_path(path) as tmp:
         sparse.write(str(tmp), clobber=True)
-    return int(keep.sum())
+    return int(pix.size)
 
 
 def connected_regions(nside: int, pix: np.ndarray) -> tuple[int, np.ndarray]:
