@@ -266,7 +266,8 @@ function show(name) {
   const p = products.find((q) => q.name === name);
   aladin.setBaseImageLayer(hips(p));
   document.getElementById("info").textContent =
-    ` ${p.title} [${p.unit}], colours ${p.cut[0].toPrecision(3)} to ${p.cut[1].toPrecision(3)}` +
+    ` ${p.title}${p.unit ? " [" + p.unit + "]" : ""}, colours ${p.cut[0].toPrecision(3)}` +
+    ` to ${p.cut[1].toPrecision(3)}` +
     " (longitude east = RA, latitude = Dec)";
   window.vaemapShown = p.name;
 }
