@@ -49,9 +49,9 @@ def profile_cube_mb():
 
 
 def surface_table_mb():
-    """MB of the simulator's per-column thermal tables (two channels of 120
-    float32 local-time bins per surface column)."""
-    return 12 * config["simulate"]["nside"] ** 2 * 120 * 2 * 4 / 2**20
+    """MB of the simulator's regolith table (120 float32 local-time steps per
+    surface column; each process that writes tables holds a copy)."""
+    return 12 * config["simulate"]["nside"] ** 2 * 120 * 4 / 2**20
 
 
 def mem_mb(base, cubes=0.0, tables=0.0):

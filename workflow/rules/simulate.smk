@@ -18,7 +18,7 @@ rule simulate:
         "../envs/vaemap.yaml"
     threads: 4
     resources:
-        mem_mb=mem_mb(1500, tables=2.0),
+        mem_mb=mem_mb(1500, tables=5.0),  # the main process and 4 writers
         runtime=runtime_min(30),
     params:
         cfg=step_config("simulate"),
