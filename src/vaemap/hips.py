@@ -244,7 +244,8 @@ _PAGE = """<!DOCTYPE html>
 <div id="aladin"></div>
 <script type="module">
 // Self-contained: Aladin Lite (aladin.js) and the tiles are served from this
-// directory; nothing is fetched from elsewhere.
+// directory, so the page works offline (Aladin Lite still asks its home server
+// for its list of sky surveys when it can reach it).
 import A from "./aladin.js";
 const products = __PRODUCTS__;
 await A.init;
