@@ -20,6 +20,7 @@ __all__ = [
     "parent_pix",
     "pix_to_lonlat",
     "pixel_side_km",
+    "sorted_pairs",
     "wrap_lon",
     "write_healsparse_map",
     "write_partial_map",
@@ -82,6 +83,28 @@ def downgrade_pairs(pix: np.ndarray, values: np.ndarray, nside: int, nside_out: 
     return parents, sums / counts
 
 
+def sorted_pairs(pix: np.ndarray, values: np.ndarray, nside: int, where) -> tuple[
+        np.ndarray, np.ndarray]:
+    """The observed (pixel, value) pairs of a NESTED map at ``nside``, sorted by pixel:
+    int64 pixels and float32 values, non-finite values left out. Raises naming
+    ``where`` (the file being written) when a pixel is outside the sphere or
+    listed twice."""
+    pix = np.asarray(pix, dtype=np.int64)
+    vals = np.asarray(values, dtype=np.float32)
+    if pix.shape != vals.shape or pix.ndim != 1:
+        raise ValueError(f"{where}: pixels {pix.shape} and values {vals.shape} must be two "
+                         "equal 1-d arrays")
+    keep = np.isfinite(vals)
+    order = np.argsort(pix[keep], kind="stable")
+    pix, vals = pix[keep][order], vals[keep][order]
+    npix = hp.nside2npix(nside)
+    if pix.size and (pix[0] < 0 or pix[-1] >= npix):
+        raise ValueError(f"{where}: pixel indices outside 0..{npix - 1} (nside {nside})")
+    if pix.size > 1 and (repeated := np.flatnonzero(np.diff(pix) == 0)).size:
+        raise ValueError(f"{where}: pixel {pix[repeated[0]]} is listed twice")
+    return pix, vals
+
+
 def write_partial_map(
     path,
     pix: np.ndarray,
@@ -113,19 +136,8 @@ def write_partial_map(
     from vaemap import __version__
     from vaemap.io import atomic_path
 
-    pix = np.asarray(pix, dtype=np.int64)
-    vals = np.asarray(values, dtype=np.float32)
-    if pix.shape != vals.shape or pix.ndim != 1:
-        raise ValueError(f"{path}: pixels {pix.shape} and values {vals.shape} must be two "
-                         "equal 1-d arrays")
+    pix, vals = sorted_pairs(pix, values, nside, path)
     npix = hp.nside2npix(nside)
-    keep = np.isfinite(vals)
-    order = np.argsort(pix[keep], kind="stable")
-    pix, vals = pix[keep][order], vals[keep][order]
-    if pix.size and (pix[0] < 0 or pix[-1] >= npix):
-        raise ValueError(f"{path}: pixel indices outside 0..{npix - 1} (nside {nside})")
-    if pix.size > 1 and (np.diff(pix) == 0).any():
-        raise ValueError(f"{path}: pixel {pix[1:][np.diff(pix) == 0][0]} is listed twice")
     wide = npix > np.iinfo(np.int32).max
     table = fits.BinTableHDU.from_columns([
         fits.Column(name="PIXEL", format="K" if wide else "J",
@@ -185,18 +197,12 @@ def write_healsparse_map(path, pix: np.ndarray, values: np.ndarray, nside: int, 
 
     from vaemap.io import atomic_path
 
-    pix = np.asarray(pix, dtype=np.int64)
-    vals = np.asarray(values, dtype=np.float32)
-    keep = np.isfinite(vals)
+    # checked here: healsparse's own uniqueness check copies the pixels several times
+    pix, vals = sorted_pairs(pix, values, nside, path)
     if nside_coverage is None:
         nside_coverage = max(32, nside // 64)
     sparse = healsparse.HealSparseMap.make_empty(min(nside_coverage, nside), nside,
                                                  np.float32)
-    pix, vals = pix[keep], vals[keep]
-    ordered = np.sort(pix)  # (healsparse's own uniqueness check costs several copies)
-    if ordered.size > 1 and (repeated := np.flatnonzero(np.diff(ordered) == 0)).size:
-        raise ValueError(f"{path}: pixel {ordered[repeated[0]]} is listed twice")
-    del ordered
     sparse.update_values_pix(pix, vals, nest=True, check_unique=False)
     sparse.metadata = {"BODY": "MOON", "ORDERING": "NESTED", "BUNIT": unit,
                        **{key[:8].upper(): value for key, value in (metadata or {}).items()}}

@@ -33,9 +33,11 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+import healpy as hp
 import numpy as np
 from astropy.wcs import WCS
 
+from vaemap.healpix import downgrade_pairs, sorted_pairs
 from vaemap.rasters import raster_grid, sample_grid
 
 __all__ = ["ALADIN_JS", "HIPS_TILE_WIDTH", "write_hips", "write_viewer"]
@@ -47,10 +49,6 @@ ALADIN_JS = Path("viewer") / "node_modules" / "aladin-lite" / "dist" / "aladin.j
 _ALLSKY_TILE = 64
 #: The coarsest deepest order of a HiPS: Aladin Lite shows nothing below order 3.
 MIN_HIPS_ORDER = 3
-
-
-def _order(nside: int) -> int:
-    return round(math.log2(nside))
 
 
 @functools.cache
@@ -67,7 +65,7 @@ def tile_pixel_order(tile_width: int = HIPS_TILE_WIDTH) -> np.ndarray:
     from reproject import reproject_interp
     from reproject.hips import reproject_to_hips
 
-    m = _order(tile_width)
+    m = hp.nside2order(tile_width)
     grid = raster_grid("equirectangular", 2**m, oversample=8.0)
     index = np.arange(12 * 4**m)
     image = sample_grid(grid, slice(0, grid.height), 2**m, index,
@@ -117,16 +115,10 @@ def write_hips(outdir: str | Path, pix: np.ndarray, values: np.ndarray, nside: i
     from astropy.io import fits
     from mocpy import MOC
 
-    from vaemap.healpix import downgrade_pairs
-
     outdir = Path(outdir)
-    pix = np.asarray(pix, dtype=np.int64)
-    values = np.asarray(values, dtype=np.float32)
-    keep = np.isfinite(values)
-    order = np.argsort(pix[keep], kind="stable")
-    pix, values = pix[keep][order], values[keep][order]
-    m = _order(HIPS_TILE_WIDTH)
-    map_order = _order(nside)
+    pix, values = sorted_pairs(pix, values, nside, outdir)
+    m = hp.nside2order(HIPS_TILE_WIDTH)
+    map_order = hp.nside2order(nside)
     level = max(min(map_order, max_order + m) - m, MIN_HIPS_ORDER)
     inside = tile_pixel_order()
     lo, hi = cut if cut is not None else (

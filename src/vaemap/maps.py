@@ -297,8 +297,10 @@ def run(latents: str | Path, profiles: str | Path, model: str | Path, outdir: st
         with ProcessPoolExecutor(max_workers=max(1, threads),
                                  mp_context=multiprocessing.get_context("spawn")) as pool:
             jobs = []
-            for name, meta in map_products(latent_dim, ica is not None,
-                                           json.loads(h5.attrs["channels"])).items():
+            products = map_products(latent_dim, ica is not None,
+                                    json.loads(h5.attrs["channels"]))
+            hips = hips_products(params["hips"], products)
+            for name, meta in products.items():
                 values = _values(h5, name, ica)
                 header = {"PRODUCT": meta["fits"], "LATENTS": latent_dim,
                           "BETA": float(ckpt["config"]["model"]["beta"])}
@@ -317,16 +319,13 @@ def run(latents: str | Path, profiles: str | Path, model: str | Path, outdir: st
                     render_png, outdir / f"{name}.png", pix, values, nside,
                     title=meta["title"], unit=meta["unit"], cmap=params["cmap"],
                     percentiles=tuple(params["percentiles"]), region=region))
+                if name in hips:  # (while the figures are drawn)
+                    write_hips(outdir / "hips" / name, pix, values, nside, title=meta["title"],
+                               unit=meta["unit"], max_order=params["hips_max_order"],
+                               cut=_colour_limits(values, tuple(params["percentiles"])))
                 written.append(name)
             for job in jobs:
                 job.result()
-        products = map_products(latent_dim, ica is not None, json.loads(h5.attrs["channels"]))
-        for name in hips_products(params["hips"], products):
-            values = _values(h5, name, ica)
-            cut = _colour_limits(values, tuple(params["percentiles"]))
-            write_hips(outdir / "hips" / name, pix, values, nside,
-                       title=products[name]["title"], unit=products[name]["unit"],
-                       max_order=params["hips_max_order"], cut=cut)
         threshold = float(h5.attrs["anomaly_threshold"])
         table = anomaly_catalogue(pix, h5["anomaly_score"][...], nside, threshold)
         with atomic_path(outdir / "anomalies.ecsv") as tmp:

@@ -22,7 +22,7 @@ from pathlib import Path
 import healpy as hp
 import numpy as np
 
-from vaemap.healpix import MOON_RADIUS_KM, pixel_side_km
+from vaemap.healpix import MOON_RADIUS_KM, pixel_side_km, sorted_pairs
 
 __all__ = ["GRIDS", "NODATA", "RasterGrid", "raster_grid", "sample_grid", "write_geotiff"]
 
@@ -132,11 +132,7 @@ def write_geotiff(path: str | Path, pix: np.ndarray, values: np.ndarray, nside: 
     from vaemap.io import atomic_path
 
     raster = raster_grid(grid, nside, oversample)
-    pix = np.asarray(pix, dtype=np.int64)
-    values = np.asarray(values, dtype=np.float32)
-    keep = np.isfinite(values)
-    order = np.argsort(pix[keep], kind="stable")
-    pix_sorted, values_sorted = pix[keep][order], values[keep][order]
+    pix_sorted, values_sorted = sorted_pairs(pix, values, nside, path)
     block = _STRIP_ROWS if min(raster.width, raster.height) >= _STRIP_ROWS else None
     profile = {"driver": "GTiff", "width": raster.width, "height": raster.height, "count": 1,
                "dtype": "float32", "crs": raster.crs, "transform": raster.transform(),
