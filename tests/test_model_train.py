@@ -137,6 +137,30 @@ def test_resume_ignores_a_checkpoint_of_another_configuration(survey, tiny_confi
     assert out["epochs"] == tiny_config["train"]["epochs"]  # started afresh
 
 
+def test_training_on_a_sample_reads_only_the_sampled_profiles(survey, tiny_config, tmp_path,
+                                                              monkeypatch):
+    full = train.load_profiles(survey["profiles_h5"])
+    n = full["pix"].size
+    monkeypatch.setattr(train, "SAMPLE_READ_ROWS", 7)  # many blocks, some without a pick
+    sample = train.load_profiles(survey["profiles_h5"], max_pixels=n // 3, seed=5)
+    assert sample["pix"].size == n // 3 and sample["total"] == n
+    assert np.all(np.diff(sample["pix"]) > 0)  # distinct, in pixel order
+    rows = np.searchsorted(full["pix"], sample["pix"])
+    for key in ("lat", "lon", "profile", "count"):
+        np.testing.assert_array_equal(sample[key], full[key][rows])
+    again = train.load_profiles(survey["profiles_h5"], max_pixels=n // 3, seed=5)
+    other = train.load_profiles(survey["profiles_h5"], max_pixels=n // 3, seed=6)
+    assert np.array_equal(again["pix"], sample["pix"])
+    assert not np.array_equal(other["pix"], sample["pix"])
+    everything = train.load_profiles(survey["profiles_h5"], max_pixels=n + 1)
+    assert np.array_equal(everything["pix"], full["pix"])
+
+    cfg = {**tiny_config, "train": {**tiny_config["train"], "max_pixels": n // 2}}
+    out = train.run(survey["profiles_h5"], tmp_path / "m.pt", cfg, progress=False)
+    assert out["train_pixels"] + out["val_pixels"] == n // 2
+    assert out["profiles_total"] == n
+
+
 def _write_profiles(path, profile, count):
     write_product(path, PROFILES, {"pix": np.arange(profile.shape[0]), "profile": profile,
                                    "count": count, "n_obs": count.sum(axis=(1, 2))})

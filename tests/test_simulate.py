@@ -210,3 +210,35 @@ def test_solar_channels_are_reflectance_and_ingest_counts_each_channel(tiny_conf
                 for reason in result["rejected"] if reason not in ("channel", "malformed",
                                                                     "duplicate")}
     assert rejected == {k: v for k, v in result["rejected"].items() if k in rejected}
+
+
+def test_regolith_table_on_disk_gives_the_same_rows_in_bounded_memory(tiny_config, tmp_path):
+    """The per-column table written to scratch (as `simulate` does) gives exactly the
+    temperatures of the in-memory table, and the rows of a table are simulated in
+    batches of at most ROWS_PER_BATCH rows, so no process holds a whole table of
+    columns or of rows."""
+    params = tiny_config["simulate"]
+    nside = 8
+    surface = simulate.make_surface(nside, params, seed=3)
+    in_memory = simulate.thermal_tables(surface, nside, workers=2)
+    on_disk = simulate.thermal_tables(surface, nside, workers=2, scratch=tmp_path)
+    assert on_disk.regolith == tmp_path / "regolith.npy"
+    np.testing.assert_array_equal(np.load(on_disk.regolith), in_memory.regolith)
+    rng = np.random.default_rng(0)
+    pix = rng.integers(0, 12 * nside**2, 500)
+    when = (rng.uniform(0, 24, 500), rng.uniform(-1.5, 1.5, 500), rng.uniform(0.98, 1.02, 500))
+    for a, b in zip(in_memory.at(pix, *when), on_disk.at(pix, *when), strict=True):
+        np.testing.assert_array_equal(a, b)
+    rock = surface["rock_fraction"].astype(np.float32)
+    rows_a = simulate.simulate_observations(in_memory, rock, params, (0, 3),
+                                            np.random.default_rng(1))
+    rows_b = simulate.simulate_observations(on_disk, rock, params, (0, 3),
+                                            np.random.default_rng(1))
+    for key in rows_a:
+        np.testing.assert_array_equal(rows_a[key], rows_b[key])
+
+    assert simulate.orbits_per_batch(params) == simulate.ORBITS_PER_BATCH  # small orbits
+    survey_orbit = {**params, "samples_per_orbit": 1100, "detectors": 21, "channels": [7]}
+    assert simulate.orbits_per_batch(survey_orbit) == 2  # 46,200 rows <= ROWS_PER_BATCH
+    every_channel = {**survey_orbit, "channels": list(range(1, 10))}
+    assert simulate.orbits_per_batch(every_channel) == 1  # one orbit, however many rows

@@ -301,9 +301,31 @@ def main(argv: Sequence[str] | None = None, *, hard_exit: bool = False) -> int:
             log.exception("failed")
         return _fail(f"vaemap {args.command}: internal error: {type(exc).__name__}: {exc} "
                      f"(run with -v for the traceback, and please report it)", 3, hard_exit)
+    _log_peak_memory(args.command)
     if args.json:
         print(json.dumps(summary, default=str))
     return 0
+
+
+def peak_memory_mib() -> tuple[float, float]:
+    """The kernel's high-water marks of resident memory (MiB): this process, and
+    the largest of its finished child processes (a worker pool's, say)."""
+    import resource
+
+    # ru_maxrss is in KiB on Linux and in bytes on macOS
+    unit = 1 if sys.platform == "darwin" else 1024
+    return tuple(resource.getrusage(who).ru_maxrss * unit / 2**20
+                 for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
+
+
+def _log_peak_memory(command: str) -> None:
+    # Exact peaks for benchmarks/scale.py beside Snakemake's 30-s samples.
+    try:
+        main_mib, child_mib = peak_memory_mib()
+    except (ImportError, OSError):  # no getrusage (Windows)
+        return
+    log.info("%s: peak memory %.0f MiB in the main process, %.0f MiB in the largest child "
+             "process", command, main_mib, child_mib)
 
 
 def _fail(message: str, status: int, hard_exit: bool) -> int:

@@ -45,6 +45,7 @@ import contextlib
 import gzip
 import io
 import logging
+import tempfile
 import zipfile
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -78,7 +79,8 @@ SYNODIC_DAY_D = 29.530589  # lunar solar day, Earth days
 JDATE_START = SIMULATION_START_JD
 LRO_ALTITUDE_KM = 50.0
 STEPS_PER_DAY = 120  # local-time resolution (0.2 h) of the per-pixel temperature table
-ORBITS_PER_BATCH = 200
+ORBITS_PER_BATCH = 200  # at most, per batch of rows simulated and written together
+ROWS_PER_BATCH = 65_536  # at most (one orbit if it has more): bounds a writer's memory
 
 # Seasons (approximate elements; see solar_geometry).
 LUNAR_OBLIQUITY_DEG = 1.543  # lunar equator to ecliptic: the largest sub-solar latitude
@@ -220,7 +222,10 @@ class ThermalTables:
     """Diurnal temperatures of the surface columns, rocks and their seasonal change.
 
     ``regolith`` is (npix, STEPS_PER_DAY) kelvin at the equinox and 1 AU, one
-    row per surface column (NESTED, at ``nside``), solved exactly. Rocks and
+    row per surface column (NESTED, at ``nside``), solved exactly: an array, or
+    the path of a ``.npy`` file that each lookup maps, reads only the values it
+    needs from and unmaps again, so that a process's memory does not grow with
+    the number of surface columns (375 MB at nside 256, 6 GB at nside 1024). Rocks and
     the seasonal change are smooth functions of the sunlight a facet gets, so
     they are tabulated over a grid of *equivalent latitude* (a facet tilted
     by s towards the north at latitude φ sees the Sun as a flat one at φ + s)
@@ -233,7 +238,7 @@ class ThermalTables:
     surface column on those grids.
     """
 
-    regolith: np.ndarray
+    regolith: np.ndarray | Path
     rock: np.ndarray
     d_dec_regolith: np.ndarray
     d_flux_regolith: np.ndarray
@@ -278,11 +283,22 @@ class ThermalTables:
 
         dec = sunlat_deg.astype(np.float32)
         flux = (1.0 / sundist_au**2 - 1.0).astype(np.float32)
-        regolith = ((1 - wt) * self.regolith[pix, t0] + wt * self.regolith[pix, t1]
+        regolith = ((1 - wt) * self._regolith_at(pix, t0) + wt * self._regolith_at(pix, t1)
                     + dec * by_lat(self.d_dec_regolith) + flux * by_lat(self.d_flux_regolith))
         rock = (by_lat_albedo(self.rock) + dec * by_lat_albedo(self.d_dec_rock)
                 + flux * by_lat_albedo(self.d_flux_rock))
         return regolith, rock
+
+    def _regolith_at(self, pix: np.ndarray, step: np.ndarray) -> np.ndarray:
+        """Regolith temperature (K) of columns ``pix`` at local-time steps ``step``."""
+        if isinstance(self.regolith, np.ndarray):
+            return self.regolith[pix, step]
+        # Mapped for this lookup only: touched pages leave the process with the
+        # map, so a long-running writer does not accumulate the whole table.
+        table = np.load(self.regolith, mmap_mode="r")
+        values = table[pix, step]  # fancy indexing copies: nothing keeps the map alive
+        del table
+        return values
 
     def cos_incidence(self, pix: np.ndarray, local_time_h: np.ndarray,
                       sunlat_deg: np.ndarray) -> np.ndarray:
@@ -309,29 +325,54 @@ def _solve_block(args: tuple) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _solve(columns: Mapping[str, np.ndarray], declination: float, distance: float,
-           workers: int) -> tuple[np.ndarray, np.ndarray]:
+           workers: int, regolith_file: Path | None = None
+           ) -> tuple[np.ndarray | Path, np.ndarray | None]:
     """Periodic diurnal regolith and rock temperature (K, (n, STEPS_PER_DAY)) of
-    every column, in blocks spread over ``workers`` processes."""
+    every column, in blocks spread over ``workers`` processes.
+
+    With ``regolith_file`` the regolith table is written block by block to that
+    ``.npy`` file (and its path returned in place of the array), and the rock
+    table is not kept: memory stays a few blocks whatever the number of columns.
+    """
     n = columns["lat"].size
     size = max(1, min(_BLOCK_COLUMNS, -(-n // max(workers, 1))))  # every worker gets some
     blocks = [({k: np.broadcast_to(columns[k], (n,))[a:a + size] for k in _COLUMN_KEYS},
                declination, distance) for a in range(0, n, size)]
-    if workers <= 1 or len(blocks) == 1:
-        parts = [_solve_block(b) for b in blocks]
-    else:
-        with ProcessPoolExecutor(min(workers, len(blocks))) as pool:
-            parts = list(pool.map(_solve_block, blocks))
-    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+    shape = (n, STEPS_PER_DAY)
+    with contextlib.ExitStack() as stack:
+        if workers <= 1 or len(blocks) == 1:
+            parts = map(_solve_block, blocks)
+        else:
+            pool = stack.enter_context(ProcessPoolExecutor(min(workers, len(blocks))))
+            parts = pool.map(_solve_block, blocks)
+        if regolith_file is None:
+            done = list(parts)
+            return (np.concatenate([p[0] for p in done]),
+                    np.concatenate([p[1] for p in done]))
+        # Written sequentially (not through a map, whose dirty pages would count
+        # against this process until the end).
+        with atomic_path(regolith_file) as tmp, open(tmp, "wb") as sink:
+            np.lib.format.write_array_header_1_0(
+                sink, {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float32)),
+                       "fortran_order": False, "shape": shape})
+            for regolith, _ in parts:
+                sink.write(np.ascontiguousarray(regolith, dtype=np.float32).tobytes())
+    return regolith_file, None
 
 
-def thermal_tables(surface: Mapping[str, np.ndarray], nside: int, workers: int = 1
-                   ) -> ThermalTables:
+def thermal_tables(surface: Mapping[str, np.ndarray], nside: int, workers: int = 1,
+                   scratch: Path | None = None) -> ThermalTables:
     """Solve the thermal model for every surface column of ``surface`` (NESTED, at
     ``nside``; regolith at the equinox and 1 AU) and, on grids of equivalent
     latitude (and albedo, for rocks), at three seasons: the equinox is the mean
     of the two extreme sub-solar latitudes (the change is linear in it), the
-    third state has 1.04 × the flux (see :class:`ThermalTables`)."""
-    regolith, _ = _solve({**surface, "rock_fraction": 0.0}, 0.0, 1.0, workers)
+    third state has 1.04 × the flux (see :class:`ThermalTables`).
+
+    With ``scratch`` (a directory) the per-column regolith table is a file
+    there, ``regolith.npy``, instead of an array in memory; it is the caller's
+    to remove."""
+    regolith, _ = _solve({**surface, "rock_fraction": 0.0}, 0.0, 1.0, workers,
+                         None if scratch is None else Path(scratch) / "regolith.npy")
     lat, albedo = np.meshgrid(SEASON_LAT_GRID, ROCK_ALBEDO_GRID, indexing="ij")
     flat = {"lat": lat.ravel(), "albedo": albedo.ravel(),
             "h_param": float(np.median(surface["h_param"])), "slope_ew": 0.0, "slope_ns": 0.0,
@@ -553,15 +594,22 @@ def _set_writer_state(tables: ThermalTables, rock: np.ndarray, params: Mapping[s
     _WRITER.update(tables=tables, rock=rock, params=params, seed=seed)
 
 
+def orbits_per_batch(params: Mapping[str, Any]) -> int:
+    """Orbits simulated and written together: ORBITS_PER_BATCH, fewer when that
+    would exceed ROWS_PER_BATCH rows (at least one orbit)."""
+    rows_per_orbit = params["samples_per_orbit"] * params["detectors"] * len(params["channels"])
+    return max(1, min(ORBITS_PER_BATCH, ROWS_PER_BATCH // rows_per_orbit))
+
+
 def _write_table(job: tuple[Path, int, tuple[int, int]]) -> int:
     """Observe orbits ``lo <= k < hi`` and write them as table ``path`` (the
     ``index``-th of the mission, seeded by it); returns the rows written."""
     path, index, (lo, hi) = job
     tables, rock, params, seed = (_WRITER[k] for k in ("tables", "rock", "params", "seed"))
     rng = np.random.default_rng([seed, index])  # each file reproducible on its own
-    batches = (simulate_observations(tables, rock, params, (a, min(a + ORBITS_PER_BATCH, hi)),
-                                     rng)
-               for a in range(lo, hi, ORBITS_PER_BATCH))
+    step = orbits_per_batch(params)
+    batches = (simulate_observations(tables, rock, params, (a, min(a + step, hi)), rng)
+               for a in range(lo, hi, step))
     preamble = [
         "Header: Diviner Lunar Radiometer RDR table (SIMULATED by vaemap)",
         f"Header: orbits {lo + 1}-{hi}, seed {seed}, nside {tables.nside}",
@@ -602,22 +650,24 @@ def run(outdir: str | Path, config: Mapping[str, Any], *, workers: int = 1) -> d
     (outdir / "rdr").mkdir(parents=True, exist_ok=True)
 
     surface = make_surface(nside, params, seed)
-    log.info("solving the thermal model for %d surface columns and their seasons (%d "
-             "processes)", surface["pix"].size, workers)
-    tables = thermal_tables(surface, nside, workers)
     rock = surface["rock_fraction"].astype(np.float32)
-
     jobs = [(outdir / "rdr" / name, i, span) for i, (name, span) in
             enumerate(zip(simulated_rdr_names(params), simulated_table_orbits(params),
                           strict=True))]
-    # Tables are independent (each has its own random stream): written side by side.
-    if workers > 1 and len(jobs) > 1:
-        with ProcessPoolExecutor(min(workers, len(jobs)), initializer=_set_writer_state,
-                                 initargs=(tables, rock, params, seed)) as pool:
-            written = list(pool.map(_write_table, jobs))
-    else:
-        _set_writer_state(tables, rock, params, seed)
-        written = [_write_table(job) for job in jobs]
+    # The per-column regolith table lives in node-local scratch ($TMPDIR), not
+    # in each process: memory stays bounded whatever simulate.nside.
+    with tempfile.TemporaryDirectory(prefix="vaemap-simulate-") as scratch:
+        log.info("solving the thermal model for %d surface columns and their seasons (%d "
+                 "processes)", surface["pix"].size, workers)
+        tables = thermal_tables(surface, nside, workers, scratch=Path(scratch))
+        # Tables are independent (each has its own random stream): written side by side.
+        if workers > 1 and len(jobs) > 1:
+            with ProcessPoolExecutor(min(workers, len(jobs)), initializer=_set_writer_state,
+                                     initargs=(tables, rock, params, seed)) as pool:
+                written = list(pool.map(_write_table, jobs))
+        else:
+            _set_writer_state(tables, rock, params, seed)
+            written = [_write_table(job) for job in jobs]
     rows_written = {path.name: rows for (path, _, _), rows in zip(jobs, written, strict=True)}
 
     attrs = provenance_attrs(config, **TRUTH.identity(), nside=nside, ordering="NESTED",

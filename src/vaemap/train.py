@@ -58,17 +58,38 @@ log = logging.getLogger(__name__)
 VALIDATION_BATCH = 4096
 
 
-def load_profiles(path: str | Path) -> dict[str, Any]:
+#: Profiles read at a time when drawing a sample (bounds memory, not the result).
+SAMPLE_READ_ROWS = 65_536
+_PROFILE_KEYS = ("pix", "lat", "lon", "profile", "count")
+
+
+def load_profiles(path: str | Path, max_pixels: int = 0, seed: int = 0) -> dict[str, Any]:
     """Read ``profiles.h5`` into memory: pix, lat, lon, profile (n, C, B) kelvin,
-    count, and the file's nside and channels.
+    count, the file's nside and channels, and ``total`` (profiles in the file).
+
+    With ``max_pixels`` > 0 and more profiles than that, a random sample of
+    ``max_pixels`` of them (drawn with ``seed``, kept in pixel order) is read a
+    block at a time, so memory follows the sample, not the file.
 
     Raises ProductError/ValueError naming the file for a file that is not a
     whole profiles product, an empty or all-masked set, or NaN in observed bins.
     """
     with open_product(path, PROFILES) as h5:
-        data = {k: h5[k][...] for k in ("pix", "lat", "lon", "profile", "count")}
+        total = h5["pix"].shape[0]
+        if 0 < max_pixels < total:
+            rows = np.sort(np.random.default_rng(seed).choice(total, max_pixels, replace=False))
+            parts: dict[str, list[np.ndarray]] = {k: [] for k in _PROFILE_KEYS}
+            for a in range(0, total, SAMPLE_READ_ROWS):
+                lo, hi = np.searchsorted(rows, [a, a + SAMPLE_READ_ROWS])
+                if hi > lo:
+                    for k in _PROFILE_KEYS:
+                        parts[k].append(h5[k][a:a + SAMPLE_READ_ROWS][rows[lo:hi] - a])
+            data = {k: np.concatenate(v) for k, v in parts.items()}
+        else:
+            data = {k: h5[k][...] for k in _PROFILE_KEYS}
         data["nside"] = int(h5.attrs["nside"])
         data["channels"] = [int(c) for c in json.loads(h5.attrs["channels"])]
+        data["total"] = int(total)
     n = data["pix"].size
     if n == 0:
         raise ValueError(f"{path}: no profiles (every pixel was rejected by the coverage "
@@ -145,7 +166,8 @@ class Trainer:
             torch.set_num_threads(self.tcfg["threads"])
             torch.use_deterministic_algorithms(True)
 
-        data = load_profiles(self.profiles)
+        data = load_profiles(self.profiles, self.tcfg["max_pixels"], self.seed)
+        self.profiles_total = data["total"]
         self.nside, self.channels = data["nside"], data["channels"]
         _, n_channels, bins = data["profile"].shape
         val = spatial_split(data["pix"], self.nside, self.tcfg["val_fraction"], self.seed)
@@ -158,8 +180,9 @@ class Trainer:
                                          self.mcfg["normalisation"])
         self.arch = _arch(config, n_channels, bins)
         self.model = ProfileVAE(self.arch).to(device)
-        log.info("training on %s: %d train / %d validation pixels, %d parameters", device,
-                 train_idx.size, val_idx.size, sum(p.numel() for p in self.model.parameters()))
+        log.info("training on %s: %d train / %d validation pixels (of %d profiles), %d "
+                 "parameters", device, train_idx.size, val_idx.size, self.profiles_total,
+                 sum(p.numel() for p in self.model.parameters()))
 
         norm = self.normaliser.to(device)
         lat = torch.from_numpy(data["lat"]).to(device)
@@ -369,6 +392,7 @@ class Trainer:
                    "kl_per_latent": [float(k) for k in final["kl"]],
                    "epochs": len(self.history), "steps": self.step,
                    "train_pixels": self.train_set.size, "val_pixels": self.val_set.size,
+                   "profiles_total": self.profiles_total,
                    "seconds": self.seconds,
                    "profiles_per_s": self.step * batch / max(self.seconds, 1e-9),
                    "device": str(self.device)}

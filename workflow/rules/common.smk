@@ -48,18 +48,17 @@ def profile_cube_mb():
     return cube / 2**20
 
 
-def surface_table_mb():
-    """MB of the simulator's regolith table (120 float32 local-time steps per
-    surface column; each process that writes tables holds a copy)."""
-    return 12 * config["simulate"]["nside"] ** 2 * 120 * 4 / 2**20
+def surface_columns_mib():
+    """Surface columns of the simulator (12 simulate.nside²), in units of 2**20."""
+    return 12 * config["simulate"]["nside"] ** 2 / 2**20
 
 
-def mem_mb(base, cubes=0.0, tables=0.0):
+def mem_mb(base, cubes=0.0, column_bytes=0.0):
     """The mem_mb resource: ``base`` MB plus ``cubes`` profile cubes and
-    ``tables`` simulator tables, 50 % more on each retry."""
+    ``column_bytes`` bytes per simulated surface column, 50 % more on each retry."""
 
     def resource(wildcards, attempt):
-        need = base + cubes * profile_cube_mb() + tables * surface_table_mb()
+        need = base + cubes * profile_cube_mb() + column_bytes * surface_columns_mib()
         return int(need * (1 + 0.5 * (attempt - 1)))
 
     return resource

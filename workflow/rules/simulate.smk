@@ -18,7 +18,9 @@ rule simulate:
         "../envs/vaemap.yaml"
     threads: 4
     resources:
-        mem_mb=mem_mb(1500, tables=5.0),  # the main process and 4 writers
+        # the factor maps (main process) and each writer's columns; the regolith
+        # table is in $TMPDIR, read a batch at a time
+        mem_mb=mem_mb(1500, column_bytes=400),
         runtime=runtime_min(30),
     params:
         cfg=step_config("simulate"),
