@@ -76,7 +76,8 @@ def _kernel_peaks(log: Path) -> tuple[float, float]:
 def _bench(path: Path) -> dict:
     with open(path) as f:
         row = next(csv.DictReader(f, delimiter="\t"))
-    return {"s": float(row["s"]), "max_rss": float(row["max_rss"])}
+    return {"s": float(row["s"]), "max_rss": float(row["max_rss"]),
+            "cpu_s": float(row["cpu_time"])}
 
 
 def read_steps(results: Path, cores: int) -> dict[str, dict]:
@@ -108,6 +109,7 @@ def read_steps(results: Path, cores: int) -> dict[str, dict]:
         table[step] = {
             "jobs": len(rows), "wall_s": wall, "work": amount, "unit": unit,
             "per_s": amount / wall if wall else float("nan"),
+            "cpu_s": sum(r["cpu_s"] for r in rows),
             "snakemake_max_rss_mib": max(r["max_rss"] for r in rows),
             "kernel_main_mib": max(p[0] for p in peaks),
             "kernel_child_mib": max(p[1] for p in peaks),
@@ -119,8 +121,11 @@ def read_steps(results: Path, cores: int) -> dict[str, dict]:
     return table
 
 
-def _fmt_rate(x: float) -> str:
-    return f"{x / 1e6:.2f} M" if x >= 1e6 else f"{x / 1e3:.1f} k" if x >= 1e3 else f"{x:.0f}"
+def _amount(x: float) -> str:
+    for scale, prefix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if x >= scale:
+            return f"{x / scale:.{1 if x < 100 * scale else 0}f} {prefix}"
+    return f"{x:.0f}"
 
 
 def markdown(scale: dict, base: dict) -> str:
@@ -132,8 +137,8 @@ def markdown(scale: dict, base: dict) -> str:
         s, b = scale[step], base[step]
         wall = f"{s['wall_s'] / 60:.1f} min" if s["wall_s"] >= 120 else f"{s['wall_s']:.0f} s"
         out.append(
-            f"| {step} | {s['jobs']} | {s['work'] / 1e6:.1f} M {s['unit']} | {wall} | "
-            f"{_fmt_rate(s['per_s'])} {s['unit']} | {s['snakemake_max_rss_mib']:.0f} | "
+            f"| {step} | {s['jobs']} | {_amount(s['work'])} {s['unit']} | {wall} | "
+            f"{_amount(s['per_s'])} {s['unit']} | {s['snakemake_max_rss_mib']:.0f} | "
             f"{s['bound_mib']:.0f} | {s['work'] / b['work']:.0f} | "
             f"{s['per_s'] / b['per_s']:.2f} | "
             f"{s['bound_mib'] / b['bound_mib']:.2f} |")
@@ -145,6 +150,60 @@ def markdown(scale: dict, base: dict) -> str:
     return "\n".join(out)
 
 
+# The archive: Diviner integrates for 0.128 s in 9 channels x 21 detectors, one
+# RDR row each (an upper bound: the archive has gaps).
+ARCHIVE_ROWS_PER_S = 9 * 21 / 0.128
+PARALLEL = {"ingest": "a job per day", "profiles": "a job per tile (profiles.tile_nside)",
+            "encode": "a job per tile (encode.tile_nside)"}
+
+
+def archive_costs(scale: dict, years: float, nside: int, nodes: list[int],
+                  cores_per_node: int) -> tuple[str, dict]:
+    """The full archive's cost per step, extrapolated linearly from the scale run's
+    CPU seconds per unit of work (ingest: rows of every channel; merge and
+    profiles: the accepted channel-7 rows; encode and maps: pixels at ``nside``;
+    train: the scale run's budget). Steps in PARALLEL spread over every core of
+    ``nodes`` nodes; the others are one job, as long as in the scale run per
+    unit of work."""
+    rows = ARCHIVE_ROWS_PER_S * 86400 * 365.25 * years
+    accepted = rows / 9 * scale["merge_samples"]["work"] / scale["ingest"]["work"]
+    units = {"ingest": rows, "merge_samples": accepted, "profiles": accepted,
+             "train": scale["train"]["work"], "encode": 12 * nside**2, "maps": 12 * nside**2}
+    header = ("| step | work | CPU core-hours | "
+              + " | ".join(f"wall, {n} node{'s' if n > 1 else ''}" for n in nodes) + " |")
+    out = [header, "|" + "---|" * (3 + len(nodes))]
+    numbers = {}
+    for step, amount in units.items():
+        row = scale[step]
+        core_h = row["cpu_s"] / row["work"] * amount / 3600
+        serial_h = row["wall_s"] / row["work"] * amount / 3600
+        walls = [core_h / (n * cores_per_node) if step in PARALLEL else serial_h for n in nodes]
+        numbers[step] = {"work": amount, "core_hours": core_h, "wall_hours": walls}
+        digits = 0 if core_h >= 10 else 1
+        out.append(f"| {step} | {_amount(amount)} {row['unit']} | {core_h:,.{digits}f} | "
+                   + " | ".join(_hours(w) for w in walls) + " |")
+    totals = [sum(numbers[s]["wall_hours"][i] for s in units) for i in range(len(nodes))]
+    out.append(f"| **all** | | {sum(v['core_hours'] for v in numbers.values()):,.0f} | "
+               + " | ".join(f"**{_hours(t)}**" for t in totals) + " |")
+    return "\n".join(out), numbers
+
+
+def _hours(h: float) -> str:
+    return f"{h * 60:.0f} min" if h < 1 else f"{h:.1f} h" if h < 48 else f"{h / 24:.1f} d"
+
+
+MARKERS = ("<!-- benchmarks/scale.py:start -->", "<!-- benchmarks/scale.py:end -->")
+
+
+def write_docs(path: Path, block: str) -> None:
+    """Replace the text between MARKERS in ``path`` with ``block``."""
+    text = path.read_text()
+    start, end = text.find(MARKERS[0]), text.find(MARKERS[1])
+    if start < 0 or end < start:
+        raise SystemExit(f"{path}: no {MARKERS[0]} ... {MARKERS[1]} block to fill")
+    path.write_text(f"{text[:start + len(MARKERS[0])]}\n{block}\n{text[end:]}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--workdir", type=Path, default=REPO / "scale-run")
@@ -153,6 +212,15 @@ def main() -> None:
     ap.add_argument("--scale", type=Path, default=REPO / "config" / "scale.yaml")
     ap.add_argument("--skip-run", action="store_true", help="only read earlier results")
     ap.add_argument("--json", type=Path, help="also write the numbers here")
+    ap.add_argument("--archive-years", type=float, default=15.0,
+                    help="years of Diviner data to extrapolate to (default 15: 2009-2024)")
+    ap.add_argument("--archive-nside", type=int, default=4096,
+                    help="profiles nside of the archive's maps (default 4096: 0.43 km)")
+    ap.add_argument("--docs", type=Path,
+                    help="also write the tables between the scale markers of this file "
+                         "(docs/hpc.md)")
+    ap.add_argument("--nodes", type=int, nargs="+", default=[1, 10, 100])
+    ap.add_argument("--cores-per-node", type=int, default=32)
     args = ap.parse_args()
     workdir = args.workdir.resolve()
     workdir.mkdir(parents=True, exist_ok=True)
@@ -173,9 +241,22 @@ def main() -> None:
     print(f"\nscale: {args.scale.name} over baseline {args.baseline.name}, "
           f"{args.cores} cores, {platform.node()}")
     print(text)
+    archive, costs = archive_costs(tables["scale"], args.archive_years, args.archive_nside,
+                                   args.nodes, args.cores_per_node)
+    assumptions = (
+        f"{args.archive_years:g} years at {ARCHIVE_ROWS_PER_S:.0f} rows/s (9 channels × 21 "
+        f"detectors every 0.128 s), channel 7 mapped at nside {args.archive_nside}, nodes of "
+        f"{args.cores_per_node} cores; parallel: "
+        f"{', '.join(f'{k} ({v})' for k, v in PARALLEL.items())}; the other steps are one "
+        f"job each")
+    print(f"\nThe archive, extrapolated: {assumptions}")
+    print(archive)
+    if args.docs:
+        write_docs(args.docs, f"{text}\n\n**The archive, extrapolated** ({assumptions}):"
+                              f"\n\n{archive}")
     if args.json:
         args.json.write_text(json.dumps({"cores": args.cores, "pipeline_wall_s": walls,
-                                         **tables}, indent=1))
+                                         **tables, "archive": costs}, indent=1))
 
 
 if __name__ == "__main__":

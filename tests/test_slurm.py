@@ -95,6 +95,16 @@ def test_dry_run_shows_each_jobs_request(tmp_path):
         assert int(gpu[rule]["mem_mb"]) > int(cpu[rule]["mem_mb"]), rule
     assert int(gpu["train"]["runtime"]) > int(cpu["train"]["runtime"])
 
+    # Survey scale (config/scale.yaml: 107 M rows, nside 256) fits nodes of 4 GiB a job.
+    scale = dry_run_jobs(snakemake(*common, "--configfile", str(REPO / "config" / "config.yaml"),
+                                   str(REPO / "config" / "scale.yaml"), cwd=tmp_path).stdout)
+    assert {"simulate", "ingest", "merge_samples", "profiles", "train", "encode",
+            "maps"} <= set(scale)
+    for rule, request in scale.items():
+        if rule != "all":
+            assert int(cpu[rule]["mem_mb"]) <= int(request["mem_mb"]) < 4096, (rule, request)
+    assert int(scale["simulate"]["mem_mb"]) > int(cpu["simulate"]["mem_mb"])
+
 
 def _sacct_jobs(since: str) -> dict[str, list[str]]:
     """{job: [state, ...]} of the jobs accounted since ``since``, named by the

@@ -1,5 +1,6 @@
 """The Snakemake workflow: lint, dry run, and one end-to-end run on the tiny config."""
 
+import importlib.util
 import json
 import os
 import re
@@ -201,6 +202,22 @@ def test_end_to_end_products_rerun_and_report(tmp_path):
         assert (results / "benchmarks" / f"{log}.tsv").exists()
     assert len(list((results / "logs" / "ingest").glob("*.log"))) == 2  # one job per day
     assert len(list((results / "ingest").glob("*.h5"))) == 2  # kept: new data add batches
+
+    # benchmarks/scale.py reads these benchmark files and logs into its per-step table.
+    spec = importlib.util.spec_from_file_location("scale", REPO / "benchmarks" / "scale.py")
+    scale = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(scale)
+    steps = scale.read_steps(results, cores=2)
+    assert set(steps) == set(scale.STEPS) and steps["ingest"]["jobs"] == 2
+    with h5py.File(results / "samples.h5") as h5:
+        assert steps["merge_samples"]["work"] == h5["pix"].shape[0]
+    assert steps["simulate"]["work"] == steps["ingest"]["work"]  # every row read
+    assert steps["encode"]["work"] == pix.size
+    for row in steps.values():
+        assert row["per_s"] > 0 and row["wall_s"] > 0
+        assert 50 < row["kernel_main_mib"] <= row["bound_mib"] < 4096
+    assert steps["simulate"]["kernel_child_mib"] > 50  # its worker pool was counted
+    assert "| simulate | 1 |" in scale.markdown(steps, steps)
     summary = json.loads((results / "evaluate" / "metrics.json").read_text())
     assert set(summary["methods"]) == {"VAE (β = 0.2, γ_TC = 2)", "ICA rotation of the VAE",
                                        "AE (β = 0)", "PCA",
