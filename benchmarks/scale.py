@@ -8,7 +8,8 @@ Snakemake's local executor (target ``maps``) twice, one after the other: the
 named baseline (the demo, ``config/config.yaml``: 0.6 M rows, nside 32) and
 the scale configuration layered over it (``config/scale.yaml``: about 107 M
 rows, nside 256). Both run in ``--workdir`` (default ``scale-run/``, about 20
-GB). ``--skip-run`` only reads the results of earlier runs.
+GB). ``--skip-run`` only reads the results of earlier runs; ``--forcerun
+ingest`` measures again from ingest on (Snakemake's ``--forcerun``).
 
 Per step it reads Snakemake's benchmark files (``<results>/benchmarks/*.tsv``:
 wall seconds and ``max_rss``, the resident memory of the job's whole process
@@ -41,16 +42,20 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 STEPS = ("simulate", "ingest", "merge_samples", "profiles", "train", "encode", "maps")
-PEAK_LINE = re.compile(r"peak memory (\d+) MiB in the main process, (\d+) MiB in the largest")
+PEAK_LINE = re.compile(r"peak memory (\d+) MiB in the main process, (\d+) MiB in the largest "
+                       r"child process(?:; ([\d.]+) CPU s)?")
 GIB = 1024.0
 
 
-def run_pipeline(workdir: Path, configfiles: list[Path], cores: int) -> float:
+def run_pipeline(workdir: Path, configfiles: list[Path], cores: int,
+                 forcerun: list[str]) -> float:
     """Snakemake (local executor) up to the maps; returns its wall seconds."""
     snakemake = Path(sys.executable).with_name("snakemake")
     cmd = [str(snakemake), "--snakefile", str(REPO / "workflow" / "Snakefile"),
            "--directory", str(workdir), "--configfile", *map(str, configfiles),
            "--cores", str(cores), "maps"]
+    if forcerun:
+        cmd += ["--forcerun", *forcerun]
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     print("$", " ".join(cmd), flush=True)
     start = time.perf_counter()
@@ -66,11 +71,14 @@ def _summary(log: Path) -> dict:
     return json.loads(lines[-1])
 
 
-def _kernel_peaks(log: Path) -> tuple[float, float]:
+def _kernel_use(log: Path) -> tuple[float, float, float | None]:
+    """Peak MiB of the main process and of its largest child, and CPU seconds
+    (None in logs of versions that did not count them), from the step's log."""
     match = PEAK_LINE.search(log.read_text())
     if match is None:
         raise SystemExit(f"{log}: no 'peak memory' line (written by vaemap's command line)")
-    return float(match.group(1)), float(match.group(2))
+    cpu = match.group(3)
+    return float(match.group(1)), float(match.group(2)), None if cpu is None else float(cpu)
 
 
 def _bench(path: Path) -> dict:
@@ -103,13 +111,16 @@ def read_steps(results: Path, cores: int) -> dict[str, dict]:
         if not pairs:
             raise SystemExit(f"{bench}: no benchmark of {step}")
         rows = [_bench(tsv) for tsv, _ in pairs]
-        peaks = [_kernel_peaks(log) for _, log in pairs]
+        peaks = [_kernel_use(log) for _, log in pairs]
         wall = sum(r["s"] for r in rows)
         amount, unit = work[step]
         table[step] = {
             "jobs": len(rows), "wall_s": wall, "work": amount, "unit": unit,
             "per_s": amount / wall if wall else float("nan"),
-            "cpu_s": sum(r["cpu_s"] for r in rows),
+            # the kernel's count; Snakemake's (sampled, short of a job's last
+            # seconds) only where an older log lacks it
+            "cpu_s": sum(r["cpu_s"] if p[2] is None else p[2]
+                         for r, p in zip(rows, peaks, strict=True)),
             "snakemake_max_rss_mib": max(r["max_rss"] for r in rows),
             "kernel_main_mib": max(p[0] for p in peaks),
             "kernel_child_mib": max(p[1] for p in peaks),
@@ -211,6 +222,9 @@ def main() -> None:
     ap.add_argument("--baseline", type=Path, default=REPO / "config" / "config.yaml")
     ap.add_argument("--scale", type=Path, default=REPO / "config" / "scale.yaml")
     ap.add_argument("--skip-run", action="store_true", help="only read earlier results")
+    ap.add_argument("--forcerun", nargs="+", default=[], metavar="RULE",
+                    help="run these rules again, and all after them, in both runs (e.g. "
+                         "ingest: measure again without simulating again)")
     ap.add_argument("--json", type=Path, help="also write the numbers here")
     ap.add_argument("--archive-years", type=float, default=15.0,
                     help="years of Diviner data to extrapolate to (default 15: 2009-2024)")
@@ -229,7 +243,7 @@ def main() -> None:
     walls = {}
     if not args.skip_run:
         for name, files in runs.items():
-            walls[name] = run_pipeline(workdir, files, args.cores)
+            walls[name] = run_pipeline(workdir, files, args.cores, args.forcerun)
             print(f"{name}: the pipeline to the maps in {walls[name] / 60:.1f} min", flush=True)
     tables = {}
     for name, files in runs.items():

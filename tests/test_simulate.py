@@ -242,3 +242,14 @@ def test_regolith_table_on_disk_gives_the_same_rows_in_bounded_memory(tiny_confi
     assert simulate.orbits_per_batch(survey_orbit) == 2  # 46,200 rows <= ROWS_PER_BATCH
     every_channel = {**survey_orbit, "channels": list(range(1, 10))}
     assert simulate.orbits_per_batch(every_channel) == 1  # one orbit, however many rows
+
+
+def test_angles_are_wrapped_after_rounding():
+    """A longitude of 359.999996° is written as 0.00000, not as 360.00000 (which the
+    archive never writes and ingest rejects): 23 of the 107 M rows of the scale run
+    were lost that way before."""
+    lon = np.array([359.999996, -1e-7, 360.0, 180.123456, -0.5])
+    np.testing.assert_array_equal(simulate._rounded_angle(lon, 360.0, 5),
+                                  [0.0, 0.0, 0.0, 180.12346, 359.5])
+    hours = simulate._rounded_angle(np.array([23.999999, 24.0, 12.5]), 24.0, 5)
+    np.testing.assert_array_equal(hours, [0.0, 0.0, 12.5])

@@ -301,31 +301,34 @@ def main(argv: Sequence[str] | None = None, *, hard_exit: bool = False) -> int:
             log.exception("failed")
         return _fail(f"vaemap {args.command}: internal error: {type(exc).__name__}: {exc} "
                      f"(run with -v for the traceback, and please report it)", 3, hard_exit)
-    _log_peak_memory(args.command)
+    _log_resource_use(args.command)
     if args.json:
         print(json.dumps(summary, default=str))
     return 0
 
 
-def peak_memory_mib() -> tuple[float, float]:
-    """The kernel's high-water marks of resident memory (MiB): this process, and
-    the largest of its finished child processes (a worker pool's, say)."""
+def resource_use() -> dict[str, float]:
+    """What the kernel counted for this process and its finished children: the
+    high-water marks of resident memory (MiB) of this process and of the largest
+    child (a worker pool's, say), and the CPU seconds of all of them."""
     import resource
 
-    # ru_maxrss is in KiB on Linux and in bytes on macOS
-    unit = 1 if sys.platform == "darwin" else 1024
-    return tuple(resource.getrusage(who).ru_maxrss * unit / 2**20
-                 for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
+    own, children = (resource.getrusage(who)
+                     for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
+    unit = 1 if sys.platform == "darwin" else 1024  # ru_maxrss: bytes on macOS, else KiB
+    return {"main_mib": own.ru_maxrss * unit / 2**20,
+            "child_mib": children.ru_maxrss * unit / 2**20,
+            "cpu_s": sum(u.ru_utime + u.ru_stime for u in (own, children))}
 
 
-def _log_peak_memory(command: str) -> None:
-    # Exact peaks for benchmarks/scale.py beside Snakemake's 30-s samples.
+def _log_resource_use(command: str) -> None:
+    # Exact figures for benchmarks/scale.py beside Snakemake's sampled ones.
     try:
-        main_mib, child_mib = peak_memory_mib()
-    except (ImportError, OSError):  # no getrusage (Windows)
+        use = resource_use()
+    except ImportError:  # no getrusage (Windows)
         return
     log.info("%s: peak memory %.0f MiB in the main process, %.0f MiB in the largest child "
-             "process", command, main_mib, child_mib)
+             "process; %.1f CPU s", command, use["main_mib"], use["child_mib"], use["cpu_s"])
 
 
 def _fail(message: str, status: int, hard_exit: bool) -> int:

@@ -35,8 +35,13 @@ Gaussian noise of each channel's noise-equivalent radiance
 emission angles; and a fraction of rows with bad quality or activity flags,
 off-nadir pointing or fill values, which ingest must reject.  The rows are
 streamed to RDR tables in the archive's published layout and packaging
-(zipped, with a PDS3 label beside each; see :mod:`vaemap.rdr`) one orbit batch
-at a time, so memory is bounded whatever the mission length.
+(zipped, with a PDS3 label beside each; see :mod:`vaemap.rdr`) a batch of at
+most ``ROWS_PER_BATCH`` rows at a time, so memory is bounded whatever the
+mission length. The per-column diurnal table (120 float32 per column, 375 MB at
+nside 256) is solved tile by tile (blocks of 4,096 NESTED columns) into a file
+in ``$TMPDIR``, from which each batch reads only the values it needs, so no
+process holds it either: what grows with the surface's nside is a few numbers
+per column (the factor maps).
 """
 
 from __future__ import annotations
@@ -491,10 +496,10 @@ def simulate_observations(
         "orbit": (orbit[rep] + 1).astype(np.int32),
         "sundist": np.round(sundist[rep], 5),
         "sunlat": np.round(sunlat[rep], 4),
-        "sunlon": np.round(np.mod(sun_lon_w, 360.0), 5),
+        "sunlon": _rounded_angle(sun_lon_w, 360.0, 5),
         "sclk": np.round(_sclk(jdate), 3),
         "sclat": np.round(lat[rep], 4),
-        "sclon": np.round(np.mod(lon[rep], 360.0), 5),
+        "sclon": _rounded_angle(lon[rep], 360.0, 5),
         "scrad": np.full(rep.size, MOON_RADIUS_KM + LRO_ALTITUDE_KM),
         "scalt": np.full(rep.size, LRO_ALTITUDE_KM),
         "el_cmd": el_cmd,
@@ -510,17 +515,23 @@ def simulate_observations(
         "radiance": np.round(radiance, 6),
         "tb": np.round(tb, 3),
         "clat": np.round(lat[rep], 5),
-        "clon": np.round(np.mod(lon[rep], 360.0), 5),  # the RDR's 0-360 E
+        "clon": _rounded_angle(lon[rep], 360.0, 5),  # the RDR's 0-360 E
         "cemis": np.round(emission, 3),
         "csunzen": np.round(sunzen, 3),
         "csunazi": np.round(sunazi, 3),
-        "cloctime": np.round(local_time[rep], 5),
+        "cloctime": _rounded_angle(local_time[rep], 24.0, 5),
         "qca": qca,
         "qge": qge,
         "qmi": qmi,
     }
     cols["date"], cols["utc"] = _date_strings(jdate)
     return cols
+
+
+def _rounded_angle(x: np.ndarray, period: float, decimals: int) -> np.ndarray:
+    """``x`` wrapped into [0, period) *after* rounding to ``decimals``: rounding
+    359.999996 gives 360.0, which the archive never writes (and ingest rejects)."""
+    return np.mod(np.round(np.mod(x, period), decimals), period)
 
 
 def _sclk(jdate: np.ndarray) -> np.ndarray:
