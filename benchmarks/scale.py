@@ -7,7 +7,7 @@ Runs simulate → ingest → merge_samples → profiles → train → encode →
 Snakemake's local executor (target ``maps``) twice, one after the other: the
 named baseline (the demo, ``config/config.yaml``: 0.6 M rows, nside 32) and
 the scale configuration layered over it (``config/scale.yaml``: about 107 M
-rows, nside 256). Both run in ``--workdir`` (default ``scale-run/``, about 20
+rows, nside 256). Both run in ``--workdir`` (default ``scale-run/``, about 12
 GB). ``--skip-run`` only reads the results of earlier runs; ``--forcerun
 ingest`` measures again from ingest on (Snakemake's ``--forcerun``).
 
@@ -164,8 +164,8 @@ def markdown(scale: dict, base: dict) -> str:
 # The archive: Diviner integrates for 0.128 s in 9 channels x 21 detectors, one
 # RDR row each (an upper bound: the archive has gaps).
 ARCHIVE_ROWS_PER_S = 9 * 21 / 0.128
-PARALLEL = {"ingest": "a job per day", "profiles": "a job per tile (profiles.tile_nside)",
-            "encode": "a job per tile (encode.tile_nside)"}
+PARALLEL = {"ingest": "a job per day", "profiles": "a job per tile, profiles.tile_nside",
+            "encode": "a job per tile, encode.tile_nside"}
 
 
 def archive_costs(scale: dict, years: float, nside: int, nodes: list[int],
@@ -200,6 +200,8 @@ def archive_costs(scale: dict, years: float, nside: int, nodes: list[int],
 
 
 def _hours(h: float) -> str:
+    if h < 1 / 60:
+        return "< 1 min"
     return f"{h * 60:.0f} min" if h < 1 else f"{h:.1f} h" if h < 48 else f"{h / 24:.1f} d"
 
 
@@ -258,8 +260,8 @@ def main() -> None:
     archive, costs = archive_costs(tables["scale"], args.archive_years, args.archive_nside,
                                    args.nodes, args.cores_per_node)
     assumptions = (
-        f"{args.archive_years:g} years at {ARCHIVE_ROWS_PER_S:.0f} rows/s (9 channels × 21 "
-        f"detectors every 0.128 s), channel 7 mapped at nside {args.archive_nside}, nodes of "
+        f"{args.archive_years:g} years at {ARCHIVE_ROWS_PER_S:,.0f} rows/s, 9 channels × 21 "
+        f"detectors every 0.128 s; channel 7 mapped at nside {args.archive_nside}, nodes of "
         f"{args.cores_per_node} cores; parallel: "
         f"{', '.join(f'{k} ({v})' for k, v in PARALLEL.items())}; the other steps are one "
         f"job each")

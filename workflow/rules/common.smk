@@ -72,25 +72,52 @@ RDR_ZIP_BYTES_PER_ROW = 80
 def input_gib(input):
     """GiB of a job's input: the files' sizes where they exist, and for files
     not yet written, a simulated day's expected size from the config."""
-    sim = config["simulate"]
-    rows = sim["days"] * sim["orbits_per_day"] * sim["samples_per_orbit"]
-    rows *= sim["detectors"] * len(sim["channels"])
-    expected = rows * RDR_ZIP_BYTES_PER_ROW / max(len(RDR_BATCHES), 1)
+    expected = simulated_rows() * RDR_ZIP_BYTES_PER_ROW / max(len(RDR_BATCHES), 1)
     sizes = [
         os.path.getsize(path) if os.path.exists(path) else expected for path in input
     ]
     return sum(sizes) / 2**30
 
 
-def runtime_min(base, per_gib_input=0.0, per_cube_gib=0.0, per_cube_gib_epoch=0.0):
+def trained_fraction():
+    """The share of the profile cube a model trains on (train.max_pixels)."""
+    sample = config["train"]["max_pixels"]
+    npix = 12 * config["profiles"]["nside"] ** 2
+    return min(1.0, sample / npix) if sample else 1.0
+
+
+def simulated_rows():
+    """RDR rows the simulator writes (one per footprint and channel)."""
+    sim = config["simulate"]
+    rows = sim["days"] * sim["orbits_per_day"] * sim["samples_per_orbit"]
+    return rows * sim["detectors"] * len(sim["channels"])
+
+
+def runtime_min(
+    base,
+    per_gib_input=0.0,
+    per_cube_gib=0.0,
+    per_cube_gib_epoch=0.0,
+    per_m_rows=0.0,
+    per_m_columns=0.0,
+):
     """The runtime resource (minutes): ``base`` plus ``per_gib_input`` per GiB of
-    input, ``per_cube_gib`` per GiB of profile cube and ``per_cube_gib_epoch`` per
-    GiB of profile cube and training epoch, 50 % more on each retry."""
+    input, ``per_cube_gib`` per GiB of profile cube, ``per_cube_gib_epoch`` per
+    GiB of the cube trained on and epoch, ``per_m_rows`` per million simulated
+    rows and ``per_m_columns`` per million surface columns, 50 % more on each
+    retry."""
 
     def resource(wildcards, input, attempt):
         cube_gib = profile_cube_mb() / 1024
         need = base + per_cube_gib * cube_gib
-        need += per_cube_gib_epoch * cube_gib * config["train"]["epochs"]
+        need += (
+            per_cube_gib_epoch
+            * cube_gib
+            * trained_fraction()
+            * config["train"]["epochs"]
+        )
+        need += per_m_rows * simulated_rows() / 1e6
+        need += per_m_columns * surface_columns_mib() * 2**20 / 1e6
         if per_gib_input:
             need += per_gib_input * input_gib(input)
         return int(need * (1 + 0.5 * (attempt - 1))) + 1

@@ -21,7 +21,7 @@ rule simulate:
         # the factor maps (main process) and each writer's columns; the regolith
         # table is in $TMPDIR, read a batch at a time
         mem_mb=mem_mb(1500, column_bytes=400),
-        runtime=runtime_min(30),
+        runtime=runtime_min(10, per_m_rows=0.3, per_m_columns=4),
     params:
         cfg=step_config("simulate"),
         outdir=lambda wildcards, output: os.path.dirname(output.truth),

@@ -19,7 +19,7 @@ rule train:
         "../envs/vaemap.yaml"
     threads: config["train"]["threads"]
     resources:
-        mem_mb=mem_mb(1500, cubes=3.0),
+        mem_mb=mem_mb(1500, cubes=3.0 * trained_fraction()),
         runtime=runtime_min(10, per_cube_gib_epoch=40),
         gpu=wants_gpu(),
     params:
