@@ -175,7 +175,12 @@ start() {
 }
 
 status() {
-    node_idle && sacct -n -X -S now-1minutes >/dev/null 2>&1
+    if node_idle && sacct -n -X -S now-1minutes >/dev/null 2>&1; then
+        say "running: node up, accounting answers"
+    else
+        say "not running (scripts/local-slurm.sh start starts it)"
+        return 1
+    fi
 }
 
 stop() {
@@ -187,7 +192,7 @@ stop() {
 
 case "${1:-start}" in
     start) start ;;
-    status) status ;;
+    status) trap - ERR; status ;;
     stop) stop ;;
     *) say "usage: $0 start|status|stop"; exit 2 ;;
 esac

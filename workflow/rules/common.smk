@@ -48,9 +48,9 @@ def profile_cube_mb():
     return cube / 2**20
 
 
-def surface_columns_mib():
-    """Surface columns of the simulator (12 simulate.nside²), in units of 2**20."""
-    return 12 * config["simulate"]["nside"] ** 2 / 2**20
+def surface_columns():
+    """Surface columns of the simulator: 12 simulate.nside²."""
+    return 12 * config["simulate"]["nside"] ** 2
 
 
 def mem_mb(base, cubes=0.0, column_bytes=0.0):
@@ -58,7 +58,9 @@ def mem_mb(base, cubes=0.0, column_bytes=0.0):
     ``column_bytes`` bytes per simulated surface column, 50 % more on each retry."""
 
     def resource(wildcards, attempt):
-        need = base + cubes * profile_cube_mb() + column_bytes * surface_columns_mib()
+        need = (
+            base + cubes * profile_cube_mb() + column_bytes * surface_columns() / 2**20
+        )
         return int(need * (1 + 0.5 * (attempt - 1)))
 
     return resource
@@ -117,7 +119,7 @@ def runtime_min(
             * config["train"]["epochs"]
         )
         need += per_m_rows * simulated_rows() / 1e6
-        need += per_m_columns * surface_columns_mib() * 2**20 / 1e6
+        need += per_m_columns * surface_columns() / 1e6
         if per_gib_input:
             need += per_gib_input * input_gib(input)
         return int(need * (1 + 0.5 * (attempt - 1))) + 1
