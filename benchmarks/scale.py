@@ -13,16 +13,18 @@ ingest`` measures again from ingest on (Snakemake's ``--forcerun``).
 
 Per step it reads Snakemake's benchmark files (``<results>/benchmarks/*.tsv``:
 wall seconds and ``max_rss``, the resident memory of the job's whole process
-tree, sampled every 30 s) and the step's log: its JSON summary (rows and
-pixels, for the throughput) and the kernel's high-water marks of resident
-memory, of the main process and of its largest child process. The *bound*
-column adds the main process's peak to ``--cores`` times the largest child's:
-no sampling can miss a peak above it. It prints, per step, for the scale run
-and the baseline: wall time, throughput (rows/s for simulate, ingest and the
-merge; samples/s for profiles; profiles/s for train; pixels/s for encode and
-maps) and peak memory, then the ratios scale / baseline of the data size, of
-the throughput and of the peak memory: memory that stays bounded has a peak
-ratio far below the size ratio.
+tree, sampled every 0.5 s for 15 s and then every 30 s) and the step's log: its
+JSON summary (rows and pixels, for the throughput), the kernel's high-water
+marks of resident memory, of the main process and of its largest child
+process, and the kernel's count of CPU seconds. The *bound* column adds the
+main process's peak to ``--cores`` times the largest child's: no sampling can
+miss a peak above it. It prints, per step, for the scale run: wall time,
+throughput (rows/s for simulate, ingest and the merge; samples/s for profiles;
+profiles/s for train; pixels/s for encode and maps) and peak memory, and the
+ratios scale / baseline of the data size, of the throughput and of the peak
+memory: memory that stays bounded has a peak ratio far below the size ratio.
+Then it extrapolates the whole Diviner archive's cost from the CPU seconds per
+unit of work (see :func:`archive_costs`; the assumptions are printed with it).
 """
 
 from __future__ import annotations
