@@ -65,22 +65,20 @@ def run_pipeline(workdir: Path, configfiles: list[Path], cores: int,
     return time.perf_counter() - start
 
 
-def _summary(log: Path) -> dict:
-    """The step's JSON summary: the last line of its log."""
-    lines = log.read_text().strip().splitlines()
+def _read_log(log: Path) -> tuple[dict, tuple[float, float, float | None]]:
+    """From a step's log: its JSON summary (the last line), and the peak MiB of
+    the main process and of its largest child and the CPU seconds (None in logs
+    of versions that did not count them)."""
+    text = log.read_text()
+    lines = text.strip().splitlines()
     if not lines:
         raise SystemExit(f"{log}: empty log; did the step run?")
-    return json.loads(lines[-1])
-
-
-def _kernel_use(log: Path) -> tuple[float, float, float | None]:
-    """Peak MiB of the main process and of its largest child, and CPU seconds
-    (None in logs of versions that did not count them), from the step's log."""
-    match = PEAK_LINE.search(log.read_text())
+    match = PEAK_LINE.search(text)
     if match is None:
         raise SystemExit(f"{log}: no 'peak memory' line (written by vaemap's command line)")
     cpu = match.group(3)
-    return float(match.group(1)), float(match.group(2)), None if cpu is None else float(cpu)
+    return json.loads(lines[-1]), (float(match.group(1)), float(match.group(2)),
+                                   None if cpu is None else float(cpu))
 
 
 def _bench(path: Path) -> dict:
@@ -96,7 +94,11 @@ def read_steps(results: Path, cores: int) -> dict[str, dict]:
     jobs = {step: [(bench / f"{step}.tsv", logs / f"{step}.log")] for step in STEPS}
     jobs["ingest"] = [(tsv, logs / "ingest" / f"{tsv.stem}.log")
                       for tsv in sorted((bench / "ingest").glob("*.tsv"))]
-    summaries = {step: [_summary(log) for _, log in pairs] for step, pairs in jobs.items()}
+    missing = [step for step, pairs in jobs.items() if not pairs]
+    if missing:
+        raise SystemExit(f"{bench}: no benchmark of {', '.join(missing)}")
+    read = {step: [_read_log(log) for _, log in pairs] for step, pairs in jobs.items()}
+    summaries = {step: [summary for summary, _ in entries] for step, entries in read.items()}
     merge, enc = summaries["merge_samples"][0], summaries["encode"][0]
     train = summaries["train"][0]
     work = {
@@ -110,10 +112,8 @@ def read_steps(results: Path, cores: int) -> dict[str, dict]:
     }
     table = {}
     for step, pairs in jobs.items():
-        if not pairs:
-            raise SystemExit(f"{bench}: no benchmark of {step}")
         rows = [_bench(tsv) for tsv, _ in pairs]
-        peaks = [_kernel_use(log) for _, log in pairs]
+        peaks = [use for _, use in read[step]]
         wall = sum(r["s"] for r in rows)
         amount, unit = work[step]
         table[step] = {

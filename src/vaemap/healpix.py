@@ -186,9 +186,9 @@ def write_healsparse_map(path, pix: np.ndarray, values: np.ndarray, nside: int, 
 
     HealSparse keeps a full-sphere coverage map at ``nside_coverage`` and
     float32 values only inside the coverage pixels that hold data, so its
-    memory and file follow the observed area (by default a coverage pixel
-    holds 64 × 64 map pixels: nside / 64, at least 32) (Rubin's format for maps of
-    10⁹-pixel spheres; read it with ``healsparse.HealSparseMap.read``).
+    memory and file follow the observed area (Rubin's format for maps of
+    10⁹-pixel spheres; read it with ``healsparse.HealSparseMap.read``). By
+    default a coverage pixel holds 64 × 64 map pixels (nside / 64, at least 32).
     Non-finite values are left out. ``metadata`` (FITS keys up to 8
     characters) joins ``BODY``, ``ORDERING`` and ``BUNIT``. Returns the
     number of pixels written.

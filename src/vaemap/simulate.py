@@ -288,20 +288,21 @@ class ThermalTables:
 
         dec = sunlat_deg.astype(np.float32)
         flux = (1.0 / sundist_au**2 - 1.0).astype(np.float32)
-        regolith = ((1 - wt) * self._regolith_at(pix, t0) + wt * self._regolith_at(pix, t1)
+        before, after = self._regolith_at(pix, t0, t1)
+        regolith = ((1 - wt) * before + wt * after
                     + dec * by_lat(self.d_dec_regolith) + flux * by_lat(self.d_flux_regolith))
         rock = (by_lat_albedo(self.rock) + dec * by_lat_albedo(self.d_dec_rock)
                 + flux * by_lat_albedo(self.d_flux_rock))
         return regolith, rock
 
-    def _regolith_at(self, pix: np.ndarray, step: np.ndarray) -> np.ndarray:
-        """Regolith temperature (K) of columns ``pix`` at local-time steps ``step``."""
+    def _regolith_at(self, pix: np.ndarray, *steps: np.ndarray) -> list[np.ndarray]:
+        """Regolith temperature (K) of columns ``pix`` at each array of local-time steps."""
         if isinstance(self.regolith, np.ndarray):
-            return self.regolith[pix, step]
+            return [self.regolith[pix, step] for step in steps]
         # Mapped for this lookup only: touched pages leave the process with the
         # map, so a long-running writer does not accumulate the whole table.
         table = np.load(self.regolith, mmap_mode="r")
-        values = table[pix, step]  # fancy indexing copies: nothing keeps the map alive
+        values = [table[pix, step] for step in steps]  # copies: nothing keeps the map alive
         del table
         return values
 
