@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from vaemap import thermal
-from vaemap.evaluate import _truth_at, spearman_matrix
+from vaemap.metrics import spearman_matrix, truth_at
 from vaemap.model import latitude_condition, load_checkpoint
 from vaemap.simulate import facet_geometry
 
@@ -86,7 +86,7 @@ def main() -> None:
         edges = h5.attrs["bin_edges_h"]
     with h5py.File(res / "latents.h5") as h5:
         mu = h5["mu"][...]
-    truth = _truth_at(res / "simulate" / "truth.h5", pix, nside)
+    truth = truth_at(res / "simulate" / "truth.h5", pix, nside)
     rng = np.random.default_rng(0)
     ok = (np.abs(lat) < 60) & (np.nan_to_num(truth["anomaly_kind"]) == 0)
     sel = np.sort(rng.choice(np.flatnonzero(ok), size=min(args.pixels, ok.sum()), replace=False))

@@ -34,10 +34,10 @@ from vaemap.config import validate_config
 from vaemap.model import (
     Normaliser,
     ProfileVAE,
-    bin_weights,
+    gaussian_nll,
+    initial_noise_logvar,
     kl_per_latent,
     latitude_condition,
-    masked_sse,
     normalise,
     resolve_device,
 )
@@ -74,10 +74,8 @@ def synthetic_profiles(path: Path, n: int, bins: int = 120, seed: int = 0,
 class H5ProfileDataset(torch.utils.data.Dataset):
     """One profile per item, read from HDF5 on demand (the naive baseline)."""
 
-    def __init__(self, path: Path, mean: np.ndarray, std: np.ndarray, noise_k: float,
-                 floor_k: float, n_cond: int):
-        self.path, self.mean, self.std = path, mean, std
-        self.noise_k, self.floor_k, self.n_cond = noise_k, floor_k, n_cond
+    def __init__(self, path: Path, mean: np.ndarray, std: np.ndarray, n_cond: int):
+        self.path, self.mean, self.std, self.n_cond = path, mean, std, n_cond
         self.h5 = None
         with h5py.File(path, "r") as h5:
             self.n = h5["pix"].shape[0]
@@ -92,8 +90,7 @@ class H5ProfileDataset(torch.utils.data.Dataset):
         count = torch.from_numpy(self.h5["count"][i].astype(np.int32))[None]
         lat = torch.tensor([float(self.h5["lat"][i])])
         x, mask = normalise(prof, torch.from_numpy(self.mean), torch.from_numpy(self.std))
-        w = bin_weights(count, torch.from_numpy(self.std), self.noise_k, self.floor_k)
-        return x[0], w[0], mask[0], latitude_condition(lat, self.n_cond)[0]
+        return x[0], count[0].float(), mask[0], latitude_condition(lat, self.n_cond)[0]
 
 
 def naive_throughput(path: Path, cfg: dict, device: torch.device, steps: int) -> float:
@@ -102,16 +99,18 @@ def naive_throughput(path: Path, cfg: dict, device: torch.device, steps: int) ->
     mean, std = norm.norm_mean.numpy(), norm.std.numpy()
     arch = train._arch(cfg, data["profile"].shape[1], data["profile"].shape[2])
     model = ProfileVAE(arch).to(device)
+    x_all, mask_all = normalise(torch.from_numpy(data["profile"]), norm.norm_mean[0], norm.std)
+    model.noise.initialise(initial_noise_logvar(
+        x_all, mask_all, torch.from_numpy(data["count"].astype(np.float32))))
     opt = torch.optim.Adam(model.parameters(), lr=cfg["train"]["lr"])
-    ds = H5ProfileDataset(path, mean[0], std, cfg["model"]["noise_k"], cfg["model"]["floor_k"],
-                          arch.n_cond)
+    ds = H5ProfileDataset(path, mean[0], std, arch.n_cond)
     loader = torch.utils.data.DataLoader(ds, batch_size=cfg["train"]["batch_size"],
                                          shuffle=True)
     seen, t0 = 0, time.perf_counter()
-    for step, (x, w, mask, cond) in enumerate(loader):
-        x, w, mask, cond = (t.to(device) for t in (x, w, mask, cond))
+    for step, (x, count, mask, cond) in enumerate(loader):
+        x, count, mask, cond = (t.to(device) for t in (x, count, mask, cond))
         recon, mu, logvar = model(x, mask, cond)
-        loss = (0.5 * masked_sse(recon, x, w)
+        loss = (gaussian_nll(recon, x, mask, model.noise.variance(count))
                 + cfg["model"]["beta"] * kl_per_latent(mu, logvar).sum(1)).mean()
         opt.zero_grad()
         loss.backward()

@@ -43,6 +43,7 @@ def trained(tmp_path_factory, survey, tiny_config) -> dict:
     root = tmp_path_factory.mktemp("model")
     metrics = train.run(survey["profiles_h5"], root / "model.pt", tiny_config,
                         metrics_csv=root / "metrics.csv", curve_png=root / "curve.png",
+                        sigma_png=root / "sigma.png",
                         progress=False)
     enc = encode.run(survey["profiles_h5"], root / "model.pt", root / "latents.h5",
                      tiny_config)

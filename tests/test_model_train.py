@@ -1,6 +1,7 @@
 """The β-VAE and its trainer: circular padding, masking, determinism, resume, bad input."""
 
 import csv
+import math
 
 import numpy as np
 import pytest
@@ -12,12 +13,14 @@ from vaemap.model import (
     CHECKPOINT_FORMAT,
     CheckpointError,
     Normaliser,
+    ObservationNoise,
     ProfileVAE,
     VAEConfig,
-    bin_weights,
+    fixed_noise_logvar,
+    gaussian_nll,
+    initial_noise_logvar,
     kl_per_latent,
     load_checkpoint,
-    masked_sse,
     resolve_device,
 )
 from vaemap.products import PROFILES
@@ -79,12 +82,48 @@ def test_strided_layout_shapes_and_unknown_names():
 
 def test_loss_terms():
     recon, x = torch.zeros(2, 1, 4), torch.ones(2, 1, 4)
-    weight = torch.tensor([[[1.0, 1.0, 0.0, 0.0]], [[2.0, 0.0, 0.0, 0.0]]])
-    torch.testing.assert_close(masked_sse(recon, x, weight), torch.tensor([2.0, 2.0]))
+    mask = torch.tensor([[[1.0, 1.0, 0.0, 0.0]], [[1.0, 0.0, 0.0, 0.0]]])
+    var = torch.full((2, 1, 4), 0.5)
+    # ½ Σ_observed [r²/σ² + log 2πσ²]: 2 bins and 1 bin of r² = 1, σ² = 0.5
+    per_bin = 0.5 * (2.0 + math.log(math.pi))
+    torch.testing.assert_close(gaussian_nll(recon, x, mask, var),
+                               torch.tensor([2 * per_bin, per_bin]))
     kl = kl_per_latent(torch.zeros(1, 3), torch.zeros(1, 3))
     torch.testing.assert_close(kl, torch.zeros(1, 3))
-    w = bin_weights(torch.tensor([0, 1, 4]), torch.tensor(2.0), noise_k=1.0, floor_k=0.0)
-    torch.testing.assert_close(w, torch.tensor([0.0, 4.0, 16.0]))
+
+
+def test_observation_noise_is_count_aware_and_fixed_or_learned():
+    std = torch.tensor([[2.0, 4.0]])
+    noise = ObservationNoise(1, 2, learned=False)
+    noise.initialise(fixed_noise_logvar(std, noise_k=1.0, floor_k=0.0))
+    var = noise.variance(torch.tensor([[[1.0, 4.0]]]))
+    # 1 K of noise over a 2 K spread is 0.25 normalised units², over 4 K 1/16; /4 for 4 obs
+    torch.testing.assert_close(var, torch.tensor([[[0.25, 1 / 64]]]), atol=1e-6, rtol=1e-4)
+    torch.testing.assert_close(noise.sigma_k(std), torch.tensor([[1.0, 1.0]]), atol=1e-5,
+                               rtol=1e-4)
+    assert not noise.learned and not list(noise.parameters())
+    learned = ObservationNoise(1, 2)
+    assert learned.learned and [p.shape for p in learned.parameters()] == [(2, 1, 2)]
+    # the maximum-likelihood variance of residuals of variance 3 is learned back
+    opt = torch.optim.Adam(learned.parameters(), lr=0.05)
+    gen = torch.Generator().manual_seed(0)
+    r = torch.randn(4096, 1, 2, generator=gen) * math.sqrt(3.0)
+    count, mask = torch.ones_like(r), torch.ones_like(r)
+    for _ in range(400):
+        loss = gaussian_nll(torch.zeros_like(r), r, mask, learned.variance(count)).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert learned.variance(torch.ones(1, 1, 2)).detach().numpy() == pytest.approx(3.0, rel=0.1)
+
+
+def test_initial_noise_is_the_bin_to_bin_scatter():
+    gen = torch.Generator().manual_seed(0)
+    smooth = torch.sin(torch.linspace(0, 2 * math.pi, 121)[:-1]).repeat(5000, 1, 1)
+    x = smooth + 0.3 * torch.randn(smooth.shape, generator=gen)
+    log_var = initial_noise_logvar(x, torch.ones_like(x), torch.ones_like(x))
+    assert log_var.shape == (2, 1, 120)
+    assert torch.exp(log_var[0]).median().item() == pytest.approx(0.09, rel=0.1)
 
 
 def test_bins_must_fit_the_depth():
@@ -105,6 +144,14 @@ def test_training_products_and_checkpoint(trained):
     rows = list(csv.DictReader(open(trained["root"] / "metrics.csv")))
     assert len(rows) == 3 and {"val_rms_k", "kl_0", "active_units"} <= set(rows[0])
     assert (trained["root"] / "curve.png").stat().st_size > 5000
+    # the calibrated likelihood: its σ per bin is part of the weights, reported and plotted
+    assert ckpt["arch"]["likelihood"] == "calibrated"
+    assert model.noise.learned and ckpt["state_dict"]["noise.log_var"].shape == (2, 1, 24)
+    sigma = model.noise.sigma_k(norm.std)
+    assert torch.isfinite(sigma).all() and (sigma > 0).all()
+    assert float(rows[-1]["sigma_ch7"]) == pytest.approx(float(sigma.median()), rel=1e-3)
+    assert trained["metrics"]["sigma_night_ch7"] < trained["metrics"]["sigma_day_ch7"]
+    assert (trained["root"] / "sigma.png").stat().st_size > 5000
 
 
 def test_cpu_training_is_deterministic_and_resume_continues(survey, tiny_config, tmp_path):
@@ -199,7 +246,7 @@ def test_checkpoint_of_another_format_or_unreadable_is_one_clear_error(trained, 
     ckpt = torch.load(trained["model"], weights_only=True)
     torch.save({**ckpt, "format": 1}, tmp_path / "old.pt")
     with pytest.raises(CheckpointError, match=r"old\.pt: checkpoint format 1, this vaemap "
-                                              r"reads format 2; retrain"):
+                                              r"reads format 3; retrain"):
         load_checkpoint(tmp_path / "old.pt")
     (tmp_path / "junk.pt").write_bytes(b"not a zip archive at all")
     with pytest.raises(CheckpointError, match=r"junk\.pt: not a readable vaemap checkpoint"):

@@ -11,7 +11,7 @@ from astropy.table import Table
 from conftest import strongest_anomaly_distance_deg
 from PIL import Image
 
-from vaemap import evaluate, maps
+from vaemap import baselines, evaluate, maps, metrics, tables
 from vaemap.products import map_products
 from vaemap.stats import ica_components, robust_z
 
@@ -26,24 +26,24 @@ def test_robust_z_known_values():
 
 def test_roc_auc_and_average_precision_known_answers():
     label = np.array([0, 0, 1, 1])
-    assert evaluate.roc_auc(np.array([0.1, 0.2, 0.8, 0.9]), label) == 1.0
-    assert evaluate.roc_auc(np.array([0.9, 0.8, 0.2, 0.1]), label) == 0.0
-    assert evaluate.roc_auc(np.array([0.5, 0.5, 0.5, 0.5]), label) == 0.5
-    assert evaluate.average_precision(np.array([0.1, 0.2, 0.8, 0.9]), label) == 1.0
+    assert metrics.roc_auc(np.array([0.1, 0.2, 0.8, 0.9]), label) == 1.0
+    assert metrics.roc_auc(np.array([0.9, 0.8, 0.2, 0.1]), label) == 0.0
+    assert metrics.roc_auc(np.array([0.5, 0.5, 0.5, 0.5]), label) == 0.5
+    assert metrics.average_precision(np.array([0.1, 0.2, 0.8, 0.9]), label) == 1.0
     # ranking: pos, neg, pos -> precisions 1, 2/3
-    assert evaluate.average_precision(np.array([3.0, 2.0, 1.0]), np.array([1, 0, 1])) == (
+    assert metrics.average_precision(np.array([3.0, 2.0, 1.0]), np.array([1, 0, 1])) == (
         pytest.approx((1 + 2 / 3) / 2))
-    assert np.isnan(evaluate.roc_auc(np.ones(3), np.zeros(3)))
+    assert np.isnan(metrics.roc_auc(np.ones(3), np.zeros(3)))
 
 
 def test_spearman_perfect_and_entangled_codes():
     rng = np.random.default_rng(0)
     factors = rng.normal(size=(500, 2))
     disentangled = np.column_stack([np.exp(factors[:, 1]), -factors[:, 0]])
-    rho = evaluate.spearman_matrix(disentangled, factors)
+    rho = metrics.spearman_matrix(disentangled, factors)
     np.testing.assert_allclose(np.abs(rho), [[0, 1], [1, 0]], atol=0.1)
     entangled = np.column_stack([factors.sum(1), factors[:, 0] - factors[:, 1]])
-    rho = evaluate.spearman_matrix(entangled, factors)
+    rho = metrics.spearman_matrix(entangled, factors)
     assert np.all(np.abs(rho) > 0.5)
 
 
@@ -122,15 +122,17 @@ def test_evaluate_with_and_without_truth(trained, survey, tiny_config, tmp_path)
     m = evaluate.run(trained["latents"], survey["truth"], tmp_path / "t", tiny_config,
                      profiles=survey["profiles_h5"], model=trained["model"])
     assert 0.0 <= m["mig"] <= 1.0 and 0.0 <= m["dci"]["disentanglement"] <= 1.0
-    assert set(m["baselines"]) == {"pca"}
+    assert set(m["baselines"]) == {"pca", "ica_pca", "pca_zero_filled"}
+    assert set(m["boosted_probe"]["best_abs_spearman"]) == set(metrics.FACTOR_NAMES)
+    assert m["anomaly_metric"] == "calibrated_z_night"
     assert "| MIG |" in (tmp_path / "t" / "metrics.md").read_text()
     assert m["ground_truth"] is True
-    assert set(m["best_abs_spearman"]) == set(evaluate.FACTOR_NAMES)
+    assert set(m["best_abs_spearman"]) == set(metrics.FACTOR_NAMES)
     assert 0.0 <= m["anomaly"]["roc_auc"] <= 1.0
     assert json.loads((tmp_path / "t" / "metrics.json").read_text())["pixels"] == m["pixels"]
     assert "| best abs Spearman, albedo |" in (tmp_path / "t" / "metrics.md").read_text()
-    assert set(m["linear_probe"]["r2"]) == set(evaluate.FACTOR_NAMES)
-    assert "linear probe of the profiles" in (tmp_path / "t" / "metrics.md").read_text()
+    assert set(m["linear_probe"]["r2"]) == set(metrics.FACTOR_NAMES)
+    assert "linear probe (supervised reference) ¹" in (tmp_path / "t" / "metrics.md").read_text()
     assert m["training_seed"] == tiny_config["seed"]
     # the model alone (no profiles): no baselines, but still its training seed
     model_only = evaluate.run(trained["latents"], survey["truth"], tmp_path / "mo",
@@ -146,7 +148,7 @@ def test_evaluate_with_and_without_truth(trained, survey, tiny_config, tmp_path)
 def test_linear_probe_known_answers(trained, survey):
     """A factor that is a linear function of two bins is read back (R² ≈ 1, ρ ≈ 1);
     a factor independent of the data is not (R² ≤ ~0)."""
-    data = evaluate.normalised_profiles(survey["profiles_h5"], trained["model"])
+    data = baselines.normalised_profiles(survey["profiles_h5"], trained["model"])
     pix, lat, x = data.pix, data.lat, data.x
     n = len(pix)
     rng = np.random.default_rng(0)
@@ -155,9 +157,69 @@ def test_linear_probe_known_answers(trained, survey):
     factors = np.column_stack([linear, rng.normal(size=n), linear, linear, linear])
     with h5py.File(trained["latents"]) as h5:
         nside = int(h5.attrs["nside"])
-    probe = evaluate.linear_probe(data, nside, factors, ridge=1e-6)
+    probe = baselines.linear_probe(data, nside, factors, ridge=1e-6)
     assert probe["r2"]["albedo"] > 0.95 and probe["best_abs_spearman"]["albedo"] > 0.95
     assert probe["r2"]["h_param"] < 0.05 and probe["best_abs_spearman"]["h_param"] < 0.3
+
+
+def _low_rank_profiles(n=3000, bins=24, rank=2, gap_fraction=0.4, seed=0):
+    """Profiles that are exactly ``rank``-dimensional, with a pattern of gaps that
+    depends on the code (as latitude sets coverage), as NormalisedProfiles."""
+    rng = np.random.default_rng(seed)
+    code = rng.normal(size=(n, rank))
+    basis = np.stack([np.sin(2 * np.pi * (np.arange(bins) + 0.5) * (k + 1) / bins)
+                      for k in range(rank)])
+    x = (code @ basis)[:, None, :]
+    # bins go missing more often where the first code is high
+    p_gap = gap_fraction * (1 + np.tanh(code[:, :1]))[:, :, None] / 2
+    mask = (rng.random(x.shape) > p_gap).astype(float)
+    data = baselines.NormalisedProfiles(np.arange(n), np.zeros(n), np.where(mask > 0, x, 0.0),
+                                        mask, np.ones((1, bins)), mask.copy())
+    return data, code, x
+
+
+def test_masked_pca_sees_through_gaps_that_zero_filling_does_not():
+    data, code, truth = _low_rank_profiles()
+    masked, summary = baselines.masked_pca(data, 2, impute_components=2)
+    zero = baselines.pca_zero_filled(data, 2)
+    err_masked = np.abs(masked.recon - truth).max()
+    err_zero = np.abs(zero.recon - truth).mean()
+    assert err_masked < 0.01 and err_zero > 0.1, (err_masked, err_zero)  # gaps seen through
+    # the masked code spans the true code (canonical correlations ~ 1)
+    q1, _ = np.linalg.qr(masked.code - masked.code.mean(0))
+    q2, _ = np.linalg.qr(code - code.mean(0))
+    assert np.linalg.svd(q1.T @ q2, compute_uv=False).min() > 0.999
+    assert summary.shape == (len(code), 2)
+
+
+def test_fit_noise_recovers_a_count_aware_variance():
+    rng = np.random.default_rng(1)
+    n, bins = 20000, 6
+    count = rng.integers(1, 6, size=(n, 1, bins)).astype(float)
+    v_obs, v_floor = np.array([4.0, 1.0, 0.5, 2.0, 3.0, 0.1]), 0.25
+    residual = rng.normal(size=count.shape) * np.sqrt(v_obs / count + v_floor)
+    var = baselines.fit_noise(residual, np.ones_like(count), count)
+    expected = v_obs / count + v_floor
+    assert np.abs(var / expected - 1).max() < 0.1
+    # a variance that does not average down is all floor
+    flat = rng.normal(size=count.shape)
+    assert np.abs(baselines.fit_noise(flat, np.ones_like(count), count) - 1).max() < 0.08
+
+
+def test_boosted_probe_reads_a_non_linear_factor_the_linear_one_misses():
+    rng = np.random.default_rng(2)
+    n, bins = 2000, 24
+    summary = rng.normal(size=(n, 3))
+    x = np.repeat(summary[:, :1], bins, axis=1)[:, None, :] + 0.01 * rng.normal(size=(n, 1, bins))
+    data = baselines.NormalisedProfiles(np.arange(n, dtype=np.int64), np.zeros(n), x,
+                                        np.ones_like(x), np.ones((1, bins)), np.ones_like(x))
+    factor = np.abs(summary[:, 0])  # symmetric: no linear read-out exists
+    factors = np.column_stack([factor, rng.normal(size=n), factor, factor, factor])
+    boosted = baselines.boosted_probe(data, 8, factors, summary)
+    linear = baselines.linear_probe(data, 8, factors)
+    assert boosted["best_abs_spearman"]["albedo"] > 0.9
+    assert linear["best_abs_spearman"]["albedo"] < 0.3
+    assert boosted["best_abs_spearman"]["h_param"] < 0.2
 
 
 def test_anomaly_catalogue_groups_connected_pixels():
@@ -183,20 +245,20 @@ def test_mig_and_dci_on_known_codes():
     rng = np.random.default_rng(1)
     factors = rng.uniform(size=(4000, 3))
     perfect = factors[:, [2, 0, 1]] * np.array([3.0, -1.0, 0.5])  # permuted, rescaled
-    mig, gaps = evaluate.mutual_information_gap(perfect, factors)
+    mig, gaps = metrics.mutual_information_gap(perfect, factors)
     assert mig > 0.8 and gaps.min() > 0.8
-    d = evaluate.dci(perfect, factors)
+    d = metrics.dci(perfect, factors)
     assert d["disentanglement"] > 0.95 and d["completeness"] > 0.95
     assert d["informativeness_r2"] > 0.99
     rotation = np.linalg.qr(rng.normal(size=(3, 3)))[0]
     entangled = factors @ rotation
-    mig_e, _ = evaluate.mutual_information_gap(entangled, factors)
-    d_e = evaluate.dci(entangled, factors)
+    mig_e, _ = metrics.mutual_information_gap(entangled, factors)
+    d_e = metrics.dci(entangled, factors)
     assert mig_e < 0.5 * mig
     assert d_e["disentanglement"] < 0.7 and d_e["completeness"] < 0.7
     assert d_e["informativeness_r2"] > 0.99  # rotation loses no information
     noise = rng.normal(size=(4000, 3))
-    assert evaluate.dci(noise, factors)["informativeness_r2"] < 0.05
+    assert metrics.dci(noise, factors)["informativeness_r2"] < 0.05
 
 
 def test_connected_regions_and_region_recall():
@@ -213,7 +275,7 @@ def test_connected_regions_and_region_recall():
     kind[disc_a], kind[disc_b] = 1, 2
     score = np.zeros(pix.size)
     score[disc_a[0]] = 10.0  # one pixel of the warm region is found; the cold one is missed
-    recall = evaluate.region_recall(pix, nside, kind, score, threshold=3.5)
+    recall = metrics.region_recall(pix, nside, kind, score, threshold=3.5)
     assert recall["warm_rocky_regions"] == 1 and recall["warm_rocky_found"] == 1
     assert recall["cold_spot_regions"] == 1 and recall["cold_spot_found"] == 0
 
@@ -255,15 +317,15 @@ def test_ica_unmixes_rotated_independent_sources():
     angle = np.radians(35)
     code = sources @ np.array([[np.cos(angle), -np.sin(angle)],
                                [np.sin(angle), np.cos(angle)]])
-    raw = np.abs(evaluate.spearman_matrix(code, sources))
-    ic = np.abs(evaluate.spearman_matrix(ica_components(code), sources))
+    raw = np.abs(metrics.spearman_matrix(code, sources))
+    ic = np.abs(metrics.spearman_matrix(ica_components(code), sources))
     assert raw.max(axis=0).min() < 0.9
     assert ic.max(axis=0).min() > 0.98 and ic.max(axis=1).min() > 0.98
     # a collapsed (constant) latent beside them: unmixed the same, a zero component
     with_dead = np.column_stack([code[:, 0], np.full(len(code), 0.3), code[:, 1]])
     ic3 = ica_components(with_dead)
     np.testing.assert_array_equal(ic3[:, 2], 0.0)
-    assert np.abs(evaluate.spearman_matrix(ic3[:, :2], sources)).max(axis=0).min() > 0.98
+    assert np.abs(metrics.spearman_matrix(ic3[:, :2], sources)).max(axis=0).min() > 0.98
     assert (ica_components(np.zeros((50, 3))) == 0).all()  # every latent collapsed
 
 
@@ -276,12 +338,14 @@ def test_summarize_aggregates_each_method_over_its_seeds(trained, survey, tiny_c
     shifted["anomaly"]["roc_auc"] -= 0.1
     shifted["training_seed"] = 7
     (tmp_path / "other.json").write_text(json.dumps(shifted))
-    out = evaluate.summarize([path, tmp_path / "other.json", path],
-                             ["main", "seed=7", "beta=0"], tmp_path / "summary.json",
-                             tmp_path / "summary.md", tmp_path / "runs.csv", main_label="VAE")
+    out = tables.summarize([path, tmp_path / "other.json", path],
+                           ["main", "seed=7", "beta=0"], tmp_path / "summary.json",
+                           tmp_path / "summary.md", tmp_path / "runs.csv", main_label="VAE")
     methods = out["methods"]
-    assert list(methods) == ["VAE", "ICA rotation of the VAE", "PCA",
-                             "linear probe (supervised reference)", "AE (β = 0)"]
+    assert list(methods) == ["VAE", "ICA rotation of the VAE", "PCA (mask-aware)",
+                             "ICA of the mask-aware PCA", "PCA (gaps zero-filled)",
+                             "linear probe (supervised reference)",
+                             "boosted-tree probe (supervised reference)", "AE (β = 0)"]
     assert methods["VAE"]["runs"] == 2 and methods["AE (β = 0)"]["runs"] == 1
     auc = methods["VAE"]["metrics"]["anomaly.roc_auc"]
     assert auc["mean"] == pytest.approx(m["anomaly"]["roc_auc"] - 0.05)
@@ -290,7 +354,7 @@ def test_summarize_aggregates_each_method_over_its_seeds(trained, survey, tiny_c
     # PCA is scored with the VAE's own statistic and threshold, on the same pixels
     pca = m["baselines"]["pca"]
     assert pca["factor_pixels"] == m["factor_pixels"] and "catalogue" in pca["anomaly"]
-    assert "matched_abs_spearman.h_param" in methods["PCA"]["metrics"]
+    assert "matched_abs_spearman.h_param" in methods["PCA (mask-aware)"]["metrics"]
     table = (tmp_path / "summary.md").read_text()
     assert f"{auc['mean']:.3f} ± {auc['sd']:.3f}" in table
     assert (tmp_path / "runs.csv").read_text().splitlines()[0].startswith("label,training_seed")
@@ -298,7 +362,7 @@ def test_summarize_aggregates_each_method_over_its_seeds(trained, survey, tiny_c
     shifted["moon_seed"] = 12345
     (tmp_path / "moon.json").write_text(json.dumps(shifted))
     with pytest.raises(ValueError, match="different simulated Moons"):
-        evaluate.summarize([path, tmp_path / "moon.json"], ["main", "seed=7"],
+        tables.summarize([path, tmp_path / "moon.json"], ["main", "seed=7"],
                            tmp_path / "x.json")
 
 
@@ -308,13 +372,13 @@ def test_readme_block_is_generated_from_the_summary(tmp_path):
                    "anomaly.roc_auc": {"mean": 0.9512, "sd": 0.0123, "values": []}}}}}
     (tmp_path / "s.json").write_text(json.dumps(summary))
     readme = tmp_path / "README.md"
-    readme.write_text(f"intro\n{evaluate.README_START}\nSTALE TABLE\n{evaluate.README_END}\nrest\n")
-    assert not evaluate.update_readme(tmp_path / "s.json", readme, check=True)
-    evaluate.update_readme(tmp_path / "s.json", readme)
+    readme.write_text(f"intro\n{tables.README_START}\nSTALE TABLE\n{tables.README_END}\nrest\n")
+    assert not tables.update_readme(tmp_path / "s.json", readme, check=True)
+    tables.update_readme(tmp_path / "s.json", readme)
     text = readme.read_text()
     assert "| anomaly ROC-AUC | 0.951 ± 0.012 |" in text and "seeds 42, 43, 44" in text
     assert text.startswith("intro\n") and text.endswith("rest\n") and "STALE TABLE" not in text
-    assert evaluate.update_readme(tmp_path / "s.json", readme, check=True)
+    assert tables.update_readme(tmp_path / "s.json", readme, check=True)
 
 
 def test_channels_block_sets_the_channel_sets_beside_their_targets(tmp_path):
@@ -324,32 +388,32 @@ def test_channels_block_sets_the_channel_sets_beside_their_targets(tmp_path):
                 "methods": {
             "VAE": {"runs": 3, "training_seeds": [42, 43, 44],
                     "metrics": {"best_abs_spearman.albedo": cell}},
-            evaluate.PROBE: {"runs": 3, "training_seeds": [42, 43, 44], "metrics": {
+            tables.PROBE: {"runs": 3, "training_seeds": [42, 43, 44], "metrics": {
                 "best_abs_spearman.albedo": {"mean": probe, "sd": 0.0, "values": []}}}}}
 
     for name, s in (("a", summary(0.35, 0.46)), ("b", summary(0.33, 0.81)),
                     ("c", summary(0.5, 0.5, moon=7))):
         (tmp_path / f"{name}.json").write_text(json.dumps(s))
     readme = tmp_path / "README.md"
-    readme.write_text(f"{evaluate.README_START}\n{evaluate.README_END}\n"
-                      f"{evaluate.CHANNELS_START}\nSTALE\n{evaluate.CHANNELS_END}\n")
-    evaluate.update_readme(tmp_path / "a.json", readme,
+    readme.write_text(f"{tables.README_START}\n{tables.README_END}\n"
+                      f"{tables.CHANNELS_START}\nSTALE\n{tables.CHANNELS_END}\n")
+    tables.update_readme(tmp_path / "a.json", readme,
                            channels=[("7", tmp_path / "a.json"), ("1-9", tmp_path / "b.json")])
     text = readme.read_text()
     assert "| target | ≥ 0.9 | ≥ 0.9 | ≥ 0.95 | ≥ 0.85 | ≥ 0.85 | ≥ 0.98 | ≥ 0.98 |" in text
     assert "| 7 (3) | 0.350 ± 0.010 (0.46) | — |" in text
     assert "| 1-9 (3) | 0.330 ± 0.010 (0.81) | — |" in text and "STALE" not in text
-    assert evaluate.update_readme(tmp_path / "a.json", readme, check=True,
+    assert tables.update_readme(tmp_path / "a.json", readme, check=True,
                                   channels=[("7", tmp_path / "a.json"),
                                             ("1-9", tmp_path / "b.json")])
     with pytest.raises(ValueError, match="different simulated Moons"):
-        evaluate.channels_table([("7", summary(0.3, 0.4)), ("x", summary(0.3, 0.4, moon=7))])
+        tables.channels_table([("7", summary(0.3, 0.4)), ("x", summary(0.3, 0.4, moon=7))])
 
 
 def test_hungarian_matching_gives_each_factor_its_own_latent():
     rho = np.array([[0.9, 0.8, 0.0],  # latent 0 is best for factors 0 and 1
                     [0.1, 0.7, 0.0]])
-    matched, latent_of = evaluate.matched_assignment(rho)
+    matched, latent_of = metrics.matched_assignment(rho)
     np.testing.assert_array_equal(latent_of, [0, 1, -1])
     np.testing.assert_allclose(matched, [0.9, 0.7, 0.0])
 
@@ -360,13 +424,13 @@ def test_the_readme_results_block_is_the_generated_one():
     from conftest import REPO
 
     summary = json.loads((REPO / "docs" / "results" / "metrics.json").read_text())
-    assert evaluate.readme_block(summary) in (REPO / "README.md").read_text()
+    assert tables.readme_block(summary) in (REPO / "README.md").read_text()
     assert summary["moon_seed"] == 1969  # the test Moon, never tuned on
     vae = next(iter(summary["methods"].values()))
     assert vae["runs"] >= 3 and len(set(vae["training_seeds"])) == vae["runs"]
     # ... and so is the channels block beside it (`make results-table`)
     sets = [("7 (default)", summary),
             ("1-9", json.loads((REPO / "docs" / "results" / "allchannels.json").read_text()))]
-    assert evaluate.channels_block(sets) in (REPO / "README.md").read_text()
+    assert tables.channels_block(sets) in (REPO / "README.md").read_text()
     assert sets[1][1]["moon_seed"] == 1969
     assert next(iter(sets[1][1]["methods"].values()))["runs"] >= 3

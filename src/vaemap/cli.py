@@ -76,7 +76,7 @@ def _step_train(args, cfg):
     from vaemap import train
 
     return train.run(args.profiles, args.output, cfg, metrics_csv=args.metrics,
-                     curve_png=args.curve, resume=args.resume,
+                     curve_png=args.curve, sigma_png=args.sigma, resume=args.resume,
                      progress=not args.no_progress)
 
 
@@ -114,16 +114,16 @@ def _step_evaluate(args, cfg):
 
 
 def _step_summarize(args, cfg):
-    from vaemap import evaluate
+    from vaemap import tables
 
-    result = evaluate.summarize(args.metrics, args.labels, args.output, args.markdown, args.csv,
+    result = tables.summarize(args.metrics, args.labels, args.output, args.markdown, args.csv,
                                 main_label=args.main_label)
     return {"methods": {k: v["runs"] for k, v in result["methods"].items()},
             "output": args.output}
 
 
 def _step_readme_table(args, cfg):
-    from vaemap import evaluate
+    from vaemap import tables
 
     channels = []
     for item in args.channels:
@@ -131,8 +131,8 @@ def _step_readme_table(args, cfg):
         if not sep or not label:
             raise ValueError(f"--channels {item!r}: expected LABEL=SUMMARY.json")
         channels.append((label, path))
-    current = evaluate.update_readme(args.summary, args.readme, check=args.check,
-                                     channels=channels)
+    current = tables.update_readme(args.summary, args.readme, check=args.check,
+                                   channels=channels)
     if args.check and not current:
         raise ValueError(f"{args.readme}: the results block differs from {args.summary}; "
                          f"run `vaemap readme-table {args.summary} --readme {args.readme}`")
@@ -199,6 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", required=True, help="model.pt to write")
     p.add_argument("--metrics", help="per-epoch metrics CSV to write")
     p.add_argument("--curve", help="loss-curve PNG to write")
+    p.add_argument("--sigma", help="PNG of the likelihood's σ per local-time bin to write")
     p.add_argument("--resume", action="store_true",
                    help="continue from OUTPUT.ckpt left by an interrupted run")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from vaemap.healpix import sorted_row_range, tile_pixel_range
+from vaemap.instrument import night_mask
 from vaemap.io import (
     atomic_hdf5,
     file_checksum,
@@ -89,7 +90,9 @@ def run(profiles: str | Path, model_path: str | Path, output: str | Path,
 
     Datasets: ``pix`` (n,), ``mu`` and ``logvar`` (n, latent), ``recon_error``
     (n, RMS over observed bins, K), ``recon_l1`` (n, mean |error|, K),
-    ``recon_norm_l1`` (n, mean |error| / bin spread), ``anomaly_score`` (n,
+    ``recon_norm_l1`` (n, mean |error| / bin spread), ``recon_z`` (n, mean |error|
+    / the bin's calibrated σ, the model's likelihood), ``recon_z_night`` (n, the
+    same over the thermal channels' night bins), ``anomaly_score`` (n,
     robust z of the error chosen by ``encode.anomaly_metric``), ``anomaly`` (n, 0/1 above
     ``encode.anomaly_threshold``), ``n_obs`` (n,) and, with
     ``encode.store_recon``, ``recon`` (n, channels, bins) kelvin.
@@ -118,9 +121,11 @@ def run(profiles: str | Path, model_path: str | Path, output: str | Path,
         arrays = {"pix": pix, "mu": np.empty((n, arch["latent_dim"]), np.float32),
                   "logvar": np.empty((n, arch["latent_dim"]), np.float32),
                   "recon_error": np.empty(n, np.float32), "recon_l1": np.empty(n, np.float32),
-                  "recon_norm_l1": np.empty(n, np.float32),
+                  "recon_norm_l1": np.empty(n, np.float32), "recon_z": np.empty(n, np.float32),
+                  "recon_z_night": np.empty(n, np.float32),
                   "recon_error_channel": np.empty((n, shape[1]), np.float32),
                   "n_obs": src["n_obs"][lo:hi]}
+        night = torch.from_numpy(night_mask(ckpt["channels"], arch["bins"])).to(device)
         with atomic_hdf5(output) as out:
             recon_ds = _recon_dataset(out, (n, *shape[1:])) if params["store_recon"] else None
             net = None
@@ -128,6 +133,8 @@ def run(profiles: str | Path, model_path: str | Path, output: str | Path,
                 for a in range(0, n, batch):
                     b = min(a + batch, n)
                     prof = torch.from_numpy(src["profile"][lo + a:lo + b]).to(device)
+                    count = torch.from_numpy(src["count"][lo + a:lo + b].astype(np.float32)
+                                             ).to(device)
                     lat = torch.from_numpy(src["lat"][lo + a:lo + b]).to(device)
                     mean = norm.mean_at(lat)
                     x, mask = norm.to_model(prof, mean=mean)
@@ -136,8 +143,10 @@ def run(profiles: str | Path, model_path: str | Path, output: str | Path,
                         net = _inference_module(model, (x, mask, cond))
                     m, lv, recon = net(x, mask, cond)
                     recon_k = norm.to_kelvin(recon, mean=mean)
-                    for key, err in reconstruction_errors(recon_k - prof, mask,
-                                                          norm.std).items():
+                    # each bin's calibrated σ (the model's own likelihood), kelvin
+                    sigma_k = torch.sqrt(model.noise.variance(count)) * norm.std
+                    for key, err in reconstruction_errors(recon_k - prof, mask, norm.std,
+                                                          sigma_k, night).items():
                         arrays[key][a:b] = err.cpu().numpy()
                     arrays["mu"][a:b] = m.cpu().numpy()
                     arrays["logvar"][a:b] = lv.cpu().numpy()

@@ -33,6 +33,7 @@ import h5py
 import numpy as np
 
 from vaemap.healpix import lonlat_to_pix, wrap_lon
+from vaemap.instrument import is_solar
 from vaemap.io import (
     RowWriter,
     atomic_hdf5,
@@ -112,7 +113,7 @@ def quality_filter(cols: Mapping[str, np.ndarray], params: Mapping[str, Any],
             ("latitude_range", ~((values["clat"] >= -90) & (values["clat"] <= 90))),
             ("longitude_range", ~((values["clon"] >= -180) & (values["clon"] < 360))),
             ("local_time_range", ~((values["cloctime"] >= 0) & (values["cloctime"] < 24))),
-            ("tb_range", ~np.where(values["c"] <= 2,
+            ("tb_range", ~np.where(is_solar(values["c"]),
                                    (values["tb"] >= params["reflectance_min"])
                                    & (values["tb"] <= params["reflectance_max"]),
                                    (values["tb"] >= params["tb_min"])

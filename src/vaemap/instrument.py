@@ -35,13 +35,18 @@ import numpy as np
 
 __all__ = [
     "NER",
+    "NIGHT_HOURS",
     "PASSBANDS_UM",
     "REFLECTANCE_NOISE",
     "SOLAR_CHANNELS",
+    "THERMAL_CHANNELS",
     "band_radiance",
     "brightness_temperature",
     "channel_unit",
+    "is_solar",
     "mix_footprint",
+    "night_bins",
+    "night_mask",
     "noise_equivalent_delta_t",
     "observe",
     "observe_reflectance",
@@ -130,6 +135,12 @@ def observe(radiance: np.ndarray, channel: int, rng: np.random.Generator,
 
 #: The solar channels (reflected sunlight, archived as relative reflectance).
 SOLAR_CHANNELS = (1, 2)
+#: The thermal channels (emitted radiance, archived as brightness temperature, K).
+THERMAL_CHANNELS = tuple(PASSBANDS_UM)
+#: Local solar times of the lunar night, hours [start, end), wrapping midnight:
+#: the Sun is down (the solar channels see nothing) and the surface cools at a
+#: rate set by its thermal inertia (H-parameter, rocks), not by albedo or slope.
+NIGHT_HOURS = (18.0, 6.0)
 #: Representative noise of one solar-channel measurement, in reflectance units.
 REFLECTANCE_NOISE: dict[int, float] = {1: 0.002, 2: 0.004}
 #: In-band (0.3-3 µm) radiance of a white Lambertian surface under the overhead
@@ -151,6 +162,25 @@ def observe_reflectance(albedo: np.ndarray, cos_incidence: np.ndarray, channel: 
     reflectance = reflectance + rng.normal(0.0, REFLECTANCE_NOISE[channel] * noise_scale,
                                            reflectance.shape)
     return reflectance * SOLAR_BAND_RADIANCE / np.asarray(sundist_au) ** 2, reflectance
+
+
+def is_solar(channels) -> np.ndarray:
+    """Boolean array, True for the solar channels 1-2 among ``channels``."""
+    return np.isin(np.asarray(channels), SOLAR_CHANNELS)
+
+
+def night_bins(bins: int) -> np.ndarray:
+    """Boolean (bins,): the local-time bins of ``bins`` equal bins over 24 h whose
+    centre lies in the night (:data:`NIGHT_HOURS`)."""
+    centre = (np.arange(bins) + 0.5) * 24.0 / bins
+    start, end = NIGHT_HOURS
+    return (centre >= start) | (centre < end)
+
+
+def night_mask(channels, bins: int) -> np.ndarray:
+    """Boolean (channels, bins): the night bins of the thermal channels among
+    ``channels`` (a solar channel sees nothing at night)."""
+    return night_bins(bins)[None, :] & ~is_solar(channels)[:, None]
 
 
 def channel_unit(channel: int) -> str:

@@ -3,7 +3,13 @@
 Local time wraps at midnight, so every convolution pads circularly.  The
 encoder sees the normalised profile (masked bins set to 0) together with the
 observation mask, so it can tell "no data" from "average temperature"; the
-reconstruction likelihood is evaluated only on observed bins.  Optionally the
+reconstruction likelihood is evaluated only on observed bins.  It is a
+Gaussian whose variance per channel and local-time bin is learned with the
+model (:class:`ObservationNoise`, ``likelihood: calibrated``): a bin that
+averages ``n`` observations has variance ``v_obs/n + v_floor``, so the loss
+weighs each bin by how much it really scatters (a few kelvin at night, ten or
+more by day, where a footprint sees one of a pixel's sub-pixel surfaces)
+instead of by an assumed instrument noise.  Optionally the
 decoder is conditioned on latitude, which sets the insolation: the latents
 are then free to describe the surface (albedo, thermal inertia, slopes, rocks)
 rather than spend capacity on where the pixel is.
@@ -27,15 +33,18 @@ from vaemap.presets import PRESETS
 
 __all__ = [
     "CHECKPOINT_FORMAT",
+    "LIKELIHOODS",
     "PRESETS",
     "CheckpointError",
     "Normaliser",
+    "ObservationNoise",
     "ProfileVAE",
     "VAEConfig",
-    "bin_weights",
+    "fixed_noise_logvar",
+    "gaussian_nll",
+    "initial_noise_logvar",
     "kl_per_latent",
     "load_checkpoint",
-    "masked_sse",
     "mean_profile",
     "normalise",
     "reconstruction_errors",
@@ -48,8 +57,9 @@ __all__ = [
 ]
 
 #: Version of the model.pt layout; :func:`load_checkpoint` refuses other versions.
-#: 2: adds ``channels`` and ``nside`` as required keys (1: vaemap 0.1).
-CHECKPOINT_FORMAT = 2
+#: 3: the observation noise of the likelihood (``noise.log_var``) is part of the
+#: weights; 2: adds ``channels`` and ``nside`` as required keys (1: vaemap 0.1).
+CHECKPOINT_FORMAT = 3
 
 
 class CheckpointError(ValueError):
@@ -87,6 +97,9 @@ class VAEConfig:
     #: on CPU than the same convolutions).
     layout: str = "conv"
     activation: str = "gelu"  # "gelu" or "relu" (Moseley 2020)
+    #: "calibrated": the observation variance per channel and bin is learned;
+    #: "fixed": it is ``noise_k²/n + floor_k²`` as configured (vaemap ≤ 0.3).
+    likelihood: str = "calibrated"
 
     def to_dict(self) -> dict[str, int]:
         return asdict(self)
@@ -94,6 +107,7 @@ class VAEConfig:
 
 _ACTIVATIONS = {"gelu": nn.GELU, "relu": nn.ReLU}
 LAYOUTS = ("conv", "strided")
+LIKELIHOODS = ("calibrated", "fixed")
 
 
 def _conv(c_in: int, c_out: int, kernel: int, stride: int = 1) -> nn.Conv1d:
@@ -155,6 +169,9 @@ class ProfileVAE(nn.Module):
         if cfg.activation not in _ACTIVATIONS:
             raise ValueError(f"activation {cfg.activation!r}: expected one of "
                              f"{', '.join(_ACTIVATIONS)}")
+        if cfg.likelihood not in LIKELIHOODS:
+            raise ValueError(f"likelihood {cfg.likelihood!r}: expected one of "
+                             f"{', '.join(LIKELIHOODS)}")
         self.cfg = cfg
         k = cfg.kernel
         act = _ACTIVATIONS[cfg.activation]
@@ -193,6 +210,8 @@ class ProfileVAE(nn.Module):
             dec.append(_Transpose())
         dec.append(_conv(widths[0], cfg.channels, k))
         self.decoder = nn.Sequential(*dec)
+        self.noise = ObservationNoise(cfg.channels, cfg.bins,
+                                      learned=cfg.likelihood == "calibrated")
 
     def encode(self, x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Latent mean and log-variance, each (n, latent_dim)."""
@@ -223,58 +242,135 @@ def latitude_condition(lat_deg: torch.Tensor, n_cond: int) -> torch.Tensor:
     return torch.stack([torch.sin(rad), torch.cos(rad)], dim=1)[:, :n_cond]
 
 
-def masked_sse(recon: torch.Tensor, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """Weighted sum of squared errors over observed bins, per profile, shape (n,).
+class ObservationNoise(nn.Module):
+    """The likelihood's variance of every profile bin, in normalised units.
 
-    ``weight`` is zero on unobserved bins; with ``weight = std² / σ²`` (see
-    :func:`bin_weights`) and normalised ``recon`` and ``x`` this is
-    Σ (ΔT / σ)², twice the Gaussian negative log-likelihood in nats.
+    A bin that averages ``count`` observations has variance
+    ``v_obs / count + v_floor``, with ``v_obs`` and ``v_floor`` of shape
+    (channels, bins) held as ``log_var`` (2, channels, bins): ``v_obs`` is
+    what one observation scatters about the model (instrument noise and, mostly,
+    which sub-pixel surface the footprint saw: it averages down), ``v_floor``
+    what the model cannot represent (it does not). With ``learned`` they are
+    parameters fitted with the model by the Gaussian likelihood (its
+    ½·log σ² term keeps them honest); otherwise a buffer set once
+    (:func:`fixed_noise_logvar`). Kelvin: multiply the σ by the normaliser's std.
     """
-    return ((recon - x) ** 2 * weight).flatten(1).sum(dim=1)
+
+    def __init__(self, channels: int, bins: int, learned: bool = True):
+        super().__init__()
+        # log(0.5) each: a total variance of 1 per observed bin, i.e. the
+        # normalised data's own spread, until :meth:`initialise` or training.
+        init = torch.full((2, channels, bins), math.log(0.5))
+        if learned:
+            self.log_var = nn.Parameter(init)
+        else:
+            self.register_buffer("log_var", init)
+
+    @property
+    def learned(self) -> bool:
+        return isinstance(self.log_var, nn.Parameter)
+
+    def initialise(self, log_var: torch.Tensor) -> None:
+        """Set ``log_var`` (2, channels, bins) (before training)."""
+        with torch.no_grad():
+            self.log_var.copy_(log_var.to(self.log_var))
+
+    def variance(self, count: torch.Tensor) -> torch.Tensor:
+        """Variance (normalised units²) of bins averaging ``count`` observations,
+        shape of ``count`` (n, channels, bins); unobserved bins get ``v_obs + v_floor``."""
+        v = self.log_var.float().clamp(-18.0, 8.0).exp()
+        return v[0] / count.float().clamp(min=1.0) + v[1]
+
+    def sigma_k(self, std: torch.Tensor, count: float = 1.0) -> torch.Tensor:
+        """σ (kelvin, or reflectance for channels 1-2) of a bin averaging ``count``
+        observations, (channels, bins); ``std`` is the normaliser's spread."""
+        with torch.no_grad():
+            v = self.log_var.float().clamp(-18.0, 8.0).exp()
+            return torch.sqrt(v[0] / count + v[1]) * std
 
 
-def bin_weights(count: torch.Tensor, std: torch.Tensor, noise_k: float, floor_k: float
-                ) -> torch.Tensor:
-    """Likelihood precision of each bin in normalised units, shape of ``count``.
+def fixed_noise_logvar(std: torch.Tensor, noise_k: float, floor_k: float) -> torch.Tensor:
+    """``log_var`` (2, channels, bins) of the fixed likelihood: an observation noise
+    of ``noise_k`` and a floor of ``floor_k`` (kelvin, the same for every bin),
+    in the normalised units of the spread ``std`` (channels, bins)."""
+    v_obs = torch.as_tensor(noise_k, dtype=torch.float32) ** 2 / std.float() ** 2
+    v_floor = torch.as_tensor(max(floor_k, 1e-6), dtype=torch.float32) ** 2 / std.float() ** 2
+    return torch.log(torch.stack([v_obs, v_floor]))
 
-    A bin holding the mean of ``count`` observations of noise ``noise_k`` (K)
-    has variance ``noise_k²/count + floor_k²`` (the floor stands for what the
-    model cannot represent); dividing by it weighs every bin by how precisely it
-    is measured, not by its share of the variance, so night bins count.
-    ``std`` (kelvin) converts normalised errors back to kelvin.
+
+def initial_noise_logvar(x: torch.Tensor, mask: torch.Tensor, count: torch.Tensor,
+                         v_min: float = 1e-4) -> torch.Tensor:
+    """A starting ``log_var`` (2, channels, bins) for the learned likelihood, from
+    the training profiles themselves: half the mean square difference of
+    neighbouring observed bins (the scatter that no smooth curve explains),
+    scaled to one observation by the bins' counts, as ``v_obs``; ``v_floor`` a
+    tenth of it. Inputs normalised (n, channels, bins)."""
+    both = mask * torch.roll(mask, -1, dims=2)
+    diff2 = (x - torch.roll(x, -1, dims=2)) ** 2 * both
+    inv = (1.0 / count.float().clamp(min=1.0) + 1.0 / torch.roll(count, -1, 2).float()
+           .clamp(min=1.0)) * both
+    # E[diff²] = v_obs·(1/n_b + 1/n_b+1) for independent scatter about a smooth curve
+    v_obs = diff2.sum(0) / inv.sum(0).clamp(min=1e-9)
+    v_obs = torch.where(both.sum(0) > 0, v_obs, torch.ones_like(v_obs)).clamp(min=v_min)
+    return torch.log(torch.stack([v_obs, 0.1 * v_obs]))
+
+
+def gaussian_nll(recon: torch.Tensor, x: torch.Tensor, mask: torch.Tensor,
+                 variance: torch.Tensor) -> torch.Tensor:
+    """Gaussian negative log-likelihood over the observed bins, nats per profile (n,).
+
+    ``recon``, ``x`` (normalised), ``mask`` (1 = observed) and ``variance``
+    (normalised units², :meth:`ObservationNoise.variance`) are (n, channels,
+    bins): ½ Σ_observed [(x − recon)²/σ² + log(2π σ²)].
     """
-    count = count.float()
-    var = noise_k**2 / count.clamp(min=1.0) + floor_k**2
-    return torch.where(count > 0, std**2 / var, torch.zeros((), device=count.device))
+    terms = (recon - x) ** 2 / variance + torch.log(2 * math.pi * variance)
+    return 0.5 * (terms * mask).flatten(1).sum(dim=1)
 
 
 #: The per-pixel error each ``encode.anomaly_metric`` scores (a key of
 #: :func:`reconstruction_errors`).
-ANOMALY_ERRORS = {"normalised_l1": "recon_norm_l1", "l1": "recon_l1"}
+ANOMALY_ERRORS = {"calibrated_z_night": "recon_z_night", "calibrated_z": "recon_z",
+                  "normalised_l1": "recon_norm_l1", "l1": "recon_l1"}
 
 
-def reconstruction_errors(residual_k: torch.Tensor, mask: torch.Tensor, std: torch.Tensor
-                          ) -> dict[str, torch.Tensor]:
+def reconstruction_errors(residual_k: torch.Tensor, mask: torch.Tensor, std: torch.Tensor,
+                          sigma_k: torch.Tensor | None = None,
+                          night: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """Per-pixel reconstruction errors over the observed bins, one definition for
     the model and every baseline scored like it.
 
     ``residual_k`` is reconstruction − profile in kelvin and ``mask`` 1 on
     observed bins, both (n, channels, bins); ``std`` (channels, bins) is each
-    bin's spread over the map (K). Returns (n,) tensors: ``recon_error`` RMS (K),
-    ``recon_l1`` mean |residual| (K) and ``recon_norm_l1`` mean |residual| / spread,
-    and ``recon_error_channel`` (n, channels), the RMS of each channel (NaN where a
+    bin's spread over the map (K); ``sigma_k`` (n, channels, bins), when given,
+    the calibrated σ of each bin (K, :meth:`ObservationNoise.variance` in
+    kelvin), and ``night`` (channels, bins) the night bins of the thermal
+    channels (:func:`vaemap.instrument.night_mask`). Returns (n,) tensors:
+    ``recon_error`` RMS (K), ``recon_l1`` mean |residual| (K), ``recon_norm_l1``
+    mean |residual| / spread; with ``sigma_k``, ``recon_z`` the mean
+    |residual| / σ (the calibrated residual: about 0.8 where the model fits as
+    well as it does on average) and, with ``night`` too, ``recon_z_night`` the
+    same over the night bins only (0 for a pixel without one); and
+    ``recon_error_channel`` (n, channels), the RMS of each channel (NaN where a
     channel has no observed bin).
     """
-    err = torch.where(mask > 0, residual_k, torch.zeros((), device=residual_k.device,
-                                                        dtype=residual_k.dtype))
+    zero = torch.zeros((), device=residual_k.device, dtype=residual_k.dtype)
+    err = torch.where(mask > 0, residual_k, zero)
     n_bins = mask.flatten(1).sum(1).clamp(min=1)
     per_channel = mask.sum(2)
-    return {"recon_error": torch.sqrt((err**2).flatten(1).sum(1) / n_bins),
-            "recon_l1": err.abs().flatten(1).sum(1) / n_bins,
-            "recon_norm_l1": (err / std).abs().flatten(1).sum(1) / n_bins,
-            "recon_error_channel": torch.where(
-                per_channel > 0, torch.sqrt((err**2).sum(2) / per_channel.clamp(min=1)),
-                torch.full((), float("nan"), device=err.device, dtype=err.dtype))}
+    out = {"recon_error": torch.sqrt((err**2).flatten(1).sum(1) / n_bins),
+           "recon_l1": err.abs().flatten(1).sum(1) / n_bins,
+           "recon_norm_l1": (err / std).abs().flatten(1).sum(1) / n_bins,
+           "recon_error_channel": torch.where(
+               per_channel > 0, torch.sqrt((err**2).sum(2) / per_channel.clamp(min=1)),
+               torch.full((), float("nan"), device=err.device, dtype=err.dtype))}
+    if sigma_k is not None:
+        z = (err / sigma_k).abs()
+        out["recon_z"] = z.flatten(1).sum(1) / n_bins
+        if night is not None:
+            at_night = mask * night.to(mask.dtype)
+            out["recon_z_night"] = ((z * at_night).flatten(1).sum(1)
+                                    / at_night.flatten(1).sum(1).clamp(min=1))
+    return out
 
 
 def kl_per_latent(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
@@ -337,20 +433,20 @@ def normalise(profile: torch.Tensor, mean: torch.Tensor, std: torch.Tensor
 
 
 def vae_loss(recon: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor, x: torch.Tensor,
-             weight: torch.Tensor, *, beta: float, tc_weight: float,
+             mask: torch.Tensor, variance: torch.Tensor, *, beta: float, tc_weight: float,
              generator: torch.Generator | None = None
              ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The β-TCVAE objective of one batch, nats per profile: NLL + β·KL + γ·TC.
 
-    ``recon`` and ``x`` are normalised (n, channels, bins), ``weight`` the
-    per-bin precision of :func:`bin_weights`, ``mu`` and ``logvar`` (n,
-    latent_dim). Returns ``(loss, terms)``: the scalar loss (mean over the
-    batch) and the terms ``nll`` (n,), ``kl`` (n, latent_dim) and ``tc``
-    (scalar; zero, and not drawn, when ``tc_weight`` is 0). Training and
-    validation both use it, so early stopping sees the objective that is
-    optimised.
+    ``recon`` and ``x`` are normalised (n, channels, bins), ``mask`` 1 on observed
+    bins and ``variance`` each bin's likelihood variance
+    (:meth:`ObservationNoise.variance`), ``mu`` and ``logvar`` (n, latent_dim).
+    Returns ``(loss, terms)``: the scalar loss (mean over the batch) and the
+    terms ``nll`` (n,), ``kl`` (n, latent_dim) and ``tc`` (scalar; zero, and not
+    drawn, when ``tc_weight`` is 0). Training and validation both use it, so
+    early stopping sees the objective that is optimised.
     """
-    nll = 0.5 * masked_sse(recon.float(), x, weight)
+    nll = gaussian_nll(recon.float(), x, mask, variance)
     kl = kl_per_latent(mu.float(), logvar.float())
     loss = (nll + beta * kl.sum(dim=1)).mean()
     if tc_weight:

@@ -141,7 +141,7 @@ PROFILES = ProductSpec(
 
 #: ``latents.h5`` (encode): one row per encoded pixel.
 LATENTS = ProductSpec(
-    "latents", 2,  # 2: recon_error_channel
+    "latents", 3,  # 3: recon_z; 2: recon_error_channel
     {
         "pix": Field(np.int64, doc="NESTED pixel at the map nside"),
         "mu": Field(np.float32, ("n", "latent"), doc="posterior mean of each latent"),
@@ -150,6 +150,10 @@ LATENTS = ProductSpec(
         "recon_l1": Field(np.float32, unit="K", doc="mean absolute error over observed bins"),
         "recon_norm_l1": Field(np.float32,
                                doc="mean absolute error in units of each bin's spread"),
+        "recon_z": Field(np.float32, doc="mean absolute calibrated residual: error / the "
+                                         "bin's σ in the model's likelihood"),
+        "recon_z_night": Field(np.float32, doc="recon_z over the thermal channels' night "
+                                               "bins (local time 18-6 h)"),
         "recon_error_channel": Field(np.float32, ("n", "channels"),
                                      doc="RMS error over each channel's observed bins (K for "
                                          "channels 3-9, reflectance for 1-2; NaN: none)"),
@@ -249,6 +253,8 @@ def map_products(latent_dim: int, independent_components: bool = False,
     several ``channels``, one reconstruction-error map per channel
     (``recon_error_ch7`` ...).
     """
+    from vaemap.instrument import channel_unit
+
     products: dict[str, dict[str, str]] = {}
     for k in range(latent_dim):
         products[f"latent{k}_mu"] = {"title": f"latent {k}: posterior mean μ", "unit": "",
@@ -264,7 +270,7 @@ def map_products(latent_dim: int, independent_components: bool = False,
                                "fits": "reconstruction error, RMS over observed bins"}
     if len(channels) > 1:
         for c in channels:
-            unit = "K" if c >= 3 else "reflectance"
+            unit = channel_unit(c)
             products[f"recon_error_ch{c}"] = {
                 "title": f"reconstruction error of channel {c} (RMS)", "unit": unit,
                 "fits": f"reconstruction error of channel {c}, RMS over its observed bins"}

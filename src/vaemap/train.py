@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 
 from vaemap.figures import pyplot, save_figure
 from vaemap.healpix import parent_pix
+from vaemap.instrument import channel_unit, night_bins
 from vaemap.io import atomic_path
 from vaemap.model import (
     PRESETS,
@@ -39,7 +40,8 @@ from vaemap.model import (
     Normaliser,
     ProfileVAE,
     VAEConfig,
-    bin_weights,
+    fixed_noise_logvar,
+    initial_noise_logvar,
     latitude_condition,
     resolve_device,
     save_checkpoint,
@@ -131,17 +133,18 @@ def _arch(config: Mapping[str, Any], channels: int, bins: int) -> VAEConfig:
     m = config["model"]
     arch = {"width": m["width"], "depth": m["depth"], "latent_dim": m["latent_dim"],
             "n_cond": 2 if m["condition_on_latitude"] else 0, "layout": m["layout"],
-            "activation": m["activation"]}
+            "activation": m["activation"], "likelihood": m["likelihood"]}
     arch.update(PRESETS[m["preset"]])
     return VAEConfig(channels=channels, bins=bins, **arch)
 
 
 class _Split:
     """Model inputs of one set of pixels, on the device: normalised profiles,
-    masks, likelihood weights, decoder conditions."""
+    masks, observation counts per bin (the likelihood's variance follows them),
+    decoder conditions."""
 
-    def __init__(self, x, mask, weight, cond, index):
-        self.x, self.mask, self.weight, self.cond = x[index], mask[index], weight[index], \
+    def __init__(self, x, mask, count, cond, index):
+        self.x, self.mask, self.count, self.cond = x[index], mask[index], count[index], \
             cond[index]
         self.size = int(index.numel())
 
@@ -187,12 +190,18 @@ class Trainer:
         norm = self.normaliser.to(device)
         lat = torch.from_numpy(data["lat"]).to(device)
         x, mask = norm.to_model(torch.from_numpy(data["profile"]).to(device), lat)
-        weight = bin_weights(torch.from_numpy(data["count"].astype(np.int32)).to(device),
-                             norm.std, self.mcfg["noise_k"], self.mcfg["floor_k"])
+        count = torch.from_numpy(data["count"].astype(np.float32)).to(device)
         cond = latitude_condition(lat, self.arch.n_cond)
         self.std = norm.std
-        self.train_set = _Split(x, mask, weight, cond, torch.from_numpy(train_idx).to(device))
-        self.val_set = _Split(x, mask, weight, cond, torch.from_numpy(val_idx).to(device))
+        self.train_set = _Split(x, mask, count, cond, torch.from_numpy(train_idx).to(device))
+        self.val_set = _Split(x, mask, count, cond, torch.from_numpy(val_idx).to(device))
+        # The learned likelihood starts from the training profiles' own bin-to-bin
+        # scatter (an Adam step moves a log-variance by ~lr, so a start two orders
+        # of magnitude off would cost most of the epochs); the fixed one is set.
+        tr = self.train_set
+        self.model.noise.initialise(
+            initial_noise_logvar(tr.x, tr.mask, tr.count) if self.model.noise.learned else
+            fixed_noise_logvar(norm.std, self.mcfg["noise_k"], self.mcfg["floor_k"]))
 
         self.opt = torch.optim.Adam(self.model.parameters(), lr=self.tcfg["lr"])
         self.sched = torch.optim.lr_scheduler.ExponentialLR(self.opt,
@@ -281,7 +290,8 @@ class Trainer:
             idx = perm[a:a + batch]
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=use_amp):
                 recon, mu, logvar = model(tr.x[idx], tr.mask[idx], tr.cond[idx])
-            loss, _ = vae_loss(recon, mu, logvar, tr.x[idx], tr.weight[idx], beta=beta,
+            loss, _ = vae_loss(recon, mu, logvar, tr.x[idx], tr.mask[idx],
+                               model.noise.variance(tr.count[idx]), beta=beta,
                                tc_weight=tc_weight)
             self.opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -311,7 +321,8 @@ class Trainer:
                 sl = slice(a, a + VALIDATION_BATCH)
                 recon, mu, logvar = model(va.x[sl], va.mask[sl], va.cond[sl], sample=False)
                 recon = recon.float()
-                _, terms = vae_loss(recon, mu, logvar, va.x[sl], va.weight[sl], beta=beta,
+                _, terms = vae_loss(recon, mu, logvar, va.x[sl], va.mask[sl],
+                                    model.noise.variance(va.count[sl]), beta=beta,
                                     tc_weight=0.0)
                 nll_sum += terms["nll"].sum().item()
                 kl = terms["kl"].sum(dim=0)
@@ -342,6 +353,19 @@ class Trainer:
             values.append(total_correlation(mu[a:a + batch], logvar[a:a + batch], gen).item())
         return float(np.mean(values))
 
+    def sigma_summary(self) -> dict[str, float]:
+        """The likelihood's σ of one observation per channel, median over the
+        local-time bins and its night (18-6 h) and day medians, kelvin (channels
+        1-2: reflectance): ``sigma_ch7``, ``sigma_night_ch7``, ``sigma_day_ch7``."""
+        sigma = self.model.noise.sigma_k(self.std).cpu().numpy()
+        night = night_bins(sigma.shape[1])
+        out = {}
+        for c, s in zip(self.channels, sigma, strict=True):
+            out[f"sigma_ch{c}"] = float(np.median(s))
+            out[f"sigma_night_ch{c}"] = float(np.median(s[night]))
+            out[f"sigma_day_ch{c}"] = float(np.median(s[~night]))
+        return out
+
     # -- the loop ------------------------------------------------------------------------
 
     def fit(self) -> None:
@@ -364,6 +388,7 @@ class Trainer:
                    "val_rms_k": ev["rms_k"],
                    "active_units": ev["active_units"]}
             row.update({f"kl_{i}": float(k) for i, k in enumerate(ev["kl"])})
+            row.update(self.sigma_summary())
             self.history.append(row)
             bar.set_postfix(val_rms_k=f"{ev['rms_k']:.2f}", active=ev["active_units"])
             if ev["loss"] < self.best - 1e-6:
@@ -379,9 +404,11 @@ class Trainer:
                 break
 
     def finish(self, metrics_csv: str | Path | None = None,
-               curve_png: str | Path | None = None) -> dict[str, Any]:
-        """Keep the best epoch's weights, write ``model.pt`` (and the per-epoch CSV
-        and loss curve when asked); returns the final validation metrics."""
+               curve_png: str | Path | None = None,
+               sigma_png: str | Path | None = None) -> dict[str, Any]:
+        """Keep the best epoch's weights, write ``model.pt`` (and the per-epoch CSV,
+        the loss curve and the likelihood's σ per bin when asked); returns the
+        final validation metrics."""
         if self.best_state is not None:
             self.model.load_state_dict(self.best_state)
         final = self.validate()
@@ -395,7 +422,8 @@ class Trainer:
                    "profiles_total": self.profiles_total,
                    "seconds": self.seconds,
                    "profiles_per_s": self.step * batch / max(self.seconds, 1e-9),
-                   "device": str(self.device)}
+                   "device": str(self.device),
+                   "likelihood": self.arch.likelihood, **self.sigma_summary()}
         save_checkpoint(self.output, self.model, self.normaliser, nside=self.nside,
                         channels=self.channels,
                         config={"model": dict(self.mcfg), "train": dict(self.tcfg),
@@ -405,6 +433,8 @@ class Trainer:
             _write_metrics(self.history, Path(metrics_csv))
         if curve_png:
             _plot_curve(self.history, Path(curve_png))
+        if sigma_png:
+            _plot_sigma(self.model.noise, self.std, self.channels, Path(sigma_png))
         log.info("trained %d epochs in %.1f s: validation RMS %.2f K, %d active latents",
                  len(self.history), self.seconds, final["rms_k"], final["active_units"])
         return metrics
@@ -427,6 +457,38 @@ def _plot_curve(history: list[dict[str, Any]], path: Path) -> None:
     save_figure(fig, path, dpi=110)
 
 
+def _plot_sigma(noise, std: torch.Tensor, channels: list[int], path: Path) -> None:
+    """The learned likelihood's σ per local-time bin, one panel per channel: one
+    observation, four, and the floor (what averaging cannot remove)."""
+    plt = pyplot()
+    one = noise.sigma_k(std, 1.0).cpu().numpy()
+    four = noise.sigma_k(std, 4.0).cpu().numpy()
+    floor = (torch.exp(0.5 * noise.log_var[1].detach().float().clamp(-18, 8)) * std
+             ).cpu().numpy()
+    bins = one.shape[1]
+    hours = (np.arange(bins) + 0.5) * 24.0 / bins
+    cols = min(len(channels), 3)
+    rows = math.ceil(len(channels) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.0 * rows), squeeze=False,
+                             constrained_layout=True)
+    for ax, c, a, b, f in zip(axes.flat, channels, one, four, floor, strict=False):
+        ax.plot(hours, a, label="one observation")
+        ax.plot(hours, b, label="mean of four")
+        ax.plot(hours, f, ls="--", color="0.4", label="floor")
+        ax.set_xlim(0, 24)
+        ax.set_xticks(range(0, 25, 6))
+        ax.set_yscale("log")
+        ax.set_title(f"channel {c}")
+        ax.set_xlabel("local time (h)")
+        ax.set_ylabel(f"σ ({channel_unit(c)})")
+    for ax in list(axes.flat)[len(channels):]:
+        ax.set_visible(False)
+    axes.flat[0].legend(fontsize=8)
+    kind = "learned" if noise.learned else "fixed"
+    fig.suptitle(f"likelihood: σ of a profile bin ({kind})")
+    save_figure(fig, path, dpi=110)
+
+
 def _write_metrics(history: list[dict[str, Any]], path: Path) -> None:
     fields = list(history[0].keys()) if history else []
     with atomic_path(path) as tmp, open(tmp, "w", newline="") as fh:
@@ -444,6 +506,7 @@ def run(
     *,
     metrics_csv: str | Path | None = None,
     curve_png: str | Path | None = None,
+    sigma_png: str | Path | None = None,
     resume: bool = False,
     progress: bool = True,
 ) -> dict[str, Any]:
@@ -460,4 +523,4 @@ def run(
     if resume:
         trainer.resume()
     trainer.fit()
-    return trainer.finish(metrics_csv, curve_png)
+    return trainer.finish(metrics_csv, curve_png, sigma_png)

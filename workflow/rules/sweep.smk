@@ -15,6 +15,7 @@ use rule train as train_sweep with:
         model=f"{RESULTS}/sweep/{{variant}}/model.pt",
         metrics=f"{RESULTS}/sweep/{{variant}}/train_metrics.csv",
         curve=f"{RESULTS}/sweep/{{variant}}/loss_curve.png",
+        sigma=f"{RESULTS}/sweep/{{variant}}/likelihood_sigma.png",
     log:
         f"{LOGS}/sweep/train_{{variant}}.log",
     benchmark:

@@ -9,6 +9,11 @@ rule train:
             category="Training",
             caption="../report/loss_curve.rst",
         ),
+        sigma=report(
+            f"{RESULTS}/model/likelihood_sigma.png",
+            category="Training",
+            caption="../report/likelihood_sigma.rst",
+        ),
     log:
         f"{LOGS}/train.log",
     benchmark:
@@ -26,5 +31,5 @@ rule train:
         cfg=step_config("model", "train", "seed", "device"),
     shell:
         "vaemap train {input} --output {output.model} --metrics {output.metrics} "
-        "--curve {output.curve} --resume --no-progress --config-json {params.cfg:q} "
+        "--curve {output.curve} --sigma {output.sigma} --resume --no-progress --config-json {params.cfg:q} "
         "--json > {log} 2>&1"
