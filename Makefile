@@ -34,6 +34,7 @@ results-table: demo  ## the demo and all channels, then the README's results blo
 	cp results/evaluate/metrics.md docs/results/metrics.md
 	cp results/allchannels/evaluate/metrics.json docs/results/allchannels.json
 	cp results/allchannels/evaluate/metrics.md docs/results/allchannels.md
+	cp results/model/likelihood_sigma.png docs/likelihood_sigma.png
 	PATH="$(BIN):$$PATH" vaemap readme-table docs/results/metrics.json --readme README.md \
 		--channels "7 (default)=docs/results/metrics.json" "1-9=docs/results/allchannels.json"
 

@@ -7,7 +7,7 @@ from vaemap.config import ConfigError, load_config, validate_config
 
 def test_defaults_are_filled_in_nested_sections():
     cfg = validate_config({})
-    assert cfg["model"]["latent_dim"] == 4
+    assert cfg["model"]["latent_dim"] == 5
     assert cfg["profiles"]["bins"] == 120
     assert cfg["ingest"]["qge"] == 12
 

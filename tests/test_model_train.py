@@ -16,6 +16,7 @@ from vaemap.model import (
     ObservationNoise,
     ProfileVAE,
     VAEConfig,
+    channel_weights,
     fixed_noise_logvar,
     gaussian_nll,
     initial_noise_logvar,
@@ -115,6 +116,16 @@ def test_observation_noise_is_count_aware_and_fixed_or_learned():
         loss.backward()
         opt.step()
     assert learned.variance(torch.ones(1, 1, 2)).detach().numpy() == pytest.approx(3.0, rel=0.1)
+
+
+def test_channel_weights_count_each_kind_of_channel_by_its_square_root():
+    w = channel_weights([1, 2, 3, 4, 5, 6, 7, 8, 9]).flatten()
+    torch.testing.assert_close(w[:2], torch.full((2,), 1 / math.sqrt(2)))
+    torch.testing.assert_close(w[2:], torch.full((7,), 1 / math.sqrt(7)))
+    assert channel_weights([7]).flatten().tolist() == [1.0]
+    assert channel_weights([1, 7, 8], "none").flatten().tolist() == [1.0, 1.0, 1.0]
+    with pytest.raises(ValueError, match="channel_weighting 'equal'"):
+        channel_weights([7], "equal")
 
 
 def test_initial_noise_is_the_bin_to_bin_scatter():

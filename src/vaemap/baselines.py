@@ -229,7 +229,7 @@ def boosted_probe(data: NormalisedProfiles, nside: int, factors: np.ndarray,
         if not train.any() or not test.any():
             continue
         for j in range(factors.shape[1]):
-            model = HistGradientBoostingRegressor(max_iter=300, learning_rate=0.05,
+            model = HistGradientBoostingRegressor(max_iter=150, learning_rate=0.1,
                                                   max_leaf_nodes=15, l2_regularization=1.0,
                                                   random_state=seed)
             model.fit(feats[train], factors[train, j])

@@ -110,7 +110,7 @@ def _step_evaluate(args, cfg):
     from vaemap import evaluate
 
     return evaluate.run(args.latents, args.truth, args.outdir, cfg, profiles=args.profiles,
-                        model=args.model)
+                        model=args.model, probes=not args.no_probes)
 
 
 def _step_summarize(args, cfg):
@@ -227,8 +227,12 @@ def build_parser() -> argparse.ArgumentParser:
             "(when simulated) and report KL, active units, reconstruction statistics.")
     p.add_argument("latents", help="latents.h5")
     p.add_argument("--truth", help="truth.h5 from simulate (omit for real data)")
-    p.add_argument("--profiles", help="profiles.h5, with --model: adds the PCA baseline")
+    p.add_argument("--profiles", help="profiles.h5, with --model: adds the PCA and ICA "
+                                      "baselines and the supervised probes")
     p.add_argument("--model", help="model.pt (its normalisation is used for the baseline)")
+    p.add_argument("--no-probes", action="store_true",
+                   help="skip the supervised probes (a sweep computes them once, for the "
+                        "main model)")
     p.add_argument("--outdir", required=True, help="output directory")
     _common(p)
 

@@ -59,15 +59,17 @@ def _kl_bars(kl: list[float], variance: np.ndarray, path: Path) -> None:
 
 def run(latents: str | Path, truth: str | Path | None, outdir: str | Path,
         config: Mapping[str, Any], *, profiles: str | Path | None = None,
-        model: str | Path | None = None) -> dict[str, Any]:
+        model: str | Path | None = None, probes: bool = True) -> dict[str, Any]:
     """Score the latents and write ``metrics.json``, ``metrics.md`` and ``kl.png``.
 
     With ground truth (``truth``): Spearman matrix, MIG and DCI of the latents
     against the generating factors, anomaly ROC-AUC and average precision
     (overall and per kind), and ``correlation.png``; with ``profiles`` and
-    ``model`` too, the same metrics for a PCA baseline with as many components
-    as latents. Without ground truth: KL per latent, active units and
-    reconstruction statistics, and a note saying so.
+    ``model`` too, the same metrics for the unsupervised baselines with as many
+    components as latents (mask-aware PCA, its ICA rotation, zero-filled PCA)
+    and, unless ``probes`` is false, the supervised linear and boosted-tree
+    probes of the profiles. Without ground truth: KL per latent, active units
+    and reconstruction statistics, and a note saying so.
     """
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
@@ -120,11 +122,12 @@ def run(latents: str | Path, truth: str | Path | None, outdir: str | Path,
             metrics["baselines"], summary = _baselines(data, mu.shape[1], metric, factors,
                                                        kind, nside, threshold,
                                                        ckpt["channels"])
-            exclude = kind > 0
-            metrics["linear_probe"] = baselines.linear_probe(data, nside, factors,
-                                                             exclude=exclude)
-            metrics["boosted_probe"] = baselines.boosted_probe(data, nside, factors, summary,
-                                                               exclude=exclude)
+            if probes:  # properties of the data: a sweep computes them once, not per run
+                exclude = kind > 0
+                metrics["linear_probe"] = baselines.linear_probe(data, nside, factors,
+                                                                 exclude=exclude)
+                metrics["boosted_probe"] = baselines.boosted_probe(data, nside, factors,
+                                                                   summary, exclude=exclude)
         _heatmap(np.array([metrics["spearman"][f] for f in FACTOR_NAMES]).T,
                  outdir / "correlation.png", "latents × ground-truth factors "
                  "(background pixels)")

@@ -40,6 +40,7 @@ __all__ = [
     "ObservationNoise",
     "ProfileVAE",
     "VAEConfig",
+    "channel_weights",
     "fixed_noise_logvar",
     "gaussian_nll",
     "initial_noise_logvar",
@@ -315,13 +316,44 @@ def initial_noise_logvar(x: torch.Tensor, mask: torch.Tensor, count: torch.Tenso
     return torch.log(torch.stack([v_obs, 0.1 * v_obs]))
 
 
+#: How the likelihood weighs the channels (``model.channel_weighting``).
+CHANNEL_WEIGHTINGS = ("sqrt_kind", "none")
+
+
+def channel_weights(channels: Sequence[int], mode: str = "sqrt_kind") -> torch.Tensor:
+    """Weight of each channel's bins in the likelihood, shape (1, channels, 1).
+
+    ``none``: every channel counts fully. ``sqrt_kind``: a channel counts
+    1/√k, where k is the number of channels of its kind (solar 1-2, thermal
+    3-9; :func:`vaemap.instrument.is_solar`). The thermal channels see one
+    surface temperature through seven bands, and a footprint's sub-pixel
+    surface moves them together, so their residuals are far from independent:
+    counted seven times they outvote the solar channels, which alone tell
+    albedo from slope; counted once (1/k) the night-time cooling, where H and
+    rocks show, no longer buys a latent. 1/√k was the best of the three on the
+    validation Moon (docs/science.md). One channel: weight 1 in either mode.
+    """
+    from vaemap.instrument import is_solar
+
+    if mode not in CHANNEL_WEIGHTINGS:
+        raise ValueError(f"channel_weighting {mode!r}: expected one of "
+                         f"{', '.join(CHANNEL_WEIGHTINGS)}")
+    solar = is_solar(list(channels))
+    weight = np.ones(solar.size)
+    if mode == "sqrt_kind":
+        for kind in (solar, ~solar):
+            weight[kind] = 1.0 / math.sqrt(max(int(kind.sum()), 1))
+    return torch.from_numpy(weight.astype(np.float32))[None, :, None]
+
+
 def gaussian_nll(recon: torch.Tensor, x: torch.Tensor, mask: torch.Tensor,
                  variance: torch.Tensor) -> torch.Tensor:
     """Gaussian negative log-likelihood over the observed bins, nats per profile (n,).
 
-    ``recon``, ``x`` (normalised), ``mask`` (1 = observed) and ``variance``
-    (normalised units², :meth:`ObservationNoise.variance`) are (n, channels,
-    bins): ½ Σ_observed [(x − recon)²/σ² + log(2π σ²)].
+    ``recon``, ``x`` (normalised), ``mask`` (1 = observed, or a weight: see
+    :func:`channel_weights`) and ``variance`` (normalised units²,
+    :meth:`ObservationNoise.variance`) broadcast to (n, channels, bins):
+    ½ Σ_observed [(x − recon)²/σ² + log(2π σ²)].
     """
     terms = (recon - x) ** 2 / variance + torch.log(2 * math.pi * variance)
     return 0.5 * (terms * mask).flatten(1).sum(dim=1)

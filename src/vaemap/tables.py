@@ -37,6 +37,7 @@ __all__ = [
 TABLE_ROWS: tuple[tuple[str, str], ...] = (
     *((f"best \\|ρ\\| {f}", f"best_abs_spearman.{f}") for f in FACTOR_NAMES),
     *((f"matched \\|ρ\\| {f}", f"matched_abs_spearman.{f}") for f in FACTOR_NAMES),
+    *((f"linear read-out \\|ρ\\| {f}", f"readout_abs_spearman.{f}") for f in FACTOR_NAMES),
     ("MIG", "mig"),
     ("DCI disentanglement", "dci.disentanglement"),
     ("anomaly ROC-AUC", "anomaly.roc_auc"),
@@ -192,16 +193,17 @@ README_END = "<!-- vaemap:metrics:end -->"
 CHANNELS_START = "<!-- vaemap:channels:start -->"
 CHANNELS_END = "<!-- vaemap:channels:end -->"
 
-# The targets of the channels comparison: (column, metric path, target). The
-# anomaly targets hold for warm rocky regions and cold spots separately.
-CHANNEL_TARGETS: tuple[tuple[str, str, float], ...] = (
-    ("albedo", "best_abs_spearman.albedo", 0.9),
-    ("pole-facing slope", "best_abs_spearman.slope_pole", 0.9),
-    ("E/W slope", "best_abs_spearman.slope_ew", 0.95),
-    ("H-parameter", "best_abs_spearman.h_param", 0.85),
-    ("rock fraction", "best_abs_spearman.rock_fraction", 0.85),
-    ("ROC-AUC warm rocky", "anomaly.roc_auc_warm_rocky", 0.98),
-    ("ROC-AUC cold spot", "anomaly.roc_auc_cold_spot", 0.98),
+# The columns of the channels comparison and their targets: (column, metric
+# path, target). A factor's target is a share of the supervised linear probe of
+# the same profiles (what the data carry), an anomaly kind's an absolute ROC-AUC.
+CHANNEL_TARGETS: tuple[tuple[str, str, str], ...] = (
+    ("albedo", "best_abs_spearman.albedo", "≥ 0.9 × probe"),
+    ("pole-facing slope", "best_abs_spearman.slope_pole", "≥ 0.9 × probe"),
+    ("E/W slope", "best_abs_spearman.slope_ew", "≥ 0.9 × probe"),
+    ("H-parameter", "best_abs_spearman.h_param", "≥ 0.9 × probe"),
+    ("rock fraction", "best_abs_spearman.rock_fraction", "≥ 0.9 × probe"),
+    ("ROC-AUC warm rocky", "anomaly.roc_auc_warm_rocky", "≥ 0.99"),
+    ("ROC-AUC cold spot", "anomaly.roc_auc_cold_spot", "≥ 0.95"),
 )
 PROBE = PROBE_NAMES["linear_probe"]
 
@@ -219,7 +221,7 @@ def channels_table(summaries: Sequence[tuple[str, Mapping[str, Any]]]) -> str:
     channels in brackets (what the data carry), under a row of targets."""
     lines = ["| channels | " + " | ".join(col for col, _, _ in CHANNEL_TARGETS) + " |",
              "|---" * (len(CHANNEL_TARGETS) + 1) + "|",
-             "| target | " + " | ".join(f"≥ {t:g}" for _, _, t in CHANNEL_TARGETS) + " |"]
+             "| target | " + " | ".join(t for _, _, t in CHANNEL_TARGETS) + " |"]
     moons = {summary["moon_seed"] for _, summary in summaries}
     if len(moons) > 1:
         raise ValueError(f"channel sets from different simulated Moons ({sorted(moons)}) "

@@ -40,6 +40,7 @@ from vaemap.model import (
     Normaliser,
     ProfileVAE,
     VAEConfig,
+    channel_weights,
     fixed_noise_logvar,
     initial_noise_logvar,
     latitude_condition,
@@ -199,6 +200,8 @@ class Trainer:
         # scatter (an Adam step moves a log-variance by ~lr, so a start two orders
         # of magnitude off would cost most of the epochs); the fixed one is set.
         tr = self.train_set
+        self.channel_weight = channel_weights(self.channels,
+                                              self.mcfg["channel_weighting"]).to(device)
         self.model.noise.initialise(
             initial_noise_logvar(tr.x, tr.mask, tr.count) if self.model.noise.learned else
             fixed_noise_logvar(norm.std, self.mcfg["noise_k"], self.mcfg["floor_k"]))
@@ -290,7 +293,8 @@ class Trainer:
             idx = perm[a:a + batch]
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=use_amp):
                 recon, mu, logvar = model(tr.x[idx], tr.mask[idx], tr.cond[idx])
-            loss, _ = vae_loss(recon, mu, logvar, tr.x[idx], tr.mask[idx],
+            loss, _ = vae_loss(recon, mu, logvar, tr.x[idx],
+                               tr.mask[idx] * self.channel_weight,
                                model.noise.variance(tr.count[idx]), beta=beta,
                                tc_weight=tc_weight)
             self.opt.zero_grad(set_to_none=True)
@@ -321,7 +325,8 @@ class Trainer:
                 sl = slice(a, a + VALIDATION_BATCH)
                 recon, mu, logvar = model(va.x[sl], va.mask[sl], va.cond[sl], sample=False)
                 recon = recon.float()
-                _, terms = vae_loss(recon, mu, logvar, va.x[sl], va.mask[sl],
+                _, terms = vae_loss(recon, mu, logvar, va.x[sl],
+                                    va.mask[sl] * self.channel_weight,
                                     model.noise.variance(va.count[sl]), beta=beta,
                                     tc_weight=0.0)
                 nll_sum += terms["nll"].sum().item()

@@ -55,6 +55,13 @@ use rule evaluate as evaluate_sweep with:
         f"{LOGS}/sweep/evaluate_{{variant}}.log",
     benchmark:
         f"{BENCH}/sweep/evaluate_{{variant}}.tsv"
+    params:
+        truth=truth_flag,
+        # the baselines for every seed; the probes, properties of the data, once
+        baselines=lambda wildcards, input: (
+            f"--profiles {input.profiles} --model {input.model} --no-probes"
+        ),
+        outdir=lambda wildcards, output: os.path.dirname(output.metrics),
 
 
 rule summarize:
