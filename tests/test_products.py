@@ -56,9 +56,14 @@ def test_latents_contract(trained, survey):
     with h5py.File(trained["latents"]) as h5, h5py.File(survey["profiles_h5"]) as p:
         n = p["pix"].shape[0]
         np.testing.assert_array_equal(h5["pix"][...], p["pix"][...])
-        assert h5["mu"].shape == (n, 4) and h5["logvar"].shape == (n, 4)
-        for key in ("recon_error", "recon_l1", "anomaly_score"):
+        assert h5["mu"].shape == (n, 5) and h5["logvar"].shape == (n, 5)
+        for key in ("recon_error", "recon_l1", "recon_z", "recon_z_night", "anomaly_score"):
             assert h5[key].shape == (n,) and np.isfinite(h5[key][...]).all()
+        # the calibrated residual is about 1 σ where the model fits (|z| of a
+        # Gaussian averages 0.8), and the score is the robust z of its night part
+        assert 0.3 < np.median(h5["recon_z"][...]) < 2.0
+        np.testing.assert_allclose(h5["anomaly_score"][...],
+                                   robust_z(h5["recon_z_night"][...]), rtol=1e-4, atol=1e-4)
         assert h5["recon"].shape == p["profile"].shape
         assert (h5["recon_l1"][...] <= h5["recon_error"][...] + 1e-4).all()
         assert h5.attrs["ordering"] == "NESTED"
