@@ -183,6 +183,36 @@ def test_a_new_day_of_tables_reruns_only_its_batch_and_the_merge(tmp_path):
     assert planned_jobs(later.stdout) == {"ingest", "merge_samples", "profiles"}
 
 
+#: A results directory a hostile or careless user might configure: a space, both
+#: quotes, a command substitution and a backquoted one.
+HOSTILE_RESULTS = """my runs/r$(touch pwned)'q"`touch pwned2`x"""
+
+
+@pytest.mark.slow
+def test_a_hostile_results_path_is_data_never_shell(tmp_path):
+    """Every path reaching a shell line is quoted: the rules run with a results
+    directory holding a space, quotes and command substitutions, their products
+    land inside it, and nothing runs or is written outside it."""
+    cfg = yaml.safe_load(TINY.read_text())
+    cfg["results"] = HOSTILE_RESULTS
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump(cfg))
+    before = {p.name for p in tmp_path.iterdir()}
+    target = f"{HOSTILE_RESULTS}/evaluate/main/metrics.json"
+    snakemake("--configfile", str(config), "--directory", str(tmp_path), "--cores", "2",
+              target)
+    results = tmp_path / HOSTILE_RESULTS
+    metrics = json.loads((results / "evaluate" / "main" / "metrics.json").read_text())
+    assert metrics["ground_truth"] and metrics["pixels"] > 100  # --truth and --profiles arrived
+    assert "baselines" in metrics
+    for log in ("simulate", "train", "encode", "evaluate"):
+        assert (results / "logs" / f"{log}.log").stat().st_size > 0
+    assert not list(tmp_path.rglob("pwned*"))  # no substitution ran, here or anywhere below
+    # nothing new beside the results tree (a log redirected to "my" would be one)
+    assert {p.name for p in tmp_path.iterdir()} - before <= {"my runs", ".snakemake"}
+    assert [p.name for p in (tmp_path / "my runs").iterdir()] == [Path(HOSTILE_RESULTS).name]
+
+
 @pytest.mark.slow
 def test_end_to_end_products_rerun_and_report(tmp_path):
     config = tmp_path / "config.yaml"

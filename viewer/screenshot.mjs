@@ -2,8 +2,9 @@
 //
 //   node viewer/screenshot.mjs URL OUT.png [CHROMIUM]
 //
-// Prints one JSON line: the tiles the page fetched, console errors, and the
-// product it shows. Uses the distribution's Chromium (/usr/bin/chromium by
+// Prints one JSON line: the tiles the page fetched, console errors, the
+// product it shows, the page's title and window.pwned (null unless a script
+// injected through a title ran). Uses the distribution's Chromium (/usr/bin/chromium by
 // default) through playwright-core, which downloads no browser of its own.
 import { chromium } from "playwright-core";
 
@@ -37,5 +38,8 @@ while (tiles.length === 0 && Date.now() < deadline) await page.waitForTimeout(25
 await page.waitForTimeout(8000);
 await page.screenshot({ path: out });
 const shown = await page.evaluate(() => window.vaemapShown);
-console.log(JSON.stringify({ tiles: tiles.length, errors, shown }));
+// what a script injected through a title would have set (the tests check it is not)
+const pwned = await page.evaluate(() => (window.pwned === undefined ? null : window.pwned));
+const title = await page.title();
+console.log(JSON.stringify({ tiles: tiles.length, errors, shown, pwned, title }));
 await browser.close();

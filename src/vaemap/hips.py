@@ -25,19 +25,23 @@ that switches between the products; serve the directory with
 from __future__ import annotations
 
 import functools
+import html
 import json
 import math
+import re
 import shutil
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import healpy as hp
 import numpy as np
 from astropy.wcs import WCS
 
 from vaemap.healpix import downgrade_pairs, sorted_pairs
+from vaemap.io import atomic_path
 from vaemap.rasters import raster_grid, sample_grid
 
 __all__ = ["ALADIN_JS", "HIPS_TILE_WIDTH", "write_hips", "write_viewer"]
@@ -175,8 +179,11 @@ def write_hips(outdir: str | Path, pix: np.ndarray, values: np.ndarray, nside: i
         "moc_sky_fraction": f"{sky_fraction:.6f}",
         "bunit": unit,
     }
+    # one line per key: a line break in a user's title or unit must not start a
+    # key of its own (the format has no quoting), so control characters become spaces
     (building / "properties").write_text(
-        "".join(f"{key:<20} = {value}\n" for key, value in properties.items()))
+        "".join(f"{key:<20} = {_one_line(value)}\n" for key, value in properties.items()),
+        encoding="utf-8")
     if outdir.exists():
         shutil.rmtree(outdir)
     building.rename(outdir)
@@ -292,17 +299,39 @@ def write_viewer(hips_root: str | Path, products: Sequence[Mapping], *, title: s
     if not products:
         raise ValueError("write_viewer: no products to show")
     shutil.copyfile(aladin_js, hips_root / "aladin.js")
-    page = _PAGE.replace("__TITLE__", title).replace(
-        "__PRODUCTS__", json.dumps([dict(p) for p in products]))
+    values = {"__TITLE__": html.escape(str(title), quote=True),
+              "__PRODUCTS__": script_json([dict(p) for p in products])}
+    # one pass, so a value that holds a placeholder's name is never expanded again
+    page = re.sub("__TITLE__|__PRODUCTS__", lambda m: values[m.group(0)], _PAGE)
     path = hips_root / "index.html"
-    path.write_text(page)
+    with atomic_path(path) as tmp:
+        tmp.write_text(page, encoding="utf-8")
     return path
+
+
+def _one_line(value: Any) -> str:
+    """``value`` as text with every control character (line breaks included) a space."""
+    return re.sub(r"[\x00-\x1f\x7f\u2028\u2029]", " ", str(value))
+
+
+def script_json(value: Any) -> str:
+    """``value`` as JSON safe inside an HTML ``<script>`` element: ``<``, ``>`` and
+    ``&`` are written as ``\\u`` escapes (so no ``</script>`` or ``<!--`` can end
+    or open anything), as is every non-ASCII character (``json.dumps``' default,
+    which covers the line separators U+2028/9); JSON and JavaScript read them
+    back as the same characters. Everything a user supplies (titles from
+    ``--title`` or a HiPS ``properties`` file) reaches the page only this way or
+    through :func:`html.escape`."""
+    text = json.dumps(value, ensure_ascii=True)
+    for char, escape in (("<", "\\u003c"), (">", "\\u003e"), ("&", "\\u0026")):
+        text = text.replace(char, escape)
+    return text
 
 
 def read_properties(hips: str | Path) -> dict[str, str]:
     """A HiPS's ``properties`` file as a dict of strings."""
     out = {}
-    for line in (Path(hips) / "properties").read_text().splitlines():
+    for line in (Path(hips) / "properties").read_text(encoding="utf-8").splitlines():
         if "=" in line and not line.lstrip().startswith("#"):
             key, value = line.split("=", 1)
             out[key.strip()] = value.strip()

@@ -219,13 +219,17 @@ def truth_input(wildcards):
 
 
 def truth_flag(wildcards, input):
-    """The --truth option of `vaemap evaluate`, when the rule has a truth input."""
-    return f"--truth {input.truth}" if "truth" in input.keys() else ""
+    """The --truth option of `vaemap evaluate`, when the rule has a truth input, as
+    a list of arguments (the rule quotes each: a path is data, never shell)."""
+    return ["--truth", input.truth] if "truth" in input.keys() else []
 
 
 def tile_flag(step):
-    """The --tile option of a tiled job of `step` (profiles or encode)."""
-    return lambda wildcards: f"--tile {config[step]['tile_nside']}/{wildcards.tile}"
+    """The --tile option of a tiled job of `step` (profiles or encode), as arguments."""
+    return lambda wildcards: [
+        "--tile",
+        f"{config[step]['tile_nside']}/{wildcards.tile}",
+    ]
 
 
 def tiles(step):

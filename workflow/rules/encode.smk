@@ -17,10 +17,10 @@ rule encode:
         gpu=wants_gpu(),
     params:
         cfg=step_config("encode", "device"),
-        extra="",
+        extra=[],
     shell:
-        "vaemap encode {input.profiles} {input.model} --output {output} {params.extra} "
-        "--config-json {params.cfg:q} --json > {log} 2>&1"
+        "vaemap encode {input.profiles:q} {input.model:q} --output {output:q} {params.extra:q} "
+        "--config-json {params.cfg:q} --json > {log:q} 2>&1"
 
 
 if config["encode"]["tile_nside"]:
@@ -55,7 +55,7 @@ if config["encode"]["tile_nside"]:
         params:
             cfg=step_config("encode", "device"),
         shell:
-            "vaemap merge-latents {input} --output {output} "
-            "--config-json {params.cfg:q} --json > {log} 2>&1"
+            "vaemap merge-latents {input:q} --output {output:q} "
+            "--config-json {params.cfg:q} --json > {log:q} 2>&1"
 
     ruleorder: merge_latents > encode

@@ -34,10 +34,13 @@ rule evaluate:
     params:
         truth=truth_flag,
         # the PCA baseline and the linear probe of the profiles
-        baselines=lambda wildcards, input: (
-            f"--profiles {input.profiles} --model {input.model}"
-        ),
+        baselines=lambda wildcards, input: [
+            "--profiles",
+            input.profiles,
+            "--model",
+            input.model,
+        ],
         outdir=lambda wildcards, output: os.path.dirname(output.metrics),
     shell:
-        "vaemap evaluate {input.latents} {params.truth} {params.baselines} "
-        "--outdir {params.outdir} --json > {log} 2>&1"
+        "vaemap evaluate {input.latents:q} {params.truth:q} {params.baselines:q} "
+        "--outdir {params.outdir:q} --json > {log:q} 2>&1"

@@ -21,8 +21,8 @@ rule ingest:
     params:
         cfg=step_config("ingest"),
     shell:
-        "vaemap ingest {input} --output {output} --config-json {params.cfg:q} --json "
-        "> {log} 2>&1"
+        "vaemap ingest {input:q} --output {output:q} --config-json {params.cfg:q} --json "
+        "> {log:q} 2>&1"
 
 
 rule merge_samples:
@@ -43,5 +43,5 @@ rule merge_samples:
     params:
         cfg=step_config("ingest"),
     shell:
-        "vaemap merge {input} --output {output} --config-json {params.cfg:q} --json "
-        "> {log} 2>&1"
+        "vaemap merge {input:q} --output {output:q} --config-json {params.cfg:q} --json "
+        "> {log:q} 2>&1"

@@ -62,9 +62,9 @@ rule maps:
         cfg=step_config("maps"),
         outdir=lambda wildcards, output: os.path.dirname(output.fits[0]),
     shell:
-        "vaemap maps {input.latents} --profiles {input.profiles} --model {input.model} "
-        "--outdir {params.outdir} --threads {threads} --config-json {params.cfg:q} --json "
-        "> {log} 2>&1"
+        "vaemap maps {input.latents:q} --profiles {input.profiles:q} --model {input.model:q} "
+        "--outdir {params.outdir:q} --threads {threads} --config-json {params.cfg:q} --json "
+        "> {log:q} 2>&1"
 
 
 # The Aladin Lite page over the HiPS tile sets: not part of the default target,
@@ -90,4 +90,4 @@ rule viewer:
             "aladin.js",
         ),
     shell:
-        "vaemap viewer {params.root} --aladin-js {params.aladin:q} --json > {log} 2>&1"
+        "vaemap viewer {params.root:q} --aladin-js {params.aladin:q} --json > {log:q} 2>&1"

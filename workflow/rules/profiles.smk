@@ -19,10 +19,10 @@ rule profiles:
         runtime=runtime_min(5, per_gib_input=15),
     params:
         cfg=step_config("profiles"),
-        tile="",
+        tile=[],
     shell:
-        "vaemap profiles {input} --output {output} {params.tile} "
-        "--config-json {params.cfg:q} --json > {log} 2>&1"
+        "vaemap profiles {input:q} --output {output:q} {params.tile:q} "
+        "--config-json {params.cfg:q} --json > {log:q} 2>&1"
 
 
 if config["profiles"]["tile_nside"]:
@@ -57,7 +57,7 @@ if config["profiles"]["tile_nside"]:
         params:
             cfg=step_config("profiles"),
         shell:
-            "vaemap merge-profiles {input} --output {output} "
-            "--config-json {params.cfg:q} --json > {log} 2>&1"
+            "vaemap merge-profiles {input:q} --output {output:q} "
+            "--config-json {params.cfg:q} --json > {log:q} 2>&1"
 
     ruleorder: merge_profiles > profiles

@@ -26,6 +26,6 @@ rule simulate:
         cfg=step_config("simulate"),
         outdir=lambda wildcards, output: os.path.dirname(output.truth),
     shell:
-        "vaemap simulate --outdir {params.outdir} --threads {threads} "
+        "vaemap simulate --outdir {params.outdir:q} --threads {threads} "
         "--config-json {params.cfg:q} "
-        "--json > {log} 2>&1"
+        "--json > {log:q} 2>&1"

@@ -37,7 +37,7 @@ use rule encode as encode_sweep with:
         f"{BENCH}/sweep/encode_{{variant}}.tsv"
     params:
         cfg=step_config("encode", "device"),
-        extra="--set encode.store_recon=false",
+        extra=["--set", "encode.store_recon=false"],
 
 
 use rule evaluate as evaluate_sweep with:
@@ -58,9 +58,13 @@ use rule evaluate as evaluate_sweep with:
     params:
         truth=truth_flag,
         # the baselines for every seed; the probes, properties of the data, once
-        baselines=lambda wildcards, input: (
-            f"--profiles {input.profiles} --model {input.model} --no-probes"
-        ),
+        baselines=lambda wildcards, input: [
+            "--profiles",
+            input.profiles,
+            "--model",
+            input.model,
+            "--no-probes",
+        ],
         outdir=lambda wildcards, output: os.path.dirname(output.metrics),
 
 
@@ -87,6 +91,6 @@ rule summarize:
         labels=["main", *sweep_labels()],
         main_label=main_label(),
     shell:
-        "vaemap summarize {input.main} {input.variants} --labels {params.labels:q} "
-        "--main-label {params.main_label:q} --output {output.metrics} "
-        "--markdown {output.table} --csv {output.csv} > {log} 2>&1"
+        "vaemap summarize {input.main:q} {input.variants:q} --labels {params.labels:q} "
+        "--main-label {params.main_label:q} --output {output.metrics:q} "
+        "--markdown {output.table:q} --csv {output.csv:q} > {log:q} 2>&1"

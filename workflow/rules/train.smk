@@ -30,6 +30,6 @@ rule train:
     params:
         cfg=step_config("model", "train", "seed", "device"),
     shell:
-        "vaemap train {input} --output {output.model} --metrics {output.metrics} "
-        "--curve {output.curve} --sigma {output.sigma} --resume --no-progress --config-json {params.cfg:q} "
-        "--json > {log} 2>&1"
+        "vaemap train {input:q} --output {output.model:q} --metrics {output.metrics:q} "
+        "--curve {output.curve:q} --sigma {output.sigma:q} --resume --no-progress --config-json {params.cfg:q} "
+        "--json > {log:q} 2>&1"
