@@ -108,6 +108,58 @@ def test_a_wrong_truth_path_is_an_error_not_real_data(trained, tmp_path, capsys)
     assert not (tmp_path / "eval" / "metrics.json").exists()
 
 
+@pytest.mark.parametrize("every", [50, 1])
+def test_latents_with_nan_are_refused_by_maps_and_evaluate(survey, trained, tmp_path, capsys,
+                                                           every):
+    """NaN latents (every 50th pixel, or all) never become silent gaps, empty maps
+    or an ICA of zeros: each reader ends in one line naming the file and the
+    dataset, and writes nothing."""
+    import h5py
+    import numpy as np
+
+    bad = tmp_path / "latents.h5"
+    bad.write_bytes(trained["latents"].read_bytes())
+    with h5py.File(bad, "a") as h5:
+        mu = h5["mu"][...]
+        mu[::every, 0] = np.nan
+        h5["mu"][...] = mu
+    rc, err = _cli(capsys, "maps", bad, "--profiles", survey["profiles_h5"], "--model",
+                   trained["model"], "--outdir", tmp_path / "maps")
+    assert rc == 1 and f"{bad}: mu holds" in _one_line(err) and "NaN" in err
+    assert not list(tmp_path.glob("maps/*.fits"))
+    rc, err = _cli(capsys, "evaluate", bad, "--truth", survey["truth"], "--outdir",
+                   tmp_path / "eval")
+    assert rc == 1 and f"{bad}: mu holds" in _one_line(err)
+    assert not (tmp_path / "eval" / "metrics.json").exists()
+
+
+def test_pixels_beyond_the_sphere_and_an_empty_map_are_refused(survey, tiny_config, tmp_path,
+                                                               capsys):
+    import h5py
+
+    bad = tmp_path / "samples.h5"
+    bad.write_bytes(survey["samples"].read_bytes())
+    with h5py.File(bad, "a") as h5:
+        nside = int(h5.attrs["nside"])
+        pix = h5["pix"][...]
+        pix[-1] = 12 * nside**2  # one index past the last pixel
+        h5["pix"][...] = pix
+    rc, err = _cli(capsys, "profiles", bad, "--output", tmp_path / "p.h5", "--config", TINY)
+    assert rc == 1 and f"{bad}: pix[" in _one_line(err) and f"nside {nside}" in err
+    assert not (tmp_path / "p.h5").exists()
+    # a coverage rule no pixel passes: an error, not an empty profiles.h5
+    rc, err = _cli(capsys, "profiles", survey["samples"], "--output", tmp_path / "p.h5",
+                   "--config", TINY, "--set", "profiles.min_observations=1000000")
+    assert rc == 1 and "no pixel at profiles.nside" in _one_line(err)
+    assert "min_observations = 1000000" in err and not (tmp_path / "p.h5").exists()
+
+
+def test_config_json_that_is_not_an_object_is_one_line(capsys, tmp_path):
+    rc, err = _cli(capsys, "simulate", "--outdir", tmp_path, "--config-json", "[1, 2]")
+    assert rc == 2 and "--config-json: expected a JSON object" in _one_line(err)
+    assert "got a list" in err and not any(tmp_path.iterdir())
+
+
 def test_bad_set_value_and_cross_key_rules_stop_before_any_work(capsys, tmp_path):
     rc, err = _cli(capsys, "simulate", "--outdir", tmp_path, "--set", "model.beta=[0.1")
     assert rc == 2 and "--set 'model.beta=[0.1': the value is not valid YAML" in _one_line(err)

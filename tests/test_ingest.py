@@ -1,6 +1,7 @@
 """Ingest: the RDR format, quality filters, counted rejections and bad input."""
 
 import json
+import re
 import subprocess
 import sys
 
@@ -127,14 +128,15 @@ def test_longitudes_wrap_into_0_360(tmp_path, cfg):
         assert h5["lon"][0] == pytest.approx(270.0)
 
 
-def test_empty_file_warns_and_writes_zero_rows(tmp_path, cfg, caplog):
-    path = tmp_path / "e.TAB"
-    path.write_text("")
-    out = run([path], tmp_path / "e.h5", cfg)
-    assert out["rows_read"] == 0 and out["accepted"] == 0
-    assert "empty" in caplog.text
-    with h5py.File(tmp_path / "e.h5") as h5:
-        assert h5["pix"].shape == (0,)
+def test_an_empty_file_is_an_error_not_an_empty_day(tmp_path, cfg):
+    """A 0-byte table is a failed download: refused, naming it, and nothing written."""
+    for name in ("e.TAB", "e_rdr.zip", "e_RDR.TAB.gz"):
+        path = tmp_path / name
+        path.write_bytes(b"")
+        with pytest.raises(RdrFormatError, match=rf"{re.escape(str(path))}: empty file "
+                                                 r"\(0 bytes\)"):
+            run([path], tmp_path / "e.h5", cfg)
+        assert not (tmp_path / "e.h5").exists()
 
 
 def test_no_header_is_a_clear_error(tmp_path, cfg):

@@ -6,6 +6,7 @@ header, ``", "`` separators, CRLF, quoted right-justified date and time) by
 """
 
 import json
+import re
 import zipfile
 
 import h5py
@@ -218,6 +219,32 @@ def test_label_beside_the_table_is_checked(tmp_path, cfg):
                    f"<Record_Delimited>{fields}</Record_Delimited></Product_Observational>")
     with pytest.raises(RdrFormatError, match=r"column 33 is qmi, the label says nothing"):
         run([path], tmp_path / "x.h5", cfg)
+
+
+def test_a_table_shorter_than_its_label_says_is_refused(tmp_path, cfg):
+    """The label's ROWS is checked: a truncated (or appended) table never passes."""
+    path = write(tmp_path / "201304090300_rdr.zip", text(columns(5)))
+    label = tmp_path / "201304090300_rdr.lbl"
+    objects = "".join(f"  OBJECT = COLUMN\r\n    NAME = {c.upper()}\r\n  END_OBJECT = COLUMN\r\n"
+                      for c in RDR_COLUMNS)
+    label.write_text(f"PDS_VERSION_ID = PDS3\r\nOBJECT = TABLE\r\n  ROWS = 5\r\n{objects}"
+                     f"END_OBJECT = TABLE\r\n")
+    assert ingest(path, cfg, tmp_path)["accepted"] == 5
+    label.write_text(label.read_text().replace("ROWS = 5", "ROWS = 7"))
+    with pytest.raises(RdrFormatError, match=r"201304090300_rdr\.zip: 5 rows, but its label "
+                                             r".*201304090300_rdr\.lbl says ROWS = 7"):
+        run([path], tmp_path / "x.h5", cfg)
+    assert not (tmp_path / "x.h5").exists()
+
+
+def test_a_truncated_compressed_table_names_the_file(tmp_path, cfg):
+    for name in ("201304090300_RDR.TAB.gz", "201304090400_rdr.zip"):
+        path = write(tmp_path / name, text(columns(400)))
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+        with pytest.raises(RdrFormatError, match=rf"{re.escape(str(path))}: (truncated or "
+                                                 r"corrupt|not a zip archive)"):
+            run([path], tmp_path / "x.h5", cfg)
+        assert not (tmp_path / "x.h5").exists()
 
 
 def test_malformed_rows_name_the_line_in_the_published_layout(tmp_path, cfg):

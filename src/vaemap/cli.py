@@ -177,7 +177,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("ingest", _step_ingest, "Quality-filter RDR tables into a HEALPix-indexed, "
             "pixel-sorted samples.h5 with per-reason rejection counts.")
-    p.add_argument("inputs", nargs="+", metavar="FILE", help="RDR tables (.TAB/.csv, .gz)")
+    p.add_argument("inputs", nargs="+", metavar="FILE",
+                   help="RDR tables: .TAB/.csv/.txt, gzipped (.gz) or zipped as the PDS "
+                        "archive publishes them (_rdr.zip, with its .lbl label beside it)")
     p.add_argument("--output", required=True, help="samples.h5 to write")
     _common(p)
 

@@ -198,6 +198,9 @@ def load_config(
             extra = json.loads(json_text)
         except json.JSONDecodeError as exc:
             raise ConfigError(f"--config-json: not valid JSON: {exc}") from None
+        if not isinstance(extra, dict):
+            raise ConfigError(f"--config-json: expected a JSON object of sections "
+                              f"({{\"model\": {{...}}}}), got a {type(extra).__name__}")
         for section, values in extra.items():
             if isinstance(values, dict) and isinstance(cfg.get(section), dict):
                 cfg[section] = {**cfg[section], **values}

@@ -157,6 +157,11 @@ def run(profiles: str | Path, model_path: str | Path, output: str | Path,
                      "channels": list(ckpt["channels"]),
                      "model_weights": ckpt["weights_checksum"],
                      "profiles_checksum": file_checksum(profiles)}
+            broken = ~(np.isfinite(arrays["mu"]).all(1) & np.isfinite(arrays["logvar"]).all(1))
+            if broken.any():  # raised inside the atomic write: no latents.h5 appears
+                raise ValueError(f"{model_path}: the model gives NaN or infinite latents for "
+                                 f"{int(broken.sum())} of {n} pixels of {profiles}; retrain "
+                                 f"it (vaemap train)")
             _write_pixel_datasets(out, arrays)
             if tile is None:
                 _, anomaly = _write_score(out, arrays, params)

@@ -22,7 +22,7 @@ from vaemap import baselines
 from vaemap.figures import pyplot, save_figure
 from vaemap.io import atomic_path, file_checksum
 from vaemap.metrics import FACTOR_NAMES, region_recall, score_code, truth_at
-from vaemap.products import LATENTS, open_product
+from vaemap.products import LATENTS, ProductError, check_pixels, open_product, read_finite
 from vaemap.stats import ica_components
 
 __all__ = ["run"]
@@ -89,9 +89,13 @@ def run(latents: str | Path, truth: str | Path | None, outdir: str | Path,
     with open_product(latents, LATENTS, **expect) as h5:
         nside = int(h5.attrs["nside"])
         pix = h5["pix"][...]
-        mu = h5["mu"][...].astype(np.float64)
-        logvar = h5["logvar"][...].astype(np.float64)
-        score = h5["anomaly_score"][...].astype(np.float64)
+        if pix.size == 0:
+            raise ProductError(f"{latents}: holds no pixels; nothing to evaluate")
+        check_pixels(pix, nside, latents)
+        fix = "re-encode with a working model (vaemap encode)"
+        mu = read_finite(h5, latents, "mu", fix).astype(np.float64)
+        logvar = read_finite(h5, latents, "logvar", fix).astype(np.float64)
+        score = read_finite(h5, latents, "anomaly_score", fix).astype(np.float64)
         rms = h5["recon_error"][...]
         threshold = float(h5.attrs.get("anomaly_threshold", config["encode"]["anomaly_threshold"]))
         metric = str(h5.attrs.get("anomaly_metric", config["encode"]["anomaly_metric"]))

@@ -28,7 +28,15 @@ from vaemap.healpix import (
 )
 from vaemap.hips import write_hips
 from vaemap.io import atomic_path, file_checksum
-from vaemap.products import LATENTS, PROFILES, map_products, open_product
+from vaemap.products import (
+    LATENTS,
+    PROFILES,
+    ProductError,
+    check_pixels,
+    map_products,
+    open_product,
+    read_finite,
+)
 from vaemap.rasters import write_geotiff
 from vaemap.stats import ica_components
 
@@ -286,6 +294,11 @@ def run(latents: str | Path, profiles: str | Path, model: str | Path, outdir: st
         nside = int(h5.attrs["nside"])
         latent_dim = int(h5["mu"].shape[1])
         pix = h5["pix"][...]
+        if pix.size == 0:
+            raise ProductError(f"{latents}: holds no pixels; nothing to map")
+        check_pixels(pix, nside, latents)
+        for name in ("mu", "logvar", "anomaly_score"):  # maps must not drop pixels silently
+            read_finite(h5, latents, name, "re-encode with a working model (vaemap encode)")
         if not np.array_equal(prof["pix"][...], pix):
             raise ValueError(f"{profiles} and {latents} hold different pixels")
         history = _config_history(config)

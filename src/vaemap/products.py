@@ -40,9 +40,11 @@ __all__ = [
     "Field",
     "ProductError",
     "ProductSpec",
+    "check_pixels",
     "check_product",
     "map_products",
     "open_product",
+    "read_finite",
     "simulated_rdr_names",
 ]
 
@@ -386,6 +388,38 @@ def check_product(h5, path: str | Path, spec: ProductSpec, *, part: bool | None 
                 if have != bins:
                     raise ProductError(f"{path}: {have} local-time bins, but {against} has "
                                        f"{bins}")
+
+
+def read_finite(h5, path: str | Path, name: str, what: str = "") -> np.ndarray:
+    """Dataset ``name`` of an open product, refused with one :class:`ProductError`
+    naming the file, the dataset and how many values are NaN or infinite when
+    any is: a reader that depends on the values (latents, scores) must never
+    turn them into silent gaps or zeros. ``what`` says what a bad value means."""
+    values = h5[name][...]
+    bad = ~np.isfinite(values)
+    if bad.any():
+        rows = int(bad.reshape(len(values), -1).any(axis=1).sum()) if values.ndim else 1
+        raise ProductError(f"{path}: {name} holds {int(bad.sum())} NaN or infinite values "
+                           f"(in {rows} of {len(values) if values.ndim else 1} rows)"
+                           f"{'; ' + what if what else ''}")
+    return values
+
+
+def check_pixels(pix: np.ndarray, nside: int, path: str | Path, name: str = "pix",
+                 increasing: bool = True) -> None:
+    """Refuse HEALPix indices outside ``[0, 12·nside²)`` (and, with ``increasing``,
+    not strictly increasing, as every pixel-indexed product is written), with
+    one :class:`ProductError` naming the file and the first bad index."""
+    npix = 12 * int(nside) ** 2
+    outside = np.flatnonzero((pix < 0) | (pix >= npix))
+    if outside.size:
+        raise ProductError(f"{path}: {name}[{outside[0]}] = {pix[outside[0]]} is not a pixel "
+                           f"of nside {nside} (0 to {npix - 1}); {outside.size} such rows")
+    if increasing and pix.size > 1:
+        wrong = np.flatnonzero(np.diff(pix) <= 0)
+        if wrong.size:
+            raise ProductError(f"{path}: {name} is not strictly increasing at row "
+                               f"{wrong[0] + 1} ({pix[wrong[0]]} then {pix[wrong[0] + 1]})")
 
 
 @contextlib.contextmanager

@@ -35,7 +35,7 @@ from vaemap.io import (
     provenance_attrs,
     read_json_attr,
 )
-from vaemap.products import PROFILES, SAMPLES, open_product
+from vaemap.products import PROFILES, SAMPLES, check_pixels, open_product
 
 __all__ = ["bin_edges", "max_cyclic_gap_h", "run"]
 
@@ -86,6 +86,8 @@ def _iter_pixel_chunks(h5: h5py.File, nside_in: int, nside_out: int, rows: int,
     while start < total:
         stop = min(start + rows, total)
         chunk = {k: h5[k][start:stop] for k in ("pix", "local_time", "tb", "channel")}
+        # a pixel beyond the sphere would be binned into a wrong or no map pixel
+        check_pixels(chunk["pix"], nside_in, h5.filename, increasing=False)
         chunk["map_pix"] = parent_pix(chunk.pop("pix"), nside_in, nside_out)
         if carry is not None:
             chunk = {k: np.concatenate([carry[k], chunk[k]]) for k in chunk}
@@ -206,6 +208,12 @@ def run(samples: str | Path, output: str | Path, config: Mapping[str, Any], *,
         extra = {"input": source} if tile is None else {"input": source, "part_of_tile": tile}
         fraction = _finish(out, config, nside, channels, observed_bins, rejected, **extra)
         n = writer.rows
+        if n == 0 and tile is None:  # (a tile over unobserved ground may keep none)
+            raise ValueError(f"{samples}: no pixel at profiles.nside {nside} passes the "
+                             f"coverage rule ({rejected['too_few_observations']} with fewer "
+                             f"than profiles.min_observations = {params['min_observations']}, "
+                             f"{rejected['gap_too_large']} with a gap over profiles.max_gap_h "
+                             f"= {params['max_gap_h']} h); {output} not written")
     if tile is not None:
         log.info("profiles tile %s: %d pixels (a part: run `vaemap merge-profiles`)", tile, n)
     return _summary(n, rejected, output, fraction, time.perf_counter() - start,

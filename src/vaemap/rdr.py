@@ -37,6 +37,7 @@ import itertools
 import logging
 import re
 import zipfile
+import zlib
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -153,25 +154,31 @@ def open_table(path: str | Path) -> Iterator[io.BufferedIOBase]:
     one table), decompressed as it is read, never unpacked to disk."""
     path = Path(path)
     suffix = path.suffix.lower()
-    if suffix == ".zip":
-        try:
-            archive = zipfile.ZipFile(path)
-        except zipfile.BadZipFile as exc:
-            raise RdrFormatError(f"{path}: not a zip archive ({exc})") from None
-        with archive:
-            members = [m for m in archive.namelist() if not m.endswith("/")]
-            tables = [m for m in members if m.lower().endswith((".tab", ".csv", ".txt"))]
-            if len(tables) != 1:
-                raise RdrFormatError(f"{path}: expected one table (.TAB) in the zip archive, "
-                                     f"found {members}")
-            with archive.open(tables[0]) as stream:
+    try:
+        if suffix == ".zip":
+            try:
+                archive = zipfile.ZipFile(path)
+            except zipfile.BadZipFile as exc:
+                raise RdrFormatError(f"{path}: not a zip archive ({exc})") from None
+            with archive:
+                members = [m for m in archive.namelist() if not m.endswith("/")]
+                tables = [m for m in members if m.lower().endswith((".tab", ".csv", ".txt"))]
+                if len(tables) != 1:
+                    raise RdrFormatError(f"{path}: expected one table (.TAB) in the zip "
+                                         f"archive, found {members}")
+                with archive.open(tables[0]) as stream:
+                    yield stream
+        elif suffix == ".gz":
+            with gzip.open(path, "rb") as stream:
                 yield stream
-    elif suffix == ".gz":
-        with gzip.open(path, "rb") as stream:
-            yield stream
-    else:
-        with open(path, "rb") as stream:
-            yield stream
+        else:
+            with open(path, "rb") as stream:
+                yield stream
+    except (EOFError, zlib.error, gzip.BadGzipFile, zipfile.BadZipFile) as exc:
+        # a torn download or a failed copy: name the file, not the decompressor
+        raise RdrFormatError(f"{path}: truncated or corrupt {suffix or 'table'} file, "
+                             f"cannot be decompressed ({type(exc).__name__}: "
+                             f"{str(exc) or 'ends early'})") from None
 
 
 def normalise_name(name: str) -> str:
@@ -243,6 +250,17 @@ def label_columns(label: Path) -> list[str]:
         if match:
             columns.append(normalise_name(match.group(1)))
     return columns
+
+
+def label_rows(label: Path) -> int | None:
+    """The number of rows a PDS3 (``ROWS =`` of the TABLE object) or PDS4
+    (``<records>``) label declares, or None when it declares none."""
+    text = label.read_text(errors="replace")
+    if label.suffix.lower() == ".xml":
+        match = re.search(r"<(?:\w+:)?records>\s*(\d+)\s*</", text)
+    else:
+        match = re.search(r"^\s*ROWS\s*=\s*(\d+)\s*$", text, flags=re.M)
+    return int(match.group(1)) if match else None
 
 
 def check_label(path: str | Path, names: Sequence[str]) -> Path | None:
@@ -375,7 +393,8 @@ def read_table(path: str | Path, needed: Sequence[str] = REQUIRED_COLUMNS, *,
     Raises
     ------
     RdrFormatError
-        No header, a missing required column, a header that disagrees with the
+        An empty (0-byte) or truncated file, no header, a missing required
+        column, a header that disagrees with the
         label beside the table, or (``on_malformed="error"``) a row with the
         wrong number of fields or a value that is not a number: the message
         names the file, the line and what was expected.
@@ -384,16 +403,17 @@ def read_table(path: str | Path, needed: Sequence[str] = REQUIRED_COLUMNS, *,
     stats = stats if stats is not None else {}
     for key in ("rows", "malformed", "channel"):
         stats.setdefault(key, 0)
-    if path.stat().st_size == 0:
-        log.warning("%s: empty file, no rows", path)
-        return
+    if path.stat().st_size == 0:  # a failed download, not an empty day
+        raise RdrFormatError(f"{path}: empty file (0 bytes), not a table: download it again "
+                             f"or remove it from data.rdr_files")
     with open_table(path) as stream:
         header_lines, header, names = read_header(stream, path)
         missing = [c for c in needed if c not in names]
         if missing:
             raise RdrFormatError(f"{path}: line {header_lines}: missing required column(s) "
                                  f"{', '.join(missing)}; found {', '.join(names)}")
-        check_label(path, names)
+        label = check_label(path, names)
+        rows_before = stats["rows"]
         reader = _BlockParser(path, names, header, needed, channels, on_malformed)
         # Blocks are parsed by `threads` workers (numpy releases the GIL in its
         # loops) and delivered in order; a worker numbers a bad line within its
@@ -410,6 +430,11 @@ def read_table(path: str | Path, needed: Sequence[str] = REQUIRED_COLUMNS, *,
                     yield from _deliver(pending.popleft(), stats, lines, path)
             while pending:
                 yield from _deliver(pending.popleft(), stats, lines, path)
+        expected = label_rows(label) if label is not None else None
+        if expected is not None and stats["rows"] - rows_before != expected:
+            raise RdrFormatError(f"{path}: {stats['rows'] - rows_before} rows, but its label "
+                                 f"{label} says ROWS = {expected} (a truncated or appended "
+                                 f"copy?)")
 
 
 def _blocks(stream: io.BufferedIOBase, block_bytes: int, ring: int = 4
