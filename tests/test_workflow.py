@@ -308,8 +308,10 @@ def test_end_to_end_products_rerun_and_report(tmp_path):
 @pytest.mark.slow
 def test_demo_finds_the_strongest_injected_anomaly(tmp_path):
     """The shipped default configuration, end to end (the `make demo` pipeline, a few
-    minutes on 2 cores): every map product is written and the strongest injected
-    anomaly is in the anomaly catalogue."""
+    minutes on 2 cores): every map product is written, the strongest injected
+    anomaly is in the anomaly catalogue, and the headline numbers are those the
+    README shows (docs/results/metrics.json), so the README cannot drift from
+    the code."""
     default = REPO / "config" / "config.yaml"
     snakemake("--configfile", str(default), "--directory", str(tmp_path), "--cores", "2")
     cfg = yaml.safe_load(default.read_text())
@@ -321,3 +323,30 @@ def test_demo_finds_the_strongest_injected_anomaly(tmp_path):
     distance = strongest_anomaly_distance_deg(results / "simulate" / "truth.h5",
                                               results / "maps" / "anomalies.ecsv")
     assert distance < reach, f"strongest injected anomaly {distance:.1f} deg from any region"
+    assert_same_headline(results / "evaluate" / "metrics.json",
+                         REPO / "docs" / "results" / "metrics.json")
+
+
+#: How far a fresh demo's means may sit from the published ones. CPU training is
+#: seeded and deterministic (two demos here agree to every digit); the margin is
+#: for another CPU's floating-point reductions, and is far below any sd shown.
+HEADLINE_TOLERANCE = 0.005
+
+
+def assert_same_headline(fresh_path, published_path):
+    """Every method, run count and mean of a fresh summary equals the published one
+    within :data:`HEADLINE_TOLERANCE`, naming each difference."""
+    fresh = json.loads(Path(fresh_path).read_text())
+    published = json.loads(Path(published_path).read_text())
+    assert fresh["moon_seed"] == published["moon_seed"]
+    assert set(fresh["methods"]) == set(published["methods"]), "methods differ: run make " \
+        "results-table"
+    drift = []
+    for name, method in published["methods"].items():
+        mine = fresh["methods"][name]
+        assert mine["runs"] == method["runs"], name
+        for key, cell in method["metrics"].items():
+            got = mine["metrics"].get(key, {}).get("mean")
+            if got is None or abs(got - cell["mean"]) > HEADLINE_TOLERANCE:
+                drift.append(f"{name} {key}: {got} here, {cell['mean']:.4f} published")
+    assert not drift, "the README's table is stale (make results-table):\n" + "\n".join(drift)
