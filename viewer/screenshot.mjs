@@ -33,7 +33,7 @@ page.on("pageerror", (error) => errors.push(String(error)));
 await page.goto(url);
 await page.waitForFunction(() => window.vaemapShown !== undefined, null, { timeout: 30000 });
 // Tiles arrive over a few frames: wait until some have, then let them draw.
-const deadline = Date.now() + 30000;
+const deadline = Date.now() + 60000;  // a loaded machine (CI) draws slowly
 while (tiles.length === 0 && Date.now() < deadline) await page.waitForTimeout(250);
 await page.waitForTimeout(8000);
 await page.screenshot({ path: out });

@@ -220,7 +220,7 @@ def truth_input(wildcards):
 
 def truth_flag(wildcards, input):
     """The --truth option of `vaemap evaluate`, when the rule has a truth input, as
-    a list of arguments (the rule quotes each: a path is data, never shell)."""
+    a list of arguments, each quoted in the shell line (a path is data, never shell)."""
     return ["--truth", input.truth] if "truth" in input.keys() else []
 
 
