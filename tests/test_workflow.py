@@ -183,6 +183,50 @@ def test_a_new_day_of_tables_reruns_only_its_batch_and_the_merge(tmp_path):
     assert planned_jobs(later.stdout) == {"ingest", "merge_samples", "profiles"}
 
 
+@pytest.mark.slow
+def test_a_second_run_on_the_same_results_refuses_before_touching_anything(tmp_path):
+    """Two checkouts (two working directories) on one results directory: while a
+    live run holds its lock, a second refuses with one line naming that run and
+    changes nothing there; a lock whose run is gone is taken over, and the lock
+    is given back at the end."""
+    import socket
+
+    shared = tmp_path / "shared results"
+    cfg = yaml.safe_load(TINY.read_text())
+    cfg["results"] = str(shared)
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump(cfg))
+    first, second = tmp_path / "checkout a", tmp_path / "checkout b"
+    first.mkdir()
+    second.mkdir()
+    target = str(shared / "simulate" / "truth.h5")
+    common = ("--configfile", str(config), "--cores", "1", target)
+    snakemake(*common, "--directory", str(first))
+    assert not (shared / ".vaemap.lock").exists()  # given back
+    before = {p: p.stat().st_mtime_ns for p in shared.rglob("*")}
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        (shared / ".vaemap.lock").write_text(json.dumps(
+            {"pid": holder.pid, "host": socket.gethostname(), "cwd": str(first),
+             "started": "now"}))
+        again = snakemake(*common, "--directory", str(second), "--forcerun", "simulate",
+                          check=False)
+        assert again.returncode != 0
+        assert f"is in use by another vaemap run (pid {holder.pid}" in again.stderr
+        assert str(first) in again.stderr
+        after = {p: p.stat().st_mtime_ns for p in shared.rglob("*")}
+        lock = shared / ".vaemap.lock"
+        assert {p: t for p, t in after.items() if p != lock} == {
+            p: t for p, t in before.items() if p != lock}  # nothing deleted or rewritten
+        assert json.loads(lock.read_text())["pid"] == holder.pid  # not removed by the refusal
+    finally:
+        holder.kill()
+        holder.wait()
+    # the holder is gone: its lock is stale, and the second checkout runs
+    snakemake(*common, "--directory", str(second), "--forcerun", "simulate")
+    assert not (shared / ".vaemap.lock").exists()
+
+
 #: A results directory a hostile or careless user might configure: a space, both
 #: quotes, a command substitution and a backquoted one.
 HOSTILE_RESULTS = """my runs/r$(touch pwned)'q"`touch pwned2`x"""

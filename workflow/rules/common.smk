@@ -5,6 +5,7 @@ import re
 
 # Only light modules here (no torch, h5py or healpy): building the DAG must be
 # fast and must work where the heavy packages live only in the jobs' env.
+from vaemap import locks
 from vaemap.config import ConfigError, validate_config
 from vaemap.products import TRUTH_MAPS, map_products, simulated_rdr_names
 
@@ -286,3 +287,15 @@ def final_outputs():
         f"{RESULTS}/latents.h5",
     ]
     return outputs
+
+
+def take_results_lock():
+    """Refuse to start while another run (from any checkout) holds RESULTS."""
+    try:
+        locks.acquire(RESULTS)
+    except locks.ResultsLocked as exc:
+        raise WorkflowError(str(exc)) from None
+
+
+def give_back_results_lock():
+    locks.release(RESULTS)
