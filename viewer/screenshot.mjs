@@ -26,7 +26,8 @@ const tiles = [];
 const errors = [];
 page.on("requestfinished", async (request) => {
   const response = await request.response();
-  if (/Npix\d+\.fits$/.test(request.url()) && response && response.ok()) tiles.push(request.url());
+  // a tile of our HiPS: one of its Npix tiles, or the Allsky mosaic Aladin draws first
+  if (/(Npix\d+|Allsky)\.fits$/.test(request.url()) && response && response.ok()) tiles.push(request.url());
 });
 page.on("console", (message) => { if (message.type() === "error") errors.push(message.text()); });
 page.on("pageerror", (error) => errors.push(String(error)));
