@@ -160,11 +160,13 @@ def _baselines(data: baselines.NormalisedProfiles, n_components: int, metric: st
     boosted probe)."""
     masked, summary = baselines.masked_pca(data, n_components)
     zero = baselines.pca_zero_filled(data, n_components)
+    # the ICA rotation changes the code, not the reconstruction: one score for both
+    masked_score = baselines.anomaly_score(data, masked.recon, metric, channels)
+    zero_score = baselines.anomaly_score(data, zero.recon, metric, channels)
     out = {}
-    for name, code, recon in (("pca", masked.code, masked.recon),
-                              ("ica_pca", ica_components(masked.code), masked.recon),
-                              ("pca_zero_filled", zero.code, zero.recon)):
-        score = baselines.anomaly_score(data, recon, metric, channels)
+    for name, code, score in (("pca", masked.code, masked_score),
+                              ("ica_pca", ica_components(masked.code), masked_score),
+                              ("pca_zero_filled", zero.code, zero_score)):
         out[name] = score_code(code, factors, score, kind)
         out[name]["anomaly"]["catalogue"] = region_recall(data.pix, nside, kind, score,
                                                           threshold)

@@ -297,15 +297,18 @@ def run(latents: str | Path, profiles: str | Path, model: str | Path, outdir: st
         if pix.size == 0:
             raise ProductError(f"{latents}: holds no pixels; nothing to map")
         check_pixels(pix, nside, latents)
-        for name in ("mu", "logvar", "anomaly_score"):  # maps must not drop pixels silently
-            read_finite(h5, latents, name, "re-encode with a working model (vaemap encode)")
+        # maps must not drop pixels silently
+        fix = "re-encode with a working model (vaemap encode)"
+        mu = read_finite(h5, latents, "mu", fix)
+        for name in ("logvar", "anomaly_score"):
+            read_finite(h5, latents, name, fix)
         if not np.array_equal(prof["pix"][...], pix):
             raise ValueError(f"{profiles} and {latents} hold different pixels")
         history = _config_history(config)
         ica = None
         if params["independent_components"]:
             # The same rotation (data, seed) that evaluate scores as "VAE + ICA".
-            ica = ica_components(h5["mu"][...].astype(np.float64))
+            ica = ica_components(mu.astype(np.float64))
         # Rendering dominates; figures are independent, so draw them in parallel.
         with ProcessPoolExecutor(max_workers=max(1, threads),
                                  mp_context=multiprocessing.get_context("spawn")) as pool:

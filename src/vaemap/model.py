@@ -276,17 +276,23 @@ class ObservationNoise(nn.Module):
         with torch.no_grad():
             self.log_var.copy_(log_var.to(self.log_var))
 
+    def _variances(self) -> torch.Tensor:
+        """``(v_obs, v_floor)`` stacked, (2, channels, bins), kept in a range where
+        neither underflows nor overflows."""
+        return self.log_var.float().clamp(-18.0, 8.0).exp()
+
     def variance(self, count: torch.Tensor) -> torch.Tensor:
         """Variance (normalised units²) of bins averaging ``count`` observations,
         shape of ``count`` (n, channels, bins); unobserved bins get ``v_obs + v_floor``."""
-        v = self.log_var.float().clamp(-18.0, 8.0).exp()
+        v = self._variances()
         return v[0] / count.float().clamp(min=1.0) + v[1]
 
     def sigma_k(self, std: torch.Tensor, count: float = 1.0) -> torch.Tensor:
         """σ (kelvin, or reflectance for channels 1-2) of a bin averaging ``count``
-        observations, (channels, bins); ``std`` is the normaliser's spread."""
+        observations, (channels, bins); ``std`` is the normaliser's spread.
+        ``count = math.inf`` gives the floor, what no averaging removes."""
         with torch.no_grad():
-            v = self.log_var.float().clamp(-18.0, 8.0).exp()
+            v = self._variances()
             return torch.sqrt(v[0] / count + v[1]) * std
 
 

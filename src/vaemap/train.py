@@ -468,8 +468,7 @@ def _plot_sigma(noise, std: torch.Tensor, channels: list[int], path: Path) -> No
     plt = pyplot()
     one = noise.sigma_k(std, 1.0).cpu().numpy()
     four = noise.sigma_k(std, 4.0).cpu().numpy()
-    floor = (torch.exp(0.5 * noise.log_var[1].detach().float().clamp(-18, 8)) * std
-             ).cpu().numpy()
+    floor = noise.sigma_k(std, math.inf).cpu().numpy()
     bins = one.shape[1]
     hours = (np.arange(bins) + 0.5) * 24.0 / bins
     cols = min(len(channels), 3)
