@@ -224,6 +224,44 @@ def test_a_full_disk_ends_cleanly_naming_the_path(survey, trained, tmp_path, ste
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize("limit", [20_000, 60_000, 150_000])
+def test_a_full_disk_during_maps_names_the_product(survey, trained, tmp_path, limit):
+    """maps writes many files: the one that fails for space is named (astropy reports
+    it as a bare "N requested and M written"), or the scratch directory that did
+    (the HiPS pixel order is read off reproject's tiles in $TMPDIR), and neither
+    it nor a half-built HiPS directory is left behind; the products finished
+    before it are whole."""
+    import resource
+
+    def small_files():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    out = tmp_path / "maps"
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    proc = subprocess.run([sys.executable, "-m", "vaemap.cli", "maps", str(trained["latents"]),
+                           "--profiles", str(survey["profiles_h5"]), "--model",
+                           str(trained["model"]), "--config", str(TINY), "--outdir", str(out),
+                           "-q"], preexec_fn=small_files, capture_output=True, text=True,
+                          env={**os.environ, "TMPDIR": str(scratch)})
+    assert proc.returncode == 1, proc.stderr
+    last = _one_line(proc.stderr.strip())
+    product = re.match(rf"vaemap maps: error: cannot write ({re.escape(str(out))}/\S+): "
+                       r"(short write \(\d+ of \d+ bytes\)|File too large)", last)
+    in_scratch = re.match(rf"vaemap maps: error: cannot write a scratch file: File too large "
+                          rf"\(in {re.escape(str(scratch))}/vaemap-hips-order-\w+\); nothing "
+                          r"was written; set TMPDIR to a directory with room$", last)
+    assert product or in_scratch, last
+    if product:
+        assert not Path(product.group(1)).exists()
+    assert list(scratch.iterdir()) == []
+    assert not [p for p in out.rglob("*") if p.name.startswith(".")]
+    from astropy.io import fits
+
+    for done in out.glob("*.fits"):
+        fits.getdata(done, 1)  # every FITS left there reads whole
+
+
 @pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o027, 0o640), (0o077, 0o600)])
 def test_products_honour_the_umask(tmp_path, umask, mode):
     out = tmp_path / "profiles_like.h5"

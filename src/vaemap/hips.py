@@ -30,7 +30,6 @@ import json
 import math
 import re
 import shutil
-import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -41,7 +40,7 @@ import numpy as np
 from astropy.wcs import WCS
 
 from vaemap.healpix import downgrade_pairs, sorted_pairs
-from vaemap.io import atomic_path
+from vaemap.io import atomic_dir, atomic_path, scratch_dir
 from vaemap.rasters import raster_grid, sample_grid
 
 __all__ = ["ALADIN_JS", "HIPS_TILE_WIDTH", "write_hips", "write_viewer"]
@@ -74,8 +73,8 @@ def tile_pixel_order(tile_width: int = HIPS_TILE_WIDTH) -> np.ndarray:
     index = np.arange(12 * 4**m)
     image = sample_grid(grid, slice(0, grid.height), 2**m, index,
                         index.astype(np.float32), fill=np.nan)
-    with tempfile.TemporaryDirectory(prefix="vaemap-hips-order-") as tmp:
-        out = Path(tmp) / "hips"
+    with scratch_dir("vaemap-hips-order-") as tmp:
+        out = tmp / "hips"
         reproject_to_hips((image, _car_wcs(grid)), coord_system_out="equatorial",
                           reproject_function=reproject_interp, output_directory=str(out),
                           level=0, tile_size=tile_width, order="nearest-neighbor")
@@ -129,64 +128,61 @@ def write_hips(outdir: str | Path, pix: np.ndarray, values: np.ndarray, nside: i
         tuple(float(v) for v in np.percentile(values, [1.0, 99.0])) if values.size
         else (0.0, 1.0))
 
-    building = outdir.with_name(f".{outdir.name}.building")
-    shutil.rmtree(building, ignore_errors=True)
-    tiles = 0
-    for order in range(level + 1):
-        pixel_order = order + m
-        if pixel_order <= map_order:  # average the map's pixels into this order's
-            cells, cell_values = downgrade_pairs(pix, values, nside, 2**pixel_order)
-        else:  # a finer HiPS pixel repeats its parent's value
-            shift = 2 * (pixel_order - map_order)
-            cells = (pix[:, None] << shift) + np.arange(1 << shift)[None, :]
-            cells, cell_values = cells.ravel(), np.repeat(values, 1 << shift)
-        for index in np.unique(cells >> (2 * m)):
-            start = np.searchsorted(cells, index << (2 * m))
-            stop = np.searchsorted(cells, (index + 1) << (2 * m))
-            block = np.full(4**m, np.nan, dtype=np.float32)
-            block[cells[start:stop] - (index << (2 * m))] = cell_values[start:stop]
-            path = tile_path(building, order, int(index))
-            path.parent.mkdir(parents=True, exist_ok=True)
-            header = fits.Header([("ORDER", order), ("NPIX", int(index)), ("BUNIT", unit)])
-            fits.PrimaryHDU(block[inside], header=header).writeto(path)
-            tiles += 1
-    for allsky_order in range(min(level, 3) + 1):
-        write_allsky(building, allsky_order)
-    moc = MOC.from_healpix_cells(pix, np.full(pix.size, map_order, dtype=np.uint8), map_order)
-    moc.save(str(building / "Moc.fits"), format="fits", overwrite=True)
-    sky_fraction = float(moc.sky_fraction)
-    properties = {
-        "creator_did": f"ivo://vaemap/P/moon/{outdir.name}",
-        "obs_title": title,
-        "obs_description": f"{title}; planetocentric longitude east (RA) and latitude (Dec) "
-                           "on the Moon",
-        "dataproduct_type": "image",
-        "hips_version": "1.4",
-        "hips_builder": "vaemap",
-        "hips_release_date": time.strftime("%Y-%m-%dT%H:%MZ", time.gmtime()),
-        "hips_status": "public master clonableOnce",
-        "hips_body": "moon",
-        "hips_frame": "equatorial",
-        "hips_order": level,
-        "hips_order_min": 0,
-        "hips_tile_width": HIPS_TILE_WIDTH,
-        "hips_tile_format": "fits",
-        "hips_pixel_bitpix": -32,
-        "hips_pixel_cut": f"{lo:.6g} {hi:.6g}",
-        "hips_initial_fov": 180,
-        "hips_initial_ra": 0,
-        "hips_initial_dec": 0,
-        "moc_sky_fraction": f"{sky_fraction:.6f}",
-        "bunit": unit,
-    }
-    # one line per key: a line break in a user's title or unit must not start a
-    # key of its own (the format has no quoting), so control characters become spaces
-    (building / "properties").write_text(
-        "".join(f"{key:<20} = {_one_line(value)}\n" for key, value in properties.items()),
-        encoding="utf-8")
-    if outdir.exists():
-        shutil.rmtree(outdir)
-    building.rename(outdir)
+    with atomic_dir(outdir) as building:
+        tiles = 0
+        for order in range(level + 1):
+            pixel_order = order + m
+            if pixel_order <= map_order:  # average the map's pixels into this order's
+                cells, cell_values = downgrade_pairs(pix, values, nside, 2**pixel_order)
+            else:  # a finer HiPS pixel repeats its parent's value
+                shift = 2 * (pixel_order - map_order)
+                cells = (pix[:, None] << shift) + np.arange(1 << shift)[None, :]
+                cells, cell_values = cells.ravel(), np.repeat(values, 1 << shift)
+            for index in np.unique(cells >> (2 * m)):
+                start = np.searchsorted(cells, index << (2 * m))
+                stop = np.searchsorted(cells, (index + 1) << (2 * m))
+                block = np.full(4**m, np.nan, dtype=np.float32)
+                block[cells[start:stop] - (index << (2 * m))] = cell_values[start:stop]
+                path = tile_path(building, order, int(index))
+                path.parent.mkdir(parents=True, exist_ok=True)
+                header = fits.Header([("ORDER", order), ("NPIX", int(index)), ("BUNIT", unit)])
+                fits.PrimaryHDU(block[inside], header=header).writeto(path)
+                tiles += 1
+        for allsky_order in range(min(level, 3) + 1):
+            write_allsky(building, allsky_order)
+        moc = MOC.from_healpix_cells(pix, np.full(pix.size, map_order, dtype=np.uint8),
+                                     map_order)
+        moc.save(str(building / "Moc.fits"), format="fits", overwrite=True)
+        sky_fraction = float(moc.sky_fraction)
+        properties = {
+            "creator_did": f"ivo://vaemap/P/moon/{outdir.name}",
+            "obs_title": title,
+            "obs_description": f"{title}; planetocentric longitude east (RA) and latitude (Dec) "
+                               "on the Moon",
+            "dataproduct_type": "image",
+            "hips_version": "1.4",
+            "hips_builder": "vaemap",
+            "hips_release_date": time.strftime("%Y-%m-%dT%H:%MZ", time.gmtime()),
+            "hips_status": "public master clonableOnce",
+            "hips_body": "moon",
+            "hips_frame": "equatorial",
+            "hips_order": level,
+            "hips_order_min": 0,
+            "hips_tile_width": HIPS_TILE_WIDTH,
+            "hips_tile_format": "fits",
+            "hips_pixel_bitpix": -32,
+            "hips_pixel_cut": f"{lo:.6g} {hi:.6g}",
+            "hips_initial_fov": 180,
+            "hips_initial_ra": 0,
+            "hips_initial_dec": 0,
+            "moc_sky_fraction": f"{sky_fraction:.6f}",
+            "bunit": unit,
+        }
+        # one line per key: a line break in a user's title or unit must not start a
+        # key of its own (the format has no quoting), so control characters become spaces
+        (building / "properties").write_text(
+            "".join(f"{key:<20} = {_one_line(value)}\n" for key, value in properties.items()),
+            encoding="utf-8")
     return {"order": level, "tiles": tiles, "sky_fraction": sky_fraction}
 
 

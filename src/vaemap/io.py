@@ -11,6 +11,7 @@ import json
 import os
 import platform
 import re
+import shutil
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -26,12 +27,14 @@ from vaemap.products import ProductSpec, open_product
 __all__ = [
     "COMPRESSIONS",
     "RowWriter",
+    "atomic_dir",
     "atomic_path",
     "file_checksum",
     "h5_compression",
     "open_tile_parts",
     "provenance_attrs",
     "read_json_attr",
+    "scratch_dir",
     "write_dataset",
 ]
 
@@ -43,15 +46,43 @@ _TEMP_MARK = "vaemap-tmp-"
 _FULL = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
 
 
-def _out_of_space(exc: Exception) -> int | None:
-    """The errno when ``exc`` says the disk, a quota or the file-size limit is
-    full (also from HDF5, whose errors carry it only in their text), else None."""
-    if getattr(exc, "errno", None) in _FULL:
-        return exc.errno
-    match = re.search(r"errno = (\d+)", str(exc))
-    if match and int(match.group(1)) in _FULL:
-        return int(match.group(1))
+def _out_of_space(exc: BaseException | None) -> int | None:
+    """The errno when ``exc``, or an exception it was raised from or while
+    handling, says the disk, a quota or the file-size limit is full (also from
+    HDF5, whose errors carry it only in their text, and astropy, which re-raises
+    it without the errno), else None."""
+    seen = 0
+    while exc is not None and seen < 8:
+        if getattr(exc, "errno", None) in _FULL:
+            return exc.errno
+        match = re.search(r"errno = (\d+)", str(exc))
+        if match and int(match.group(1)) in _FULL:
+            return int(match.group(1))
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
     return None
+
+
+#: astropy's report of a short write (its file layer checks every write's length,
+#: and a full disk or the file-size limit first shows as one), with no errno
+_SHORT_WRITE = re.compile(r"\b(\d+) requested and (\d+) written\b")
+
+
+def _full_error(path: Path, exc: BaseException, what: str | None = None) -> OSError | None:
+    """The one-line error naming ``path`` (or saying ``what`` was written) for a
+    write that failed for space, or None."""
+    full = _out_of_space(exc)
+    if full is not None:
+        reason = os.strerror(full)
+    elif (short := _SHORT_WRITE.search(str(exc))) is not None:
+        full = errno.ENOSPC
+        reason = (f"short write ({short.group(2)} of {short.group(1)} bytes): the disk, a "
+                  f"quota or the file-size limit is full")
+    else:
+        return None
+    error = OSError(f"cannot write {what or path}: {reason} (in {path.parent}); nothing was "
+                    f"written")
+    error.errno = full
+    return error
 
 
 def _read_umask() -> int:
@@ -89,12 +120,9 @@ def atomic_path(path: str | Path, suffix: str | None = None) -> Iterator[Path]:
         try:
             yield tmp_path
         except (OSError, RuntimeError) as exc:  # h5py reports write failures as either
-            full = _out_of_space(exc)
-            if full is None:
+            error = _full_error(path, exc)
+            if error is None:
                 raise
-            error = OSError(f"cannot write {path}: {os.strerror(full)} (in "
-                            f"{path.parent}); nothing was written")
-            error.errno = full
             raise error from None
         # mkstemp makes the file private (0600); a product is shared like any
         # file the user writes: read-write as the umask allows.
@@ -103,6 +131,54 @@ def atomic_path(path: str | Path, suffix: str | None = None) -> Iterator[Path]:
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | Path) -> Iterator[Path]:
+    """Yield an empty directory beside ``path`` (``.<name>.building``); on success
+    replace ``path`` by it as a whole, on failure remove it and leave ``path`` as it
+    was. For products that are directories (a HiPS): a run that fails or is killed
+    never leaves a half-built one under the final name, and a write that fails for
+    space ends in one error naming ``path``, like :func:`atomic_path`."""
+    path = Path(path)
+    building = path.with_name(f".{path.name}.building")
+    shutil.rmtree(building, ignore_errors=True)  # left by a killed run
+    building.mkdir(parents=True)
+    try:
+        try:
+            yield building
+        except (OSError, RuntimeError) as exc:
+            error = _full_error(path, exc)
+            if error is None:
+                raise
+            raise error from None
+        if path.exists():
+            # not atomic for a directory: the old one goes first, then the new one
+            # takes its name (a rename cannot replace a non-empty directory)
+            shutil.rmtree(path)
+        building.rename(path)
+    finally:
+        shutil.rmtree(building, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def scratch_dir(prefix: str) -> Iterator[Path]:
+    """A temporary directory in ``$TMPDIR`` (node-local scratch on a cluster),
+    removed afterwards; a write in it that fails for space ends in one error
+    naming the directory and how to move it, instead of a bare "[Errno 28]" (a
+    product that names itself, from :func:`atomic_path`, passes unchanged)."""
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+        try:
+            yield Path(tmp)
+        except (OSError, RuntimeError) as exc:
+            if str(exc).startswith("cannot write "):
+                raise
+            error = _full_error(Path(tmp) / "scratch", exc, what="a scratch file")
+            if error is None:
+                raise
+            error = OSError(f"{error}; set TMPDIR to a directory with room")
+            error.errno = errno.ENOSPC
+            raise error from None
 
 
 @contextlib.contextmanager

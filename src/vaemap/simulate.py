@@ -50,7 +50,6 @@ import contextlib
 import gzip
 import io
 import logging
-import tempfile
 import zipfile
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -63,7 +62,7 @@ import numpy as np
 
 from vaemap import instrument, thermal
 from vaemap.healpix import MOON_RADIUS_KM, pix_to_lonlat
-from vaemap.io import atomic_hdf5, atomic_path, provenance_attrs, write_dataset
+from vaemap.io import atomic_hdf5, atomic_path, provenance_attrs, scratch_dir, write_dataset
 from vaemap.products import (
     SIMULATION_START_JD,
     TRUTH,
@@ -668,10 +667,10 @@ def run(outdir: str | Path, config: Mapping[str, Any], *, workers: int = 1) -> d
                           strict=True))]
     # The per-column regolith table lives in node-local scratch ($TMPDIR), not
     # in each process: memory stays bounded whatever simulate.nside.
-    with tempfile.TemporaryDirectory(prefix="vaemap-simulate-") as scratch:
+    with scratch_dir("vaemap-simulate-") as scratch:
         log.info("solving the thermal model for %d surface columns and their seasons (%d "
                  "processes)", surface["pix"].size, workers)
-        tables = thermal_tables(surface, nside, workers, scratch=Path(scratch))
+        tables = thermal_tables(surface, nside, workers, scratch=scratch)
         # Tables are independent (each has its own random stream): written side by side.
         if workers > 1 and len(jobs) > 1:
             with ProcessPoolExecutor(min(workers, len(jobs)), initializer=_set_writer_state,
