@@ -115,6 +115,34 @@ def test_every_rejection_reason_is_counted(tmp_path, cfg):
         assert stored["qge"] == 1 and stored["duplicate"] == 1
 
 
+def test_swapped_clat_and_clon_are_refused_not_filtered(tmp_path, cfg, caplog):
+    """A header naming clon as clat (no label to say otherwise) made half the rows
+    'latitude_range' rejections and mapped the other half at the wrong place."""
+    rng = np.random.default_rng(3)
+    lon, lat = rng.uniform(0, 360, 200), rng.uniform(-60, 60, 200)
+    rows = [row(jdate=2455089.5 + i * 1e-3, clat=f"{a:.3f}", clon=f"{b:.3f}")
+            for i, (a, b) in enumerate(zip(lon, lat, strict=True))]
+    path = write_table(tmp_path / "swapped.TAB", rows)
+    share = np.mean(lon > 90) * 100
+    with pytest.raises(RdrFormatError, match=rf"swapped\.TAB: {np.sum(lon > 90)} of its 200 "
+                       rf"rows .*\({share:.1f} %\) have a latitude \(clat\) beyond ±90°, up to "
+                       rf"{lon.max():.1f}°; as longitudes would: are clat and clon swapped"):
+        run([path], tmp_path / "s.h5", cfg)
+    # the same table the right way round is accepted whole
+    right = write_table(tmp_path / "right.TAB", [row(jdate=2455089.5 + i * 1e-3,
+                                                     clat=f"{b:.3f}", clon=f"{a:.3f}")
+                                                 for i, (a, b) in enumerate(zip(lon, lat,
+                                                                                strict=True))])
+    assert run([right], tmp_path / "r.h5", cfg)["accepted"] == 200
+    # a few rows beyond the pole in a large table stay counted rejections, with a warning
+    few = write_table(tmp_path / "few.TAB", [*rows[:3], *(
+        row(jdate=2455090.5 + i * 1e-3, clat=f"{b:.3f}") for i, b in enumerate(lat))])
+    with caplog.at_level("WARNING"):
+        out = run([few], tmp_path / "f.h5", cfg)
+    assert out["rejected"].get("latitude_range", 0) == int(np.sum(lon[:3] > 90))
+    assert "few.TAB: " in caplog.text and "rejected as latitude_range" in caplog.text
+
+
 def test_nan_and_second_fill_value(tmp_path, cfg):
     path = write_table(tmp_path / "f.TAB", [row(clat="NaN"), row(cloctime=-9998), row()])
     out = run([path], tmp_path / "f.h5", cfg)

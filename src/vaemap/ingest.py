@@ -304,6 +304,33 @@ def _merge_runs(runs: Sequence[_Run], writer: RowWriter, block_rows: int) -> int
     return duplicates
 
 
+#: A table whose share of rows with a latitude beyond ±90° reaches this is
+#: refused, not filtered: no instrument error does that, a header naming the
+#: columns wrongly (clat and clon swapped) does, and then the rows that pass
+#: (longitudes within ±90°, taken for latitudes) would be mapped wrongly.
+OFF_SPHERE_REFUSED = 0.2
+#: ... and when at least this many rows are (a few bad rows of a tiny table stay
+#: counted rejections).
+OFF_SPHERE_MIN_ROWS = 10
+
+
+def _check_geometry(path: Path, off_sphere: int, rows: int, highest: float) -> None:
+    """Refuse a table whose latitudes look like longitudes (see OFF_SPHERE_REFUSED);
+    a few rows beyond ±90° are counted rejections, with a warning naming the file."""
+    if not off_sphere:
+        return
+    share = off_sphere / max(rows, 1)
+    what = (f"{off_sphere} of its {rows} rows of the selected channels ({100 * share:.1f} %) "
+            f"have a latitude (clat) beyond ±90°, up to {highest:.1f}°")
+    if share >= OFF_SPHERE_REFUSED and off_sphere >= OFF_SPHERE_MIN_ROWS:
+        hint = ("; as longitudes would: are clat and clon swapped in its header or label?"
+                if highest <= 360 else "")
+        raise RdrFormatError(f"{path}: {what}{hint} (refused: a table with "
+                             f"{100 * OFF_SPHERE_REFUSED:.0f} % or more such rows is "
+                             f"mis-described, not noisy)")
+    log.warning("%s: %s; rejected as latitude_range", path, what)
+
+
 def _ingest_file(path: Path, params: Mapping[str, Any], spill: h5py.File,
                  totals: dict[str, int], flag_bits: dict[str, dict[str, int]],
                  per_channel: dict[str, dict[str, int]]) -> tuple[list[_Run], dict[str, Any]]:
@@ -338,10 +365,17 @@ def _ingest_file(path: Path, params: Mapping[str, Any], spill: h5py.File,
     # indexes and sorts the previous one.
     batches = read_table(path, REQUIRED_COLUMNS, channels=params["channels"],
                          on_malformed=params["on_malformed"], stats=stats)
+    off_sphere, highest = 0, 0.0
     for cols in batches:
         keep, counts = quality_filter(cols, params, flag_bits, per_channel)
         for reason, n in counts.items():
             totals[reason] += n
+        if counts["latitude_range"]:
+            off_sphere += counts["latitude_range"]
+            with np.errstate(invalid="ignore"):
+                beyond = np.abs(cols["clat"])[np.abs(cols["clat"]) > 90]
+            highest = max(highest, float(np.nanmax(beyond[beyond < -FILL_THRESHOLD],
+                                                   initial=0.0)))
         # Sorting each block here overlaps with the parse of the next one and
         # leaves flush() a cheap merge of sorted pieces.
         sample = _sort_rows(_to_samples(cols, keep, nside))
@@ -354,6 +388,7 @@ def _ingest_file(path: Path, params: Mapping[str, Any], spill: h5py.File,
     totals["malformed"] += stats["malformed"]
     totals["channel"] += stats["channel"]
     rows = stats["rows"]
+    _check_geometry(path, off_sphere, rows - stats["channel"], highest)
     info = {"path": str(path), "size": path.stat().st_size, "checksum": checksum.result(),
             "rows_read": rows, "accepted_before_duplicates": accepted}
     log.info("%s: %d rows read, %d pass the filters", path, rows, accepted)
