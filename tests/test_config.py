@@ -82,3 +82,53 @@ def test_config_overlays_validate_over_the_default(overlay):
     else:
         assert cfg["simulate"]["seed"] == base["simulate"]["seed"]
         assert cfg["ingest"]["channels"] == [7] and cfg["model"]["tc_weight"] == 0.0
+
+
+def test_command_line_strings_are_read_against_the_schema():
+    """Snakemake keeps the scalars of a nested --config value as strings; they are
+    read again where the schema wants a number, a boolean or a list of them, and
+    left alone where it wants text."""
+    from vaemap.config import retype_strings
+
+    given = {"profiles": {"bins": "96", "nside": "32"}, "model": {"beta": "0.5"},
+             "encode": {"store_recon": "false"}, "maps": {"percentiles": ["2", "98.5"]},
+             "results": 2024, "title": "123", "train": {"epochz": "3"}}
+    assert retype_strings(given) == {
+        "profiles": {"bins": 96, "nside": 32}, "model": {"beta": 0.5},
+        "encode": {"store_recon": False}, "maps": {"percentiles": [2, 98.5]},
+        "results": "2024", "title": "123", "train": {"epochz": "3"}}
+    assert retype_strings({"train": {"epochs": "many"}}) == {"train": {"epochs": "many"}}
+
+
+def test_errors_name_the_option_a_value_came_from(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("model:\n  beta: 0.5\n")
+    with pytest.raises(ConfigError, match=r"^--set: profiles\.bins: 100 local-time bins"):
+        load_config(path, overrides=["profiles.bins=100"])
+    with pytest.raises(ConfigError, match=r"--set: train\.epochs: -3 is less than"):
+        load_config(path, overrides=["train.epochs=-3"])
+    with pytest.raises(ConfigError, match=rf"{path}: model\.beta: -1 is less than"):
+        path.write_text("model:\n  beta: -1\n")
+        load_config(path, overrides=["train.epochs=3"])
+
+
+@pytest.mark.parametrize(("given", "message"), [
+    ("profiles={bins: 96}", None),
+    ("profiles={bins: 100}", "--config: profiles.bins: 100 local-time bins cannot be halved"),
+    ("train={epochs: -3}", "--config: train.epochs: -3 is less than the minimum of 1"),
+])
+def test_snakemake_config_values_are_typed_and_blamed_on_config(tmp_path, given, message):
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    proc = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--snakefile",
+                           str(REPO / "workflow" / "Snakefile"), "--configfile",
+                           str(REPO / "config" / "config.yaml"), "--config", given,
+                           "--directory", str(tmp_path)], capture_output=True, text=True)
+    if message is None:
+        assert proc.returncode == 0, proc.stderr
+    else:
+        assert proc.returncode != 0 and message in proc.stdout + proc.stderr
+        assert "config.yaml: profiles" not in proc.stdout + proc.stderr

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import copy
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -17,7 +17,8 @@ from typing import Any
 import jsonschema
 import yaml
 
-__all__ = ["ConfigError", "load_config", "load_schema", "parse_override", "validate_config"]
+__all__ = ["ConfigError", "load_config", "load_schema", "parse_override", "retype_strings",
+           "validate_config"]
 
 
 class ConfigError(ValueError):
@@ -68,7 +69,56 @@ _MOVED_KEYS = {"profiles.normalisation": "model.normalisation",
                                    "noise-equivalent radiance, not kelvin)"}
 
 
-def validate_config(config: Mapping[str, Any] | None, source: str = "config") -> dict[str, Any]:
+_SCALARS = {"integer": int, "number": (int, float), "boolean": bool, "null": type(None)}
+
+
+def _types(schema: Mapping[str, Any]) -> set[str]:
+    kind = schema.get("type", ())
+    return {kind} if isinstance(kind, str) else set(kind)
+
+
+def retype_strings(values: Any, schema: Mapping[str, Any] | None = None) -> Any:
+    """``values`` with each string leaf read as YAML where the schema wants a
+    number, boolean or null there and no string.
+
+    Snakemake reads a nested ``--config 'profiles={bins: 100}'`` with YAML's base
+    loader, which keeps every scalar a string ('100'); a key the schema types as
+    a string (a path, a title) keeps its text whatever it looks like.
+    """
+    schema = load_schema() if schema is None else schema
+    if isinstance(values, dict):
+        props = schema.get("properties", {})
+        return {k: retype_strings(v, props[k]) if k in props else v for k, v in values.items()}
+    if isinstance(values, list) and isinstance(schema.get("items"), dict):
+        return [retype_strings(v, schema["items"]) for v in values]
+    kinds = _types(schema)
+    if kinds == {"string"} and isinstance(values, int) and not isinstance(values, bool):
+        return str(values)  # Snakemake read a top-level 'results=2024' as a number
+    if isinstance(values, str) and kinds and "string" not in kinds:
+        try:
+            value = yaml.safe_load(values)
+        except yaml.YAMLError:
+            return values
+        if any(isinstance(value, _SCALARS[k]) and not (k != "boolean" and isinstance(
+                value, bool)) for k in kinds if k in _SCALARS) or (
+                "array" in kinds and isinstance(value, list)) or (
+                "object" in kinds and isinstance(value, dict)):
+            return retype_strings(value, schema)
+    return values
+
+
+def _within(path: tuple, tree: Any) -> bool:
+    """Whether the key path ``path`` lies inside the nested mapping ``tree``."""
+    for key in path:
+        if not isinstance(tree, Mapping) or key not in tree:
+            return False
+        tree = tree[key]
+    return bool(path)
+
+
+def validate_config(config: Mapping[str, Any] | None, source: str = "config",
+                    command_line: Mapping[str, Any] | None = None,
+                    command_line_source: str = "--config") -> dict[str, Any]:
     """Validate ``config`` against the schema and return a copy with defaults filled.
 
     Parameters
@@ -77,6 +127,10 @@ def validate_config(config: Mapping[str, Any] | None, source: str = "config") ->
         The user's configuration (may be partial; missing keys take defaults).
     source : str
         Name of where the values came from, used in error messages.
+    command_line : mapping, optional
+        The part of ``config`` given on the command line (Snakemake's
+        ``--config``): an error at one of its keys names ``command_line_source``
+        instead of ``source``.
 
     Raises
     ------
@@ -93,53 +147,61 @@ def validate_config(config: Mapping[str, Any] | None, source: str = "config") ->
     given = set(instance)
     validator = _default_filling_validator()(load_schema())
     errors = sorted(validator.iter_errors(instance), key=lambda e: list(e.absolute_path))
+
+    def where(key: str) -> str:
+        return (command_line_source if command_line is not None
+                and _within(tuple(key.split(".")), command_line) else source)
+
     if errors:
         lines = []
         for err in errors:
+            key = _key_path(err)
             if err.validator == "additionalProperties":
-                lines.append(f"{source}: {_key_path(err)}: unknown key ({err.message})")
+                lines.append(f"{where(key)}: {key}: unknown key ({err.message})")
             else:
-                lines.append(f"{source}: {_key_path(err)}: {err.message}")
+                lines.append(f"{where(key)}: {key}: {err.message}")
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(lines))
-    _check_cross_keys(instance, given, source)
+    _check_cross_keys(instance, given, where)
     return instance
 
 
-def _check_cross_keys(cfg: dict[str, Any], given: set[str], source: str) -> None:
-    """Constraints between keys that JSON schema cannot express.
+def _check_cross_keys(cfg: dict[str, Any], given: set[str],
+                      where: Callable[[str], str]) -> None:
+    """Constraints between keys that JSON schema cannot express; ``where(key)``
+    names the file or option the key came from.
 
     A constraint between two sections is checked only when both were given:
     a step run by Snakemake receives just the sections it depends on.
     """
+
+    def fail(key: str, reason: str) -> None:
+        raise ConfigError(f"{where(key)}: {key}: {reason}")
+
     ing, prof = cfg["ingest"], cfg["profiles"]
     if {"ingest", "profiles"} <= given and ing["nside"] < prof["nside"]:
-        raise ConfigError(
-            f"{source}: ingest.nside: {ing['nside']} is coarser than profiles.nside "
-            f"{prof['nside']}; samples must be indexed at least as finely as the map"
-        )
+        fail("ingest.nside", f"{ing['nside']} is coarser than profiles.nside {prof['nside']}; "
+                             f"samples must be indexed at least as finely as the map")
     if ing["tb_min"] >= ing["tb_max"]:
-        raise ConfigError(f"{source}: ingest.tb_min: must be below ingest.tb_max")
+        fail("ingest.tb_min", "must be below ingest.tb_max")
     if ing["reflectance_min"] >= ing["reflectance_max"]:
-        raise ConfigError(f"{source}: ingest.reflectance_min: must be below "
-                          f"ingest.reflectance_max")
+        fail("ingest.reflectance_min", "must be below ingest.reflectance_max")
     if {"profiles", "model"} <= given:
         from vaemap.presets import PRESETS
 
         depth = PRESETS[cfg["model"]["preset"]].get("depth", cfg["model"]["depth"])
         bins = cfg["profiles"]["bins"]
         if bins % 2**depth:
-            raise ConfigError(
-                f"{source}: profiles.bins: {bins} local-time bins cannot be halved "
-                f"model.depth = {depth} times (preset {cfg['model']['preset']!r}); choose bins "
-                f"divisible by {2**depth}, e.g. {bins - bins % 2**depth or 2**depth}")
+            fail("profiles.bins", f"{bins} local-time bins cannot be halved model.depth = "
+                                  f"{depth} times (preset {cfg['model']['preset']!r}); choose "
+                                  f"bins divisible by {2**depth}, e.g. "
+                                  f"{bins - bins % 2**depth or 2**depth}")
     if "sweep" in given and cfg["seed"] in cfg["sweep"]["seed"]:
-        raise ConfigError(f"{source}: sweep.seed: {cfg['seed']} is the main seed already; "
-                          f"list only extra seeds")
+        fail("sweep.seed", f"{cfg['seed']} is the main seed already; list only extra seeds")
     lo, hi = cfg["maps"]["percentiles"]
     if lo >= hi:
-        raise ConfigError(f"{source}: maps.percentiles: {lo} must be below {hi}")
+        fail("maps.percentiles", f"{lo} must be below {hi}")
     if "data" in given and cfg["data"]["source"] == "rdr" and not cfg["data"]["rdr_files"]:
-        raise ConfigError(f"{source}: data.rdr_files: must list RDR files when data.source is rdr")
+        fail("data.rdr_files", "must list RDR files when data.source is rdr")
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -207,7 +269,10 @@ def load_config(
             else:
                 cfg[section] = values
         source = f"{source} + --config-json"
+    given: dict[str, Any] = {}
     for text in overrides:
         key, value = parse_override(text)
         _apply(cfg, key, value)
-    return validate_config(cfg, source)
+        _apply(given, key, value)
+    return validate_config(cfg, source, command_line=given or None,
+                           command_line_source="--set")

@@ -3,21 +3,28 @@ import json
 import os
 import re
 
+from snakemake.utils import update_config
+
 # Only light modules here (no torch, h5py or healpy): building the DAG must be
 # fast and must work where the heavy packages live only in the jobs' env.
 from vaemap import locks
-from vaemap.config import ConfigError, validate_config
+from vaemap.config import ConfigError, retype_strings, validate_config
 from vaemap.products import TRUTH_MAPS, map_products, simulated_rdr_names
 
 # Validate against workflow/schemas/config.schema.yaml (the same schema the
 # `vaemap` command line uses) and fill in the defaults; stop with the key path
 # and the reason on an invalid value.
+# Values given with --config are read again against the schema: Snakemake keeps
+# the scalars of a nested value ('profiles={bins: 100}') as strings.
+COMMAND_LINE = retype_strings(dict(workflow.config_settings.config))
+update_config(config, COMMAND_LINE)
 try:
     config.update(
         validate_config(
             config,
             source=" + ".join(dict.fromkeys(map(os.path.abspath, workflow.configfiles)))
             or "snakemake config",
+            command_line=COMMAND_LINE,
         )
     )
 except ConfigError as exc:
