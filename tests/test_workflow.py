@@ -74,7 +74,9 @@ def test_seed_sweep_trains_every_method_with_every_seed(tmp_path):
     assert re.search(r"^train_sweep\s+5$", table, re.M)
     for variant in ("seed=2", "seed=3", "beta=0", "beta=0,seed=2", "beta=0,seed=3"):
         assert f"results/sweep/{variant}/model.pt" in proc.stdout
-    assert '"seed":3' in proc.stdout  # the swept seed reaches the training command
+    # the swept seed reaches the training command, through its settings file
+    swept = tmp_path / "results" / "settings" / "sweep" / "beta=0,seed=3"
+    assert json.loads((swept / "model+train+seed+device.json").read_text())["seed"] == 3
     cfg["sweep"] = {"seed": [1]}  # the main seed again: refused before any job
     (tmp_path / "seeds.yaml").write_text(yaml.safe_dump(cfg))
     proc = snakemake("-n", "--configfile", str(tmp_path / "seeds.yaml"), "--directory",
@@ -308,6 +310,20 @@ def test_end_to_end_products_rerun_and_report(tmp_path):
     # A second run is a no-op.
     again = snakemake(*common, "-n")
     assert "Nothing to be done" in again.stdout + again.stderr
+
+    # Results copied elsewhere (no .snakemake/ metadata there) still reprocess
+    # exactly: each step's settings file changes only with its own values.
+    moved = tmp_path / "moved"
+    shutil.copytree(results, moved / "results")  # (copy2: the files keep their times)
+    elsewhere = ("--configfile", str(config), "--directory", str(moved), "--cores", "2")
+    again = snakemake(*elsewhere, "-n")
+    assert "Nothing to be done" in again.stdout + again.stderr
+    assert json.loads((moved / "results" / "settings" / "ingest.json").read_text())[
+        "ingest"]["nside"] == yaml.safe_load(config.read_text())["ingest"]["nside"]
+    resampled = snakemake(*elsewhere, "-n", "--config", "ingest={nside: 256}")
+    assert {"ingest", "merge_samples", "profiles", "train", "encode", "maps"} <= planned_jobs(
+        resampled.stdout)
+    assert "simulate" not in planned_jobs(resampled.stdout)
 
     # Changing beta re-runs train and everything downstream, not ingest.
     cfg = yaml.safe_load(config.read_text())

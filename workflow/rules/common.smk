@@ -141,28 +141,47 @@ def wants_gpu():
     return int(bool(config["train"]["gpu"]) or str(config["device"]).startswith("cuda"))
 
 
-def step_config(*sections):
-    """The config sections a step reads, as compact JSON for --config-json.
+def settings(*sections):
+    """``<results>/settings/<sections>.json``: the config sections a step reads, as
+    the file the step's job reads its configuration from (``vaemap <step>
+    --config``) and depends on.
 
-    Passing them as params makes Snakemake re-run a rule (and what depends on
-    it) exactly when one of its own values changes. Each key belongs to the
-    one step that reads it (see config/README.md), so a rule lists only its
-    own sections.
+    The file is rewritten, atomically, only when one of its values changes, so
+    Snakemake re-runs a rule (and what depends on it) exactly when one of its
+    own values changes, by the files' times alone: also where its own metadata
+    (``.snakemake/`` of the working directory) is missing, as after results/
+    was copied or moved. Each key belongs to the one step that reads it (see
+    config/README.md), so a rule lists only its own sections.
     """
-    return _config_json({name: config[name] for name in sections})
+    name = "+".join(sections)
+    return _settings_file(
+        f"{RESULTS}/settings/{name}.json", {key: config[key] for key in sections}
+    )
 
 
-def _config_json(cfg):
-    return json.dumps(cfg, sort_keys=True, separators=(",", ":"))
+def _settings_file(path, cfg):
+    text = json.dumps(cfg, sort_keys=True, indent=1) + "\n"
+    try:
+        with open(path, encoding="utf-8") as fh:
+            if fh.read() == text:
+                return path
+    except OSError:
+        pass  # not written yet, or unreadable: write it
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "w", encoding="utf-8") as fh:
+        fh.write(text)
+    os.replace(tmp, path)
+    return path
 
 
-def sweep_step_config(*sections):
-    """step_config for a sweep model: its values in place (``model.beta``,
+def sweep_settings(*sections):
+    """settings() of a sweep model: its values in place (``model.beta``,
     ``model.latent_dim``, the top-level ``seed``), so a sweep model re-runs only
     when its own settings change (the β = 0 autoencoder does not depend on the
     main model's β)."""
 
-    def params(wildcards):
+    def settings_of(wildcards):
         cfg = {name: config[name] for name in sections}
         for item in wildcards.variant.split(","):
             param, value = item.split("=")
@@ -174,9 +193,12 @@ def sweep_step_config(*sections):
             # beta = 0 is the plain autoencoder: no total-correlation term either
             if param == "beta" and value == 0:
                 cfg["model"]["tc_weight"] = 0.0
-        return _config_json(cfg)
+        name = "+".join(sections)
+        return _settings_file(
+            f"{RESULTS}/settings/sweep/{wildcards.variant}/{name}.json", cfg
+        )
 
-    return params
+    return settings_of
 
 
 def rdr_tables():

@@ -2,6 +2,7 @@ rule encode:
     input:
         profiles=f"{RESULTS}/profiles.h5",
         model=f"{RESULTS}/model/model.pt",
+        settings=settings("encode", "device"),
     output:
         f"{RESULTS}/latents.h5",
     log:
@@ -16,11 +17,10 @@ rule encode:
         runtime=runtime_min(5, per_cube_gib=30),
         gpu=wants_gpu(),
     params:
-        cfg=step_config("encode", "device"),
         extra=[],
     shell:
         "vaemap encode {input.profiles:q} {input.model:q} --output {output:q} {params.extra:q} "
-        "--config-json {params.cfg:q} --json > {log:q} 2>&1"
+        "--config {input.settings:q} --json > {log:q} 2>&1"
 
 
 if config["encode"]["tile_nside"]:
@@ -35,12 +35,12 @@ if config["encode"]["tile_nside"]:
         benchmark:
             f"{BENCH}/encode/tile_{{tile}}.tsv"
         params:
-            cfg=step_config("encode", "device"),
             extra=tile_flag("encode"),
 
     rule merge_latents:
         input:
-            expand(f"{RESULTS}/encode/tile_{{tile}}.h5", tile=tiles("encode")),
+            parts=expand(f"{RESULTS}/encode/tile_{{tile}}.h5", tile=tiles("encode")),
+            settings=settings("encode", "device"),
         output:
             f"{RESULTS}/latents.h5",
         log:
@@ -52,10 +52,8 @@ if config["encode"]["tile_nside"]:
         resources:
             mem_mb=mem_mb(1500, cubes=3.0),
             runtime=runtime_min(5, per_cube_gib=10),
-        params:
-            cfg=step_config("encode", "device"),
         shell:
-            "vaemap merge-latents {input:q} --output {output:q} "
-            "--config-json {params.cfg:q} --json > {log:q} 2>&1"
+            "vaemap merge-latents {input.parts:q} --output {output:q} "
+            "--config {input.settings:q} --json > {log:q} 2>&1"
 
     ruleorder: merge_latents > encode

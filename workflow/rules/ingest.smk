@@ -5,7 +5,8 @@
 
 rule ingest:
     input:
-        lambda wildcards: RDR_BATCHES[wildcards.batch],
+        tables=lambda wildcards: RDR_BATCHES[wildcards.batch],
+        settings=settings("ingest"),
     output:
         f"{RESULTS}/ingest/{{batch}}.h5",
     log:
@@ -18,16 +19,15 @@ rule ingest:
     resources:
         mem_mb=mem_mb(1000 + config["ingest"]["chunk_rows"] / 4000),
         runtime=runtime_min(5, per_gib_input=10),
-    params:
-        cfg=step_config("ingest"),
     shell:
-        "vaemap ingest {input:q} --output {output:q} --config-json {params.cfg:q} --json "
+        "vaemap ingest {input.tables:q} --output {output:q} --config {input.settings:q} --json "
         "> {log:q} 2>&1"
 
 
 rule merge_samples:
     input:
-        expand(f"{RESULTS}/ingest/{{batch}}.h5", batch=RDR_BATCHES),
+        parts=expand(f"{RESULTS}/ingest/{{batch}}.h5", batch=RDR_BATCHES),
+        settings=settings("ingest"),
     output:
         f"{RESULTS}/samples.h5",
     log:
@@ -40,8 +40,6 @@ rule merge_samples:
     resources:
         mem_mb=mem_mb(1000 + config["ingest"]["chunk_rows"] / 4000),
         runtime=runtime_min(5, per_gib_input=8),
-    params:
-        cfg=step_config("ingest"),
     shell:
-        "vaemap merge {input:q} --output {output:q} --config-json {params.cfg:q} --json "
+        "vaemap merge {input.parts:q} --output {output:q} --config {input.settings:q} --json "
         "> {log:q} 2>&1"

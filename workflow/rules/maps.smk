@@ -3,6 +3,7 @@ rule maps:
         latents=f"{RESULTS}/latents.h5",
         profiles=f"{RESULTS}/profiles.h5",
         model=f"{RESULTS}/model/model.pt",
+        settings=settings("maps"),
     output:
         fits=expand(f"{RESULTS}/maps/{{product}}.fits", product=PRODUCTS),
         # HealSparse copies of the maps at nside >= 4096 (vaemap.healpix)
@@ -59,11 +60,10 @@ rule maps:
         mem_mb=mem_mb(2000, cubes=2.0),
         runtime=runtime_min(10, per_cube_gib=30),
     params:
-        cfg=step_config("maps"),
         outdir=lambda wildcards, output: os.path.dirname(output.fits[0]),
     shell:
         "vaemap maps {input.latents:q} --profiles {input.profiles:q} --model {input.model:q} "
-        "--outdir {params.outdir:q} --threads {threads} --config-json {params.cfg:q} --json "
+        "--outdir {params.outdir:q} --threads {threads} --config {input.settings:q} --json "
         "> {log:q} 2>&1"
 
 

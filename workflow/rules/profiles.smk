@@ -4,7 +4,8 @@
 
 rule profiles:
     input:
-        f"{RESULTS}/samples.h5",
+        samples=f"{RESULTS}/samples.h5",
+        settings=settings("profiles"),
     output:
         f"{RESULTS}/profiles.h5",
     log:
@@ -18,11 +19,10 @@ rule profiles:
         mem_mb=mem_mb(1000, cubes=4.0),
         runtime=runtime_min(5, per_gib_input=15),
     params:
-        cfg=step_config("profiles"),
         tile=[],
     shell:
-        "vaemap profiles {input:q} --output {output:q} {params.tile:q} "
-        "--config-json {params.cfg:q} --json > {log:q} 2>&1"
+        "vaemap profiles {input.samples:q} --output {output:q} {params.tile:q} "
+        "--config {input.settings:q} --json > {log:q} 2>&1"
 
 
 if config["profiles"]["tile_nside"]:
@@ -37,12 +37,14 @@ if config["profiles"]["tile_nside"]:
         benchmark:
             f"{BENCH}/profiles/tile_{{tile}}.tsv"
         params:
-            cfg=step_config("profiles"),
             tile=tile_flag("profiles"),
 
     rule merge_profiles:
         input:
-            expand(f"{RESULTS}/profiles_tiles/tile_{{tile}}.h5", tile=tiles("profiles")),
+            parts=expand(
+                f"{RESULTS}/profiles_tiles/tile_{{tile}}.h5", tile=tiles("profiles")
+            ),
+            settings=settings("profiles"),
         output:
             f"{RESULTS}/profiles.h5",
         log:
@@ -54,10 +56,8 @@ if config["profiles"]["tile_nside"]:
         resources:
             mem_mb=mem_mb(1000, cubes=4.0),
             runtime=runtime_min(5, per_cube_gib=10),
-        params:
-            cfg=step_config("profiles"),
         shell:
-            "vaemap merge-profiles {input:q} --output {output:q} "
-            "--config-json {params.cfg:q} --json > {log:q} 2>&1"
+            "vaemap merge-profiles {input.parts:q} --output {output:q} "
+            "--config {input.settings:q} --json > {log:q} 2>&1"
 
     ruleorder: merge_profiles > profiles

@@ -1,4 +1,6 @@
 rule simulate:
+    input:
+        settings=settings("simulate"),
     output:
         rdr=expand(
             f"{RESULTS}/simulate/rdr/{{name}}",
@@ -23,9 +25,8 @@ rule simulate:
         mem_mb=mem_mb(1500, column_bytes=400),
         runtime=runtime_min(10, per_m_rows=0.3, per_m_columns=4),
     params:
-        cfg=step_config("simulate"),
         outdir=lambda wildcards, output: os.path.dirname(output.truth),
     shell:
         "vaemap simulate --outdir {params.outdir:q} --threads {threads} "
-        "--config-json {params.cfg:q} "
+        "--config {input.settings:q} "
         "--json > {log:q} 2>&1"

@@ -10,7 +10,8 @@ wildcard_constraints:
 
 use rule train as train_sweep with:
     input:
-        f"{RESULTS}/profiles.h5",
+        profiles=f"{RESULTS}/profiles.h5",
+        settings=sweep_settings("model", "train", "seed", "device"),
     output:
         model=f"{RESULTS}/sweep/{{variant}}/model.pt",
         metrics=f"{RESULTS}/sweep/{{variant}}/train_metrics.csv",
@@ -21,14 +22,13 @@ use rule train as train_sweep with:
     benchmark:
         f"{BENCH}/sweep/train_{{variant}}.tsv"
     priority: 0
-    params:
-        cfg=sweep_step_config("model", "train", "seed", "device"),
 
 
 use rule encode as encode_sweep with:
     input:
         profiles=f"{RESULTS}/profiles.h5",
         model=f"{RESULTS}/sweep/{{variant}}/model.pt",
+        settings=settings("encode", "device"),
     output:
         temp(f"{RESULTS}/sweep/{{variant}}/latents.h5"),
     log:
@@ -36,7 +36,6 @@ use rule encode as encode_sweep with:
     benchmark:
         f"{BENCH}/sweep/encode_{{variant}}.tsv"
     params:
-        cfg=step_config("encode", "device"),
         extra=["--set", "encode.store_recon=false"],
 
 

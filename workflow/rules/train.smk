@@ -1,6 +1,7 @@
 rule train:
     input:
-        f"{RESULTS}/profiles.h5",
+        profiles=f"{RESULTS}/profiles.h5",
+        settings=settings("model", "train", "seed", "device"),
     output:
         model=f"{RESULTS}/model/model.pt",
         metrics=f"{RESULTS}/model/train_metrics.csv",
@@ -27,9 +28,7 @@ rule train:
         mem_mb=mem_mb(1500, cubes=3.0 * trained_fraction()),
         runtime=runtime_min(10, per_cube_gib_epoch=40),
         gpu=wants_gpu(),
-    params:
-        cfg=step_config("model", "train", "seed", "device"),
     shell:
-        "vaemap train {input:q} --output {output.model:q} --metrics {output.metrics:q} "
-        "--curve {output.curve:q} --sigma {output.sigma:q} --resume --no-progress --config-json {params.cfg:q} "
+        "vaemap train {input.profiles:q} --output {output.model:q} --metrics {output.metrics:q} "
+        "--curve {output.curve:q} --sigma {output.sigma:q} --resume --no-progress --config {input.settings:q} "
         "--json > {log:q} 2>&1"
