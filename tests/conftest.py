@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import pytest
@@ -78,7 +79,6 @@ def write_product(path: Path, spec, arrays: dict, **attrs) -> None:
     """Write a small product file by hand, as its writer would: every dataset of
     ``spec`` (those not in ``arrays`` filled with zeros of the right dtype and
     shape) and its identifying and required attributes (``attrs`` override)."""
-    import h5py
     import numpy as np
 
     n = len(next(iter(arrays.values())))
@@ -88,13 +88,27 @@ def write_product(path: Path, spec, arrays: dict, **attrs) -> None:
                 "rejected": "{}", "rejected_pixels": "{}", "inputs": "[]", "rows_read": n,
                 "accepted": n, "observed_bins": 0, "seed": 0, "latent_dim": sizes.get("latent", 0),
                 "model": "", "bin_edges_h": np.linspace(0, 24, sizes.get("bins", 24) + 1)}
-    with h5py.File(path, "w") as h5:
+    with edit_product(path, "w") as h5:
         h5.attrs.update({**spec.identity(), **{k: defaults[k] for k in spec.attrs}, **attrs})
         for name, f in spec.fields.items():
             if name in arrays:
                 h5[name] = np.asarray(arrays[name]).astype(f.dtype)
             elif not f.optional:
                 h5[name] = np.zeros((n, *f.row_shape(sizes)), f.dtype)
+
+
+@contextlib.contextmanager
+def edit_product(path: Path, mode: str = "a"):
+    """Open an HDF5 product to change it as a (faulty) vaemap step would have written
+    it: its content checksum is recorded again on exit, so the readers' value checks,
+    not the checksum, meet the change."""
+    import h5py
+
+    from vaemap.products import content_checksum
+
+    with h5py.File(path, mode) as h5:
+        yield h5
+        h5.attrs["content_checksum"] = content_checksum(h5)
 
 
 def strongest_anomaly_distance_deg(truth_h5: Path, catalogue_ecsv: Path) -> float:

@@ -16,11 +16,11 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import REPO, TINY
+from conftest import REPO, TINY, edit_product
 
 from vaemap import cli
 from vaemap.config import ConfigError, validate_config
-from vaemap.io import atomic_path, file_checksum
+from vaemap.io import atomic_path
 from vaemap.model import CheckpointError, load_checkpoint, weights_checksum
 
 
@@ -79,14 +79,18 @@ def test_latents_of_another_model_are_refused(survey, trained, tmp_path, capsys)
 
 
 def test_latents_beside_other_profiles_are_refused(survey, trained, tmp_path, capsys):
-    """Latents record the checksum of the profiles they were encoded from: maps and
-    evaluate given other profiles (same grid, other content) stop, naming both."""
+    """Latents record the content checksum of the profiles they were encoded from:
+    maps and evaluate given other profiles (same grid, other content, written as
+    vaemap writes them) stop, naming both."""
     import h5py
+
+    from vaemap.products import content_checksum
 
     other = tmp_path / "profiles.h5"
     other.write_bytes(survey["profiles_h5"].read_bytes())
     with h5py.File(other, "a") as h5:
         h5["profile"][0] = h5["profile"][0] + 1.0
+        h5.attrs["content_checksum"] = content_checksum(h5)
     for args in (["maps", trained["latents"], "--profiles", other, "--model", trained["model"],
                   "--outdir", tmp_path / "maps"],
                  ["evaluate", trained["latents"], "--truth", survey["truth"], "--profiles",
@@ -96,9 +100,45 @@ def test_latents_beside_other_profiles_are_refused(survey, trained, tmp_path, ca
         assert rc == 1 and "was made from other profiles" in line, line
         assert str(trained["latents"]) in line and str(other) in line
     assert not (tmp_path / "maps").exists() and not (tmp_path / "eval" / "metrics.json").exists()
-    with h5py.File(survey["profiles_h5"]) as h5:  # and the profiles record their samples
+    with h5py.File(survey["profiles_h5"]) as h5:  # and the profiles record their samples'
         source = json.loads(h5.attrs["input"])
-    assert source["checksum"] == file_checksum(survey["samples"])
+    with h5py.File(survey["samples"]) as h5:
+        assert source["checksum"] == h5.attrs["content_checksum"] == content_checksum(h5)
+
+
+@pytest.mark.parametrize("product", ["samples", "profiles_h5", "latents", "truth"])
+def test_a_product_changed_after_it_was_written_is_refused(survey, trained, tmp_path, capsys,
+                                                         product):
+    """Every HDF5 product records the checksum of its values when it is written; a
+    value changed afterwards (a stray edit, a damaged copy) stops the next reader
+    with one line naming the file, and so does a file without the checksum."""
+    import h5py
+
+    source = trained["latents"] if product == "latents" else survey[product]
+    changed = tmp_path / Path(source).name
+    changed.write_bytes(Path(source).read_bytes())
+    key = {"samples": "tb", "profiles_h5": "profile", "latents": "mu", "truth": "albedo"}[product]
+    with h5py.File(changed, "a") as h5:
+        h5[key][0] = h5[key][0] * 1.01 + 0.5
+    reader = {
+        "samples": ["profiles", changed, "--output", tmp_path / "p.h5"],
+        "profiles_h5": ["encode", changed, trained["model"], "--output",
+                        tmp_path / "l.h5"],
+        "latents": ["maps", changed, "--profiles", survey["profiles_h5"], "--model",
+                    trained["model"], "--outdir", tmp_path / "maps"],
+        "truth": ["evaluate", trained["latents"], "--truth", changed, "--outdir",
+                  tmp_path / "eval"],
+    }[product]
+    rc, err = _cli(capsys, *reader)
+    line = _one_line(err)
+    assert rc == 1 and f"{changed}:" in line and "do not match the checksum" in line, line
+    with h5py.File(changed, "a") as h5:
+        del h5.attrs["content_checksum"]
+    rc, err = _cli(capsys, *reader)
+    line = _one_line(err)
+    assert rc == 1 and f"{changed}:" in line and "records no content checksum" in line, line
+    assert not any((tmp_path / name).exists() for name in ("p.h5", "l.h5", "maps")), reader
+    assert not (tmp_path / "eval" / "metrics.json").exists()
 
 
 def test_a_wrong_truth_path_is_an_error_not_real_data(trained, tmp_path, capsys):
@@ -114,12 +154,11 @@ def test_latents_with_nan_are_refused_by_maps_and_evaluate(survey, trained, tmp_
     """NaN latents (every 50th pixel, or all) never become silent gaps, empty maps
     or an ICA of zeros: each reader ends in one line naming the file and the
     dataset, and writes nothing."""
-    import h5py
     import numpy as np
 
     bad = tmp_path / "latents.h5"
     bad.write_bytes(trained["latents"].read_bytes())
-    with h5py.File(bad, "a") as h5:
+    with edit_product(bad) as h5:
         mu = h5["mu"][...]
         mu[::every, 0] = np.nan
         h5["mu"][...] = mu
@@ -135,11 +174,10 @@ def test_latents_with_nan_are_refused_by_maps_and_evaluate(survey, trained, tmp_
 
 def test_pixels_beyond_the_sphere_and_an_empty_map_are_refused(survey, tiny_config, tmp_path,
                                                                capsys):
-    import h5py
 
     bad = tmp_path / "samples.h5"
     bad.write_bytes(survey["samples"].read_bytes())
-    with h5py.File(bad, "a") as h5:
+    with edit_product(bad) as h5:
         nside = int(h5.attrs["nside"])
         pix = h5["pix"][...]
         pix[-1] = 12 * nside**2  # one index past the last pixel

@@ -15,7 +15,7 @@ import healpy as hp
 import numpy as np
 import pytest
 import yaml
-from conftest import REPO, TINY, strongest_anomaly_distance_deg
+from conftest import REPO, TINY, edit_product, strongest_anomaly_distance_deg
 
 SNAKEFILE = REPO / "workflow" / "Snakefile"
 
@@ -354,7 +354,7 @@ def test_end_to_end_products_rerun_and_report(tmp_path):
     broken = tmp_path / "broken"
     broken.mkdir()
     shutil.copy(results / "latents.h5", broken / "latents.h5")
-    with h5py.File(broken / "latents.h5", "a") as h5:
+    with edit_product(broken / "latents.h5") as h5:
         h5["mu"][...] = 0.0
         h5["anomaly_score"][...] = 0.0
     subprocess.run([sys.executable, "-m", "vaemap.cli", "evaluate", str(broken / "latents.h5"),

@@ -34,7 +34,6 @@ from vaemap.healpix import sorted_row_range, tile_pixel_range
 from vaemap.instrument import night_mask
 from vaemap.io import (
     atomic_hdf5,
-    file_checksum,
     open_tile_parts,
     provenance_attrs,
     write_dataset,
@@ -110,7 +109,8 @@ def run(profiles: str | Path, model_path: str | Path, output: str | Path,
     # The profiles must be what the model was trained on: same pixels grid,
     # channels and bins (a model of another nside would label pixels wrongly).
     with open_product(profiles, PROFILES, nside=int(ckpt["nside"]), channels=ckpt["channels"],
-                      bins=arch["bins"], against=f"the model {model_path}") as src:
+                      bins=arch["bins"], verify=tile is None,
+                      against=f"the model {model_path}") as src:
         lo, hi = 0, src["pix"].shape[0]
         if tile is not None:
             lo, hi = sorted_row_range(src["pix"],
@@ -156,7 +156,7 @@ def run(profiles: str | Path, model_path: str | Path, output: str | Path,
                      "body": "MOON", "model": str(model_path), "latent_dim": arch["latent_dim"],
                      "channels": list(ckpt["channels"]),
                      "model_weights": ckpt["weights_checksum"],
-                     "profiles_checksum": file_checksum(profiles)}
+                     "profiles_checksum": str(src.attrs["content_checksum"])}
             broken = ~(np.isfinite(arrays["mu"]).all(1) & np.isfinite(arrays["logvar"]).all(1))
             if broken.any():  # raised inside the atomic write: no latents.h5 appears
                 raise ValueError(f"{model_path}: the model gives NaN or infinite latents for "

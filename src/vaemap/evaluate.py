@@ -20,9 +20,17 @@ import numpy as np
 
 from vaemap import baselines
 from vaemap.figures import pyplot, save_figure
-from vaemap.io import atomic_path, file_checksum
+from vaemap.io import atomic_path
 from vaemap.metrics import FACTOR_NAMES, region_recall, score_code, truth_at
-from vaemap.products import LATENTS, ProductError, check_pixels, open_product, read_finite
+from vaemap.products import (
+    LATENTS,
+    PROFILES,
+    ProductError,
+    check_pixels,
+    open_product,
+    read_finite,
+    recorded_checksum,
+)
 from vaemap.stats import ica_components
 
 __all__ = ["run"]
@@ -83,7 +91,7 @@ def run(latents: str | Path, truth: str | Path | None, outdir: str | Path,
                   "against": f"the model {model}"}
         training_seed = ckpt.get("config", {}).get("seed")
     if profiles is not None:  # and the profiles that made them
-        expect.update(profiles_checksum=file_checksum(profiles),
+        expect.update(profiles_checksum=recorded_checksum(profiles, PROFILES),
                       against=f"{expect.get('against', 'the inputs')} and the profiles "
                               f"{profiles}")
     with open_product(latents, LATENTS, **expect) as h5:

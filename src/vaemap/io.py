@@ -22,7 +22,7 @@ import hdf5plugin  # registers Blosc & co. with HDF5, so every reader can open o
 import numpy as np
 
 from vaemap import __version__
-from vaemap.products import ProductSpec, open_product
+from vaemap.products import ProductSpec, content_checksum, open_product
 
 __all__ = [
     "COMPRESSIONS",
@@ -185,11 +185,14 @@ def scratch_dir(prefix: str) -> Iterator[Path]:
 def atomic_hdf5(path: str | Path) -> Iterator[h5py.File]:
     """An HDF5 product written atomically (see :func:`atomic_path`): yields the
     open file; closes it (flushing what HDF5 still buffers, where a full disk
-    often shows) and renames it onto ``path`` on success, removes it on failure."""
+    often shows) and renames it onto ``path`` on success, removes it on failure.
+    The file's ``content_checksum`` attribute is written last
+    (:func:`vaemap.products.content_checksum`, read back from what HDF5 stored)."""
     with atomic_path(path) as tmp:
         h5 = h5py.File(tmp, "w")
         try:
             yield h5
+            h5.attrs["content_checksum"] = content_checksum(h5)
         except BaseException:
             with contextlib.suppress(OSError, RuntimeError):
                 h5.close()  # the error being raised already says what went wrong
@@ -252,9 +255,8 @@ def open_tile_parts(parts: Sequence[str | Path], spec: ProductSpec
     Yields ``(path, file)`` pairs in pixel order (tiles are NESTED ranges, so
     ordering parts by their first pixel orders every pixel). Each part is
     checked against ``spec`` (:func:`vaemap.products.check_product`, as a tile
-    part); ValueError names the file when one is not such a part or when its
-    pixels overlap the previous part's. Only the first and last pixel of each
-    part are read here.
+    part, its content checksum included); ValueError names the file when one is
+    not such a part or when its pixels overlap the previous part's.
     """
     with contextlib.ExitStack() as stack:
         opened = [(Path(p), stack.enter_context(open_product(p, spec, part=True)))

@@ -27,7 +27,7 @@ from vaemap.healpix import (
     write_partial_map,
 )
 from vaemap.hips import write_hips
-from vaemap.io import atomic_path, file_checksum
+from vaemap.io import atomic_path
 from vaemap.products import (
     LATENTS,
     PROFILES,
@@ -36,6 +36,7 @@ from vaemap.products import (
     map_products,
     open_product,
     read_finite,
+    recorded_checksum,
 )
 from vaemap.rasters import write_geotiff
 from vaemap.stats import ica_components
@@ -286,7 +287,7 @@ def run(latents: str | Path, profiles: str | Path, model: str | Path, outdir: st
     model_net, norm, ckpt = load_checkpoint(model)
     with open_product(latents, LATENTS, nside=int(ckpt["nside"]), channels=ckpt["channels"],
                       model_weights=ckpt["weights_checksum"],
-                      profiles_checksum=file_checksum(profiles),
+                      profiles_checksum=recorded_checksum(profiles, PROFILES),
                       against=f"the model {model} and the profiles {profiles}") as h5, \
             open_product(profiles, PROFILES, nside=int(ckpt["nside"]),
                          channels=ckpt["channels"], bins=int(ckpt["arch"]["bins"]),
@@ -318,8 +319,13 @@ def run(latents: str | Path, profiles: str | Path, model: str | Path, outdir: st
             hips = hips_products(params["hips"], products)
             for name, meta in products.items():
                 values = _values(h5, name, ica)
+                # Where the values come from: the latents' content checksum and
+                # the model's weights (the FITS CHECKSUM/DATASUM cards cover this
+                # file's own content).
                 header = {"PRODUCT": meta["fits"], "LATENTS": latent_dim,
-                          "BETA": float(ckpt["config"]["model"]["beta"])}
+                          "BETA": float(ckpt["config"]["model"]["beta"]),
+                          "LATSUM": str(h5.attrs["content_checksum"]),
+                          "MODELSUM": str(ckpt["weights_checksum"])}
                 write_partial_map(outdir / f"{name}.fits", pix, values, nside,
                                   column=name.upper(), unit=meta["unit"], extra_header=header,
                                   history=history)

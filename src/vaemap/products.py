@@ -42,9 +42,11 @@ __all__ = [
     "ProductSpec",
     "check_pixels",
     "check_product",
+    "content_checksum",
     "map_products",
     "open_product",
     "read_finite",
+    "recorded_checksum",
     "simulated_rdr_names",
 ]
 
@@ -296,10 +298,44 @@ def _attr(h5, key: str) -> Any:
     return value
 
 
+#: Bytes of one dataset hashed at a time by :func:`content_checksum` (bounded memory).
+_HASH_BLOCK_BYTES = 1 << 26
+
+
+def content_checksum(h5) -> str:
+    """``"xxh3_128:<hex>"`` of an HDF5 product's content: every dataset's name,
+    dtype, shape and values (read in row blocks, so memory stays bounded), in
+    name order. Attributes (provenance, configuration, times) are left out, so
+    two runs that compute the same values have the same checksum however they
+    were stored (compression, chunks) and whenever they ran. Writers record it
+    as the ``content_checksum`` attribute (:func:`vaemap.io.atomic_hdf5`), the
+    next step records it as its input's, and readers of a whole product check it
+    (:func:`check_product`)."""
+    import h5py
+    import xxhash
+
+    digest = xxhash.xxh3_128()
+    names: list[str] = []
+    h5.visititems(lambda name, obj: names.append(name) if isinstance(obj, h5py.Dataset)
+                  else None)
+    for name in sorted(names):
+        dset = h5[name]
+        digest.update(f"{name}|{dset.dtype.str}|{dset.shape}\n".encode())
+        if dset.shape == () or dset.size == 0:
+            if dset.shape == ():
+                digest.update(np.ascontiguousarray(dset[()]).tobytes())
+            continue
+        row_bytes = max(1, dset.dtype.itemsize * int(np.prod(dset.shape[1:], dtype=np.int64)))
+        step = max(1, _HASH_BLOCK_BYTES // row_bytes)
+        for a in range(0, dset.shape[0], step):
+            digest.update(np.ascontiguousarray(dset[a:a + step]).tobytes())
+    return f"xxh3_128:{digest.hexdigest()}"
+
+
 def check_product(h5, path: str | Path, spec: ProductSpec, *, part: bool | None = False,
                   nside: int | None = None, channels: Sequence[int] | None = None,
                   bins: int | None = None, model_weights: str | None = None,
-                  profiles_checksum: str | None = None,
+                  profiles_checksum: str | None = None, verify: bool = True,
                   against: str = "the configuration") -> None:
     """Check an open HDF5 file against ``spec`` and the reader's expectations.
 
@@ -322,6 +358,10 @@ def check_product(h5, path: str | Path, spec: ProductSpec, *, part: bool | None 
     profiles_checksum : str, optional
         The checksum of the profiles file the product must have been made from
         (checked where the product records one).
+    verify : bool
+        Check the recorded ``content_checksum`` against the values (reads the
+        whole file once; a reader of one tile's rows of a large product passes
+        False and relies on the whole-product readers downstream).
     against : str
         Where the expected values come from, for the message (e.g. ``"model.pt"``).
 
@@ -388,6 +428,21 @@ def check_product(h5, path: str | Path, spec: ProductSpec, *, part: bool | None 
                 if have != bins:
                     raise ProductError(f"{path}: {have} local-time bins, but {against} has "
                                        f"{bins}")
+    recorded = h5.attrs.get("content_checksum")
+    if recorded is None:
+        raise ProductError(f"{path}: {spec.name} file records no content checksum (written by "
+                           f"an older vaemap or another tool); re-run the step that makes it")
+    if verify:
+        try:
+            actual = content_checksum(h5)
+        except OSError as exc:  # a chunk HDF5 cannot decompress
+            raise ProductError(f"{path}: {spec.name} file is damaged; a dataset cannot be read "
+                               f"({str(exc).splitlines()[0]}); re-run the step that makes "
+                               f"it") from None
+        if actual != str(recorded):
+            raise ProductError(f"{path}: {spec.name} file's values do not match the checksum "
+                               f"recorded when it was written ({recorded}, now {actual}): the "
+                               f"file was changed or damaged; re-run the step that makes it")
 
 
 def read_finite(h5, path: str | Path, name: str, what: str = "") -> np.ndarray:
@@ -443,3 +498,11 @@ def open_product(path: str | Path, spec: ProductSpec, **expect: Any) -> Iterator
     with h5:
         check_product(h5, path, spec, **expect)
         yield h5
+
+
+def recorded_checksum(path: str | Path, spec: ProductSpec) -> str:
+    """The ``content_checksum`` a product recorded when it was written (the file is
+    checked as ``spec``, its values are not re-hashed): what a step records as its
+    input's identity and what a later reader compares."""
+    with open_product(path, spec, part=None, verify=False) as h5:
+        return str(h5.attrs["content_checksum"])

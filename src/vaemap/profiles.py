@@ -30,7 +30,6 @@ from vaemap.instrument import channel_unit
 from vaemap.io import (
     RowWriter,
     atomic_hdf5,
-    file_checksum,
     open_tile_parts,
     provenance_attrs,
     read_json_attr,
@@ -172,7 +171,10 @@ def run(samples: str | Path, output: str | Path, config: Mapping[str, Any], *,
     rejected = {"too_few_observations": 0, "gap_too_large": 0}
     observed_bins = 0
     start = time.perf_counter()
-    with open_product(samples, SAMPLES) as h5, atomic_hdf5(output) as out:
+    # A tile job reads its rows only; the whole file's checksum is checked by
+    # the untiled run and by the merge of the parts.
+    with open_product(samples, SAMPLES, verify=tile is None) as h5, \
+            atomic_hdf5(output) as out:
         nside_in = int(h5.attrs["nside"])
         if nside_in < nside:
             raise ValueError(f"{samples}: samples nside {nside_in} is coarser than "
@@ -184,8 +186,8 @@ def run(samples: str | Path, output: str | Path, config: Mapping[str, Any], *,
         if tile is not None:
             tile_pixel_range(tile, nside)  # the tile must be no finer than the map
             lo, hi = sorted_row_range(h5["pix"], *tile_pixel_range(tile, nside_in))
-        source = {"path": str(samples), "checksum": file_checksum(samples), "rows": hi - lo,
-                  "rejected_rows": read_json_attr(h5.attrs, "rejected", {})}
+        source = {"path": str(samples), "checksum": str(h5.attrs["content_checksum"]),
+                  "rows": hi - lo, "rejected_rows": read_json_attr(h5.attrs, "rejected", {})}
         writer = _profile_writer(out, n_ch, bins)
         for chunk in _iter_pixel_chunks(h5, nside_in, nside, READ_ROWS, lo, hi):
             pixels, bin_sums, counts = _bin_chunk(chunk, channels, bins)
