@@ -28,7 +28,7 @@ import torch
 from vaemap import thermal
 from vaemap.metrics import spearman_matrix, truth_at
 from vaemap.model import latitude_condition, load_checkpoint
-from vaemap.simulate import facet_geometry
+from vaemap.thermal import facet_geometry
 
 PARAMS = ("albedo", "h_param", "slope_ew", "slope_ns")
 LOWER = np.array([0.02, 0.01, -30.0, -30.0])

@@ -24,6 +24,36 @@ def test_robust_z_known_values():
     assert np.isfinite(robust_z(np.array([1.0, 1.0, 1.0, 5.0]))).all()
 
 
+def test_latitude_bands_merge_small_polar_bands_equatorward():
+    from vaemap.stats import latitude_bands
+
+    # 100 pixels in each 10° band up to 70°, 20 in 70-80°, 5 in 80-90°, both hemispheres
+    lat = np.concatenate([np.full(100, 5.0 + 10 * b) * (-1) ** b for b in range(7)]
+                         + [np.full(20, -75.0), np.full(5, 85.0)])
+    bands = latitude_bands(lat, 10.0, min_pixels=50)
+    assert np.array_equal(bands[:700], np.repeat(np.arange(7), 100))  # |lat|: hemispheres joined
+    assert (bands[700:] == 6).all()  # 80-90° (5) joins 70-80°, which (25) joins 60-70°
+    # a map smaller than one band is one band, whatever the latitudes
+    assert np.unique(latitude_bands(np.array([1.0, 45.0, 89.0]), 10.0)).size == 1
+
+
+def test_anomaly_z_scores_each_pixel_against_its_latitude():
+    """A pole that every pixel fits worse is not anomalous by latitude band; a pixel
+    worse than its own band is, equally at the equator and the pole."""
+    from vaemap.stats import anomaly_z
+
+    rng = np.random.default_rng(0)
+    lat = np.concatenate([rng.uniform(-10, 10, 900), rng.uniform(80, 90, 100)])
+    error = np.concatenate([rng.normal(1.0, 0.1, 900), rng.normal(3.0, 0.3, 100)])
+    error[10] = 1.8  # 8 spreads above the equatorial band: anomalous there
+    flat = anomaly_z(error, lat, 0.0)
+    np.testing.assert_array_equal(flat, robust_z(error))
+    assert (flat[900:] > 3.5).all() and flat[10] > 3.5  # the pole swamps the catalogue
+    banded = anomaly_z(error, lat, 10.0)
+    assert (banded[900:] > 3.5).mean() < 0.05 and banded[10] > 3.5
+    np.testing.assert_allclose(banded[:900], robust_z(error[:900]))
+
+
 def test_roc_auc_and_average_precision_known_answers():
     label = np.array([0, 0, 1, 1])
     assert metrics.roc_auc(np.array([0.1, 0.2, 0.8, 0.9]), label) == 1.0

@@ -23,7 +23,7 @@ from scipy import stats
 from vaemap.instrument import night_mask
 from vaemap.metrics import FACTOR_NAMES
 from vaemap.products import PROFILES, open_product
-from vaemap.stats import robust_z
+from vaemap.stats import anomaly_z
 
 __all__ = [
     "BASELINE_NAMES",
@@ -172,10 +172,12 @@ def fit_noise(residual: np.ndarray, mask: np.ndarray, count: np.ndarray) -> np.n
 
 
 def anomaly_score(data: NormalisedProfiles, recon: np.ndarray, metric: str,
-                  channels: Sequence[int]) -> np.ndarray:
+                  channels: Sequence[int], band_deg: float = 0.0) -> np.ndarray:
     """Robust z of a reconstruction's error chosen by ``metric`` (an
-    ``encode.anomaly_metric``) over the profiles of ``channels``, computed like
-    the VAE's (:func:`vaemap.model.reconstruction_errors`); for the calibrated
+    ``encode.anomaly_metric``) over the profiles of ``channels``, within
+    |latitude| bands of ``band_deg`` (``encode.score_band_deg``,
+    :func:`vaemap.stats.anomaly_z`), computed like the VAE's
+    (:func:`vaemap.model.reconstruction_errors`); for the calibrated
     metrics each bin's σ is fitted to the reconstruction's own residuals
     (:func:`fit_noise`), as the VAE learns its own."""
     import torch
@@ -188,7 +190,7 @@ def anomaly_score(data: NormalisedProfiles, recon: np.ndarray, metric: str,
                                    torch.from_numpy(data.mask), torch.from_numpy(data.std),
                                    torch.from_numpy(sigma_k),
                                    torch.from_numpy(night_mask(channels, data.x.shape[2])))
-    return robust_z(errors[ANOMALY_ERRORS[metric]].numpy())
+    return anomaly_z(errors[ANOMALY_ERRORS[metric]].numpy(), data.lat, band_deg)
 
 
 def _probe_folds(data: NormalisedProfiles, nside: int, folds: int) -> np.ndarray:

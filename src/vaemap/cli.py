@@ -139,64 +139,45 @@ def _step_readme_table(args, cfg):
     return {"readme": args.readme, "up_to_date": current}
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser with every subcommand."""
-    parser = argparse.ArgumentParser(
-        prog="vaemap",
-        description="Radiometer time series to HEALPix map products with a convolutional "
-                    "β-VAE (Diviner, Moseley et al. 2020). Each subcommand runs one step.")
-    parser.add_argument("--version", action="version", version=f"vaemap {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="STEP")
+def _tile_option(p: argparse.ArgumentParser, merge: str) -> None:
+    p.add_argument("--tile", metavar="NSIDE/INDEX",
+                   help=f"process only this NESTED tile (e.g. 2/17) into a part for "
+                        f"`vaemap {merge}`")
 
-    def add(name: str, func: Callable, help_text: str) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help_text, description=help_text)
-        p.set_defaults(func=func)
-        return p
 
-    def add_tile_merge(step: str, func: Callable, product: str, note: str = "") -> str:
-        """The `merge-...` subcommand joining the tile parts of `step`; returns its name."""
-        name = f"merge-{product.split('.')[0]}"
-        p = add(name, func, f"Combine the tile parts of `vaemap {step} --tile` into "
-                            f"{product}{note}.")
+def _merge_args(product: str) -> Callable[[argparse.ArgumentParser], None]:
+    """Arguments of a `merge-...` subcommand joining tile parts into ``product``."""
+    def add(p: argparse.ArgumentParser) -> None:
         p.add_argument("parts", nargs="+", metavar="PART", help="tile parts (any order)")
         p.add_argument("--output", required=True, help=f"{product} to write")
-        _common(p)
-        return name
+    return add
 
-    def tile_option(p: argparse.ArgumentParser, merge: str) -> None:
-        p.add_argument("--tile", metavar="NSIDE/INDEX",
-                       help=f"process only this NESTED tile (e.g. 2/17) into a part for "
-                            f"`vaemap {merge}`")
 
-    p = add("simulate", _step_simulate, "Simulate a synthetic Moon survey: Diviner RDR tables "
-            "(OUTDIR/rdr/), ground truth truth.h5 and truth_*.fits.")
+def _simulate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--outdir", required=True, help="output directory")
     p.add_argument("--threads", type=int, default=1,
                    help="processes solving the thermal model side by side (default 1)")
-    _common(p)
 
-    p = add("ingest", _step_ingest, "Quality-filter RDR tables into a HEALPix-indexed, "
-            "pixel-sorted samples.h5 with per-reason rejection counts.")
+
+def _ingest_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("inputs", nargs="+", metavar="FILE",
                    help="RDR tables: .TAB/.csv/.txt, gzipped (.gz) or zipped as the PDS "
                         "archive publishes them (_rdr.zip, with its .lbl label beside it)")
     p.add_argument("--output", required=True, help="samples.h5 to write")
-    _common(p)
 
-    p = add("merge", _step_merge, "Merge pixel-sorted samples.h5 files (e.g. one per RDR "
-            "table) into one, summing rejection counts and dropping duplicates.")
+
+def _merge_samples_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("parts", nargs="+", metavar="SAMPLES", help="samples.h5 files to merge")
     p.add_argument("--output", required=True, help="merged samples.h5 to write")
-    _common(p)
 
-    p = add("profiles", _step_profiles, "Fold samples on local time into per-pixel diurnal "
-            "profiles (profiles.h5).")
+
+def _profiles_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("samples", help="samples.h5")
     p.add_argument("--output", required=True, help="profiles.h5 to write")
-    tile_option(p, add_tile_merge("profiles", _step_merge_profiles, "profiles.h5"))
-    _common(p)
+    _tile_option(p, "merge-profiles")
 
-    p = add("train", _step_train, "Train the convolutional β-VAE (model.pt).")
+
+def _train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("profiles", help="profiles.h5")
     p.add_argument("--output", required=True, help="model.pt to write")
     p.add_argument("--metrics", help="per-epoch metrics CSV to write")
@@ -205,28 +186,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true",
                    help="continue from OUTPUT.ckpt left by an interrupted run")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    _common(p)
 
-    p = add("encode", _step_encode, "Encode every profile: latents, reconstruction error and "
-            "anomaly score (latents.h5).")
+
+def _encode_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("profiles", help="profiles.h5")
     p.add_argument("model", help="model.pt")
     p.add_argument("--output", required=True, help="latents.h5 to write")
-    tile_option(p, add_tile_merge("encode", _step_merge_latents, "latents.h5",
-                                  " and score the anomalies over all pixels"))
-    _common(p)
+    _tile_option(p, "merge-latents")
 
-    p = add("maps", _step_maps, "Write HEALPix FITS maps and PNG renderings of every product, "
-            "the anomaly catalogue (ECSV) and the latent-traversal figure.")
+
+def _maps_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("latents", help="latents.h5")
     p.add_argument("--profiles", required=True, help="profiles.h5 (for the anomaly figure)")
     p.add_argument("--model", required=True, help="model.pt (for the latent traversal)")
     p.add_argument("--threads", type=int, default=1, help="figures drawn in parallel")
     p.add_argument("--outdir", required=True, help="output directory")
-    _common(p)
 
-    p = add("evaluate", _step_evaluate, "Score latents and anomaly maps against ground truth "
-            "(when simulated) and report KL, active units, reconstruction statistics.")
+
+def _evaluate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("latents", help="latents.h5")
     p.add_argument("--truth", help="truth.h5 from simulate (omit for real data)")
     p.add_argument("--profiles", help="profiles.h5, with --model: adds the PCA and ICA "
@@ -236,11 +213,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="skip the supervised probes (a sweep computes them once, for the "
                         "main model)")
     p.add_argument("--outdir", required=True, help="output directory")
-    _common(p)
 
-    p = add("summarize", _step_summarize, "Aggregate evaluate metrics.json files of several "
-            "runs (training seeds, sweep variants) into the headline table: each method's "
-            "metrics as mean ± sd over its seeds.")
+
+def _summarize_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("metrics", nargs="+", help="metrics.json files")
     p.add_argument("--labels", nargs="+", required=True,
                    help="one label per file: main, seed=S, beta=0, beta=0,seed=S, ...")
@@ -248,10 +223,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--markdown", help="Markdown table to write")
     p.add_argument("--csv", help="CSV (one row per run) to write")
     p.add_argument("--main-label", default="VAE", help="name of the main model's column")
-    _common(p)
 
-    p = add("viewer", _step_viewer, "Write an Aladin Lite page (index.html) beside the HiPS "
-            "tile sets that `vaemap maps` wrote; serve it with python -m http.server.")
+
+def _viewer_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("hips_root", help="the maps' hips/ directory (one HiPS per product)")
     p.add_argument("--aladin-js", default=str(Path(__file__).resolve().parents[2] / "viewer"
                                               / "node_modules" / "aladin-lite" / "dist"
@@ -259,10 +233,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Aladin Lite's aladin.js (default: the one `npm ci --prefix viewer` "
                         "installs in this checkout)")
     p.add_argument("--title", default="vaemap maps", help="the page's title")
-    _common(p)
 
-    p = add("readme-table", _step_readme_table, "Write the results block of README.md from "
-            "a summarize JSON (between its vaemap:metrics markers), or --check it.")
+
+def _readme_table_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("summary", help="metrics.json written by `vaemap summarize`")
     p.add_argument("--readme", default="README.md", help="README to update (README.md)")
     p.add_argument("--channels", nargs="+", default=[], metavar="LABEL=SUMMARY",
@@ -270,7 +243,65 @@ def build_parser() -> argparse.ArgumentParser:
                         "summarize JSON per channel set, e.g. '7=a.json' '1-9=b.json'")
     p.add_argument("--check", action="store_true",
                    help="only check; exit 1 when the README's block differs")
-    _common(p)
+
+
+def _merge_help(step: str, product: str, note: str = "") -> str:
+    return f"Combine the tile parts of `vaemap {step} --tile` into {product}{note}."
+
+
+#: Every subcommand, in the order of the workflow: name, handler, arguments, help.
+SUBCOMMANDS: tuple[tuple[str, Callable, Callable[[argparse.ArgumentParser], None], str],
+                   ...] = (
+    ("simulate", _step_simulate, _simulate_args,
+     "Simulate a synthetic Moon survey: Diviner RDR tables (OUTDIR/rdr/), ground truth "
+     "truth.h5 and truth_*.fits."),
+    ("ingest", _step_ingest, _ingest_args,
+     "Quality-filter RDR tables into a HEALPix-indexed, pixel-sorted samples.h5 with "
+     "per-reason rejection counts."),
+    ("merge", _step_merge, _merge_samples_args,
+     "Merge pixel-sorted samples.h5 files (e.g. one per RDR table) into one, summing "
+     "rejection counts and dropping duplicates."),
+    ("profiles", _step_profiles, _profiles_args,
+     "Fold samples on local time into per-pixel diurnal profiles (profiles.h5)."),
+    ("merge-profiles", _step_merge_profiles, _merge_args("profiles.h5"),
+     _merge_help("profiles", "profiles.h5")),
+    ("train", _step_train, _train_args, "Train the convolutional β-VAE (model.pt)."),
+    ("encode", _step_encode, _encode_args,
+     "Encode every profile: latents, reconstruction error and anomaly score (latents.h5)."),
+    ("merge-latents", _step_merge_latents, _merge_args("latents.h5"),
+     _merge_help("encode", "latents.h5", " and score the anomalies over all pixels")),
+    ("maps", _step_maps, _maps_args,
+     "Write HEALPix FITS maps and PNG renderings of every product, the anomaly catalogue "
+     "(ECSV) and the latent-traversal figure."),
+    ("evaluate", _step_evaluate, _evaluate_args,
+     "Score latents and anomaly maps against ground truth (when simulated) and report KL, "
+     "active units, reconstruction statistics."),
+    ("summarize", _step_summarize, _summarize_args,
+     "Aggregate evaluate metrics.json files of several runs (training seeds, sweep "
+     "variants) into the headline table: each method's metrics as mean ± sd over its "
+     "seeds."),
+    ("viewer", _step_viewer, _viewer_args,
+     "Write an Aladin Lite page (index.html) beside the HiPS tile sets that `vaemap maps` "
+     "wrote; serve it with python -m http.server."),
+    ("readme-table", _step_readme_table, _readme_table_args,
+     "Write the results block of README.md from a summarize JSON (between its "
+     "vaemap:metrics markers), or --check it."),
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser with every subcommand of :data:`SUBCOMMANDS`."""
+    parser = argparse.ArgumentParser(
+        prog="vaemap",
+        description="Radiometer time series to HEALPix map products with a convolutional "
+                    "β-VAE (Diviner, Moseley et al. 2020). Each subcommand runs one step.")
+    parser.add_argument("--version", action="version", version=f"vaemap {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="STEP")
+    for name, func, add_arguments, help_text in SUBCOMMANDS:
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.set_defaults(func=func)
+        add_arguments(p)
+        _common(p)
     return parser
 
 

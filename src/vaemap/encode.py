@@ -30,7 +30,7 @@ import h5py
 import numpy as np
 import torch
 
-from vaemap.healpix import sorted_row_range, tile_pixel_range
+from vaemap.healpix import pix_to_lonlat, sorted_row_range, tile_pixel_range
 from vaemap.instrument import night_mask
 from vaemap.io import (
     atomic_hdf5,
@@ -46,7 +46,7 @@ from vaemap.model import (
     resolve_device,
 )
 from vaemap.products import LATENTS, PROFILES, open_product
-from vaemap.stats import robust_z
+from vaemap.stats import anomaly_z
 
 __all__ = ["merge", "run"]
 
@@ -164,7 +164,7 @@ def run(profiles: str | Path, model_path: str | Path, output: str | Path,
                                  f"it (vaemap train)")
             _write_pixel_datasets(out, arrays)
             if tile is None:
-                _, anomaly = _write_score(out, arrays, params)
+                _, anomaly = _write_score(out, arrays, params, int(ckpt["nside"]))
                 out.attrs.update(provenance_attrs(config, **attrs, **_score_attrs(params)))
             else:
                 out.attrs.update(provenance_attrs(config, **attrs, part_of_tile=tile))
@@ -190,16 +190,23 @@ def _recon_dataset(out: h5py.File, shape: tuple[int, ...]) -> h5py.Dataset:
 
 
 def _score_attrs(params: Mapping[str, Any]) -> dict[str, Any]:
+    band = params["score_band_deg"]
+    among = (f"the pixels within the same {band:g} deg band of |latitude|" if band > 0
+             else "all pixels")
     return {"anomaly_threshold": params["anomaly_threshold"],
             "anomaly_metric": params["anomaly_metric"],
-            "anomaly_score": "0.6745 (x - median) / MAD of the anomaly_metric error"}
+            "score_band_deg": band,
+            "anomaly_score": f"0.6745 (x - median) / MAD of the anomaly_metric error among "
+                             f"{among}"}
 
 
-def _write_score(out: h5py.File, arrays: Mapping[str, np.ndarray], params: Mapping[str, Any]
-                 ) -> tuple[np.ndarray, np.ndarray]:
-    """Robust z of the chosen error over all pixels, and the 0/1 anomaly flag."""
+def _write_score(out: h5py.File, arrays: Mapping[str, np.ndarray], params: Mapping[str, Any],
+                 nside: int) -> tuple[np.ndarray, np.ndarray]:
+    """Robust z of the chosen error (over the pixels of each latitude band,
+    ``encode.score_band_deg``), and the 0/1 anomaly flag."""
     error = arrays[ANOMALY_ERRORS[params["anomaly_metric"]]]
-    score = robust_z(error).astype(np.float32)
+    _, lat = pix_to_lonlat(nside, arrays["pix"])
+    score = anomaly_z(error, lat, params["score_band_deg"]).astype(np.float32)
     anomaly = (score > params["anomaly_threshold"]).astype(np.uint8)
     write_dataset(out, "anomaly_score", score)
     write_dataset(out, "anomaly", anomaly)
@@ -249,7 +256,7 @@ def merge(parts: Sequence[str | Path], output: str | Path, config: Mapping[str, 
                         block = h["recon"][a:a + 65536]
                         recon[start:start + len(block)] = block
                         start += len(block)
-            _, anomaly = _write_score(out, arrays, params)
+            _, anomaly = _write_score(out, arrays, params, int(ref.attrs["nside"]))
             attrs = {**LATENTS.identity(), "nside": int(ref.attrs["nside"]),
                      "latent_dim": int(ref.attrs["latent_dim"]),
                      "channels": json.loads(ref.attrs["channels"]),

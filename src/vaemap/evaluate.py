@@ -107,6 +107,8 @@ def run(latents: str | Path, truth: str | Path | None, outdir: str | Path,
         rms = h5["recon_error"][...]
         threshold = float(h5.attrs.get("anomaly_threshold", config["encode"]["anomaly_threshold"]))
         metric = str(h5.attrs.get("anomaly_metric", config["encode"]["anomaly_metric"]))
+        # the baselines are scored as the latents were, band for band
+        band_deg = float(h5.attrs.get("score_band_deg", 0.0))
     kl = 0.5 * (mu**2 + np.exp(logvar) - 1.0 - logvar)
     metrics: dict[str, Any] = {
         "pixels": int(pix.size),
@@ -133,7 +135,7 @@ def run(latents: str | Path, truth: str | Path | None, outdir: str | Path,
                 raise ValueError(f"{profiles} and {latents} hold different pixels")
             metrics["baselines"], summary = _baselines(data, mu.shape[1], metric, factors,
                                                        kind, nside, threshold,
-                                                       ckpt["channels"])
+                                                       ckpt["channels"], band_deg)
             if probes:  # properties of the data: a sweep computes them once, not per run
                 exclude = kind > 0
                 metrics["linear_probe"] = baselines.linear_probe(data, nside, factors,
@@ -160,7 +162,8 @@ def run(latents: str | Path, truth: str | Path | None, outdir: str | Path,
 
 def _baselines(data: baselines.NormalisedProfiles, n_components: int, metric: str,
                factors: np.ndarray, kind: np.ndarray, nside: int, threshold: float,
-               channels: list[int]) -> tuple[dict[str, Any], np.ndarray]:
+               channels: list[int], band_deg: float = 0.0
+               ) -> tuple[dict[str, Any], np.ndarray]:
     """The unsupervised baselines with as many components as latents, each scored
     like the VAE (its own reconstruction's anomaly score, the same catalogue
     threshold): mask-aware PCA, its ICA rotation and the zero-filled PCA.
@@ -169,8 +172,8 @@ def _baselines(data: baselines.NormalisedProfiles, n_components: int, metric: st
     masked, summary = baselines.masked_pca(data, n_components)
     zero = baselines.pca_zero_filled(data, n_components)
     # the ICA rotation changes the code, not the reconstruction: one score for both
-    masked_score = baselines.anomaly_score(data, masked.recon, metric, channels)
-    zero_score = baselines.anomaly_score(data, zero.recon, metric, channels)
+    masked_score = baselines.anomaly_score(data, masked.recon, metric, channels, band_deg)
+    zero_score = baselines.anomaly_score(data, zero.recon, metric, channels, band_deg)
     out = {}
     for name, code, score in (("pca", masked.code, masked_score),
                               ("ica_pca", ica_components(masked.code), masked_score),

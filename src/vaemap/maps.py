@@ -82,19 +82,40 @@ def hips_products(requested: list[str], products: Mapping[str, Any]) -> list[str
     return list(requested)
 
 
+def _graticule_labels(step_lat: int, step_lon: int) -> None:
+    """Latitude labels along the central meridian and longitude labels along the
+    equator of the current Mollweide panel (degrees, east positive)."""
+    import healpy as hp
+    from matplotlib import patheffects
+
+    # A white halo keeps the labels readable on any colour of the map.
+    text = {"lonlat": True, "fontsize": 8, "color": "black",
+            "path_effects": [patheffects.withStroke(linewidth=2.5, foreground="white")]}
+    for lat in range(-90 + step_lat, 90, step_lat):
+        hp.projtext(0.0, lat, f"{lat:+d}°" if lat else "0°", ha="left", va="bottom", **text)
+    for lon in range(-180 + step_lon, 180, step_lon):
+        if lon:
+            hp.projtext(lon, 0.0, f"{lon % 360:d}°E", ha="center", va="top", **text)
+
+
 def render_png(path: str | Path, pix: np.ndarray, values: np.ndarray, nside: int, *,
                title: str, unit: str, cmap: str = "viridis",
                percentiles: tuple[float, float] = (1.0, 99.0),
                region: Mapping[str, Any] | None = None) -> None:
-    """Four views of a partial NESTED map in one PNG, with labelled colour bars.
+    """Four views of a partial NESTED map in one PNG, with one labelled colour bar.
 
-    Top: the globe (Mollweide, east to the right); bottom: the north and south
-    polar caps (orthographic) and a cartesian zoom on ``region``
-    (``{"name", "lon": [min, max], "lat": [min, max]}``, degrees).  Colour
-    limits are the ``percentiles`` of the observed values; unobserved pixels
-    are grey.
+    Top: the globe (Mollweide, east to the right, graticule every 30° with its
+    latitudes and longitudes written on it); bottom: the north and south polar
+    caps (orthographic, graticule every 15° of latitude from the pole) and a
+    cartesian zoom on ``region`` (``{"name", "lon": [min, max], "lat": [min,
+    max]}``, degrees). Every panel shares the colour scale, limited to the
+    ``percentiles`` of the observed values (values beyond are drawn at the
+    ends); pixels without a value (unobserved, or no profile kept) are grey, as
+    the legend says.
     """
     import healpy as hp
+    from matplotlib.patches import Patch
+    from matplotlib.ticker import MaxNLocator
 
     plt = pyplot()
     # A figure shows no more than ~1000 pixels across the globe: draw from the
@@ -104,19 +125,24 @@ def render_png(path: str | Path, pix: np.ndarray, values: np.ndarray, nside: int
     full = np.full(hp.nside2npix(min(nside, DISPLAY_NSIDE)), hp.UNSEEN)
     full[shown] = shown_values
     lo, hi = _colour_limits(values, percentiles)
+    # One colour bar for the figure (below), not healpy's per panel: its ticks
+    # are only the limits, and under the globe it collides with the pole titles.
     style = {"nest": True, "flip": "geo", "min": lo, "max": hi, "cmap": cmap,
-             "badcolor": "lightgray", "unit": unit, "cbar": True}
-    fig = plt.figure(figsize=(11.0, 9.0))
+             "badcolor": "lightgray", "cbar": False}
+    fig = plt.figure(figsize=(11.0, 9.5))
     # healpy redraws the whole figure after every panel and graticule (seven
     # times); only the saved image needs drawing, which halves the time per map.
     fig.canvas.draw_idle = lambda *args, **kwargs: None
-    hp.mollview(full, fig=fig.number, sub=(2, 1, 1), title=title, **style)
-    hp.graticule(dpar=30, dmer=60, alpha=0.4)
+    hp.mollview(full, fig=fig.number, sub=(2, 1, 1), title="", margins=(0.01, 0.04, 0.01, 0.06),
+                **style)
+    hp.graticule(dpar=30, dmer=30, alpha=0.4)
+    _graticule_labels(30, 60)
+    fig.suptitle(title, fontsize=14, y=0.985)
     hp.orthview(full, fig=fig.number, sub=(2, 3, 4), rot=(0, 90, 0), half_sky=True,
-                title="north pole", **style)
+                title="north pole (15° circles)", margins=(0.01, 0.08, 0.01, 0.02), **style)
     hp.graticule(dpar=15, dmer=30, alpha=0.4)
     hp.orthview(full, fig=fig.number, sub=(2, 3, 5), rot=(0, -90, 0), half_sky=True,
-                title="south pole", **style)
+                title="south pole (15° circles)", margins=(0.01, 0.08, 0.01, 0.02), **style)
     hp.graticule(dpar=15, dmer=30, alpha=0.4)
     if region is not None:
         lon0, lon1 = region["lon"]
@@ -124,8 +150,19 @@ def render_png(path: str | Path, pix: np.ndarray, values: np.ndarray, nside: int
         hp.cartview(full, fig=fig.number, sub=(2, 3, 6), rot=(centre, 0, 0),
                     lonra=[lon0 - centre, lon1 - centre], latra=list(region["lat"]),
                     title=f"{region['name']} (lon {lon0:g}..{lon1:g}, lat "
-                          f"{region['lat'][0]:g}..{region['lat'][1]:g})", **style)
+                          f"{region['lat'][0]:g}..{region['lat'][1]:g}; 10° grid)",
+                    margins=(0.01, 0.08, 0.01, 0.02), **style)
         hp.graticule(dpar=10, dmer=10, alpha=0.4)
+    image = next(im for ax in fig.axes for im in ax.get_images())
+    bar = fig.colorbar(image, cax=fig.add_axes((0.2, 0.045, 0.6, 0.022)),
+                       orientation="horizontal", extend="both")
+    ticks = MaxNLocator(nbins=6).tick_values(lo, hi)
+    bar.set_ticks(ticks[(ticks >= lo) & (ticks <= hi)])
+    bar.formatter.set_powerlimits((-3, 4))  # scientific notation only when needed
+    bar.set_label(f"{title} [{unit}]" if unit else title)
+    fig.legend(handles=[Patch(facecolor="lightgray", edgecolor="0.5",
+                              label="no value (unobserved or rejected)")],
+               loc="lower right", bbox_to_anchor=(0.995, 0.005), fontsize=8, frameon=False)
     save_figure(fig, path, dpi=90)
 
 

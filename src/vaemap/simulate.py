@@ -83,6 +83,7 @@ SYNODIC_DAY_D = 29.530589  # lunar solar day, Earth days
 JDATE_START = SIMULATION_START_JD
 LRO_ALTITUDE_KM = 50.0
 STEPS_PER_DAY = 120  # local-time resolution (0.2 h) of the per-pixel temperature table
+_LOCAL_TIMES = np.arange(STEPS_PER_DAY) * 24.0 / STEPS_PER_DAY
 ORBITS_PER_BATCH = 200  # at most, per batch of rows simulated and written together
 ROWS_PER_BATCH = 65_536  # at most (one orbit if it has more): bounds a writer's memory
 
@@ -190,15 +191,6 @@ def make_surface(nside: int, params: Mapping[str, Any], seed: int) -> dict[str, 
         "anomaly_mask": (kind > 0).astype(np.uint8),
         "anomaly_kind": kind,
     }
-
-
-def facet_geometry(slope_ew: np.ndarray, slope_ns: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Facet slope and azimuth (degrees; azimuth clockwise from north) from the
-    east/west and north/south tilt components (degrees, positive = facing east/north)."""
-    tx, ty = np.tan(np.radians(slope_ew)), np.tan(np.radians(slope_ns))
-    slope = np.degrees(np.arctan(np.hypot(tx, ty)))
-    azimuth = np.mod(np.degrees(np.arctan2(tx, ty)), 360.0)
-    return slope, azimuth
 
 
 def solar_geometry(jdate: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -313,58 +305,6 @@ class ThermalTables:
                                      0.0, sunlat_deg)
 
 
-_COLUMN_KEYS = ("lat", "albedo", "h_param", "slope_ew", "slope_ns", "rock_fraction")
-_BLOCK_COLUMNS = 4096  # columns solved together: their arrays stay in cache (2x faster than 16k)
-_LOCAL_TIMES = np.arange(STEPS_PER_DAY) * 24.0 / STEPS_PER_DAY
-
-
-def _solve_block(args: tuple) -> tuple[np.ndarray, np.ndarray]:
-    columns, declination, distance = args
-    slope, azimuth = facet_geometry(columns["slope_ew"], columns["slope_ns"])
-    t_reg, t_rock = thermal.surface_temperature_components(
-        columns["lat"], _LOCAL_TIMES, albedo=columns["albedo"], h_param=columns["h_param"],
-        slope_deg=slope, azimuth_deg=azimuth, rock_fraction=columns["rock_fraction"],
-        steps_per_day=STEPS_PER_DAY, declination_deg=declination, solar_distance_au=distance,
-    )
-    return t_reg.astype(np.float32), t_rock.astype(np.float32)
-
-
-def _solve(columns: Mapping[str, np.ndarray], declination: float, distance: float,
-           workers: int, regolith_file: Path | None = None
-           ) -> tuple[np.ndarray | Path, np.ndarray | None]:
-    """Periodic diurnal regolith and rock temperature (K, (n, STEPS_PER_DAY)) of
-    every column, in blocks spread over ``workers`` processes.
-
-    With ``regolith_file`` the regolith table is written block by block to that
-    ``.npy`` file (and its path returned in place of the array), and the rock
-    table is not kept: memory stays a few blocks whatever the number of columns.
-    """
-    n = columns["lat"].size
-    size = max(1, min(_BLOCK_COLUMNS, -(-n // max(workers, 1))))  # every worker gets some
-    blocks = [({k: np.broadcast_to(columns[k], (n,))[a:a + size] for k in _COLUMN_KEYS},
-               declination, distance) for a in range(0, n, size)]
-    shape = (n, STEPS_PER_DAY)
-    with contextlib.ExitStack() as stack:
-        if workers <= 1 or len(blocks) == 1:
-            parts = map(_solve_block, blocks)
-        else:
-            pool = stack.enter_context(ProcessPoolExecutor(min(workers, len(blocks))))
-            parts = pool.map(_solve_block, blocks)
-        if regolith_file is None:
-            done = list(parts)
-            return (np.concatenate([p[0] for p in done]),
-                    np.concatenate([p[1] for p in done]))
-        # Written sequentially (not through a map, whose dirty pages would count
-        # against this process until the end).
-        with atomic_path(regolith_file) as tmp, open(tmp, "wb") as sink:
-            np.lib.format.write_array_header_1_0(
-                sink, {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float32)),
-                       "fortran_order": False, "shape": shape})
-            for regolith, _ in parts:
-                sink.write(np.ascontiguousarray(regolith, dtype=np.float32).tobytes())
-    return regolith_file, None
-
-
 def thermal_tables(surface: Mapping[str, np.ndarray], nside: int, workers: int = 1,
                    scratch: Path | None = None) -> ThermalTables:
     """Solve the thermal model for every surface column of ``surface`` (NESTED, at
@@ -376,13 +316,16 @@ def thermal_tables(surface: Mapping[str, np.ndarray], nside: int, workers: int =
     With ``scratch`` (a directory) the per-column regolith table is a file
     there, ``regolith.npy``, instead of an array in memory; it is the caller's
     to remove."""
-    regolith, _ = _solve({**surface, "rock_fraction": 0.0}, 0.0, 1.0, workers,
-                         None if scratch is None else Path(scratch) / "regolith.npy")
+    regolith, _ = thermal.solve_facets({**surface, "rock_fraction": 0.0}, 0.0, 1.0,
+                                       steps_per_day=STEPS_PER_DAY, workers=workers,
+                                       regolith_file=None if scratch is None
+                                       else Path(scratch) / "regolith.npy")
     lat, albedo = np.meshgrid(SEASON_LAT_GRID, ROCK_ALBEDO_GRID, indexing="ij")
     flat = {"lat": lat.ravel(), "albedo": albedo.ravel(),
             "h_param": float(np.median(surface["h_param"])), "slope_ew": 0.0, "slope_ns": 0.0,
             "rock_fraction": 1.0}
-    states = [_solve(flat, dec, dist, workers) for dec, dist in (
+    states = [thermal.solve_facets(flat, dec, dist, steps_per_day=STEPS_PER_DAY,
+                                   workers=workers) for dec, dist in (
         (-LUNAR_OBLIQUITY_DEG, 1.0), (LUNAR_OBLIQUITY_DEG, 1.0), (0.0, SEASON_FLUX_SCALE**-0.5))]
     shape = (*lat.shape, STEPS_PER_DAY)
     (reg_s, rock_s), (reg_n, rock_n), (reg_f, rock_f) = (
@@ -405,24 +348,16 @@ def thermal_tables(surface: Mapping[str, np.ndarray], nside: int, workers: int =
     )
 
 
-def simulate_observations(
-    tables: ThermalTables,
-    rock_fraction: np.ndarray,
-    params: Mapping[str, Any],
-    orbit_range: tuple[int, int],
-    rng: np.random.Generator,
-) -> dict[str, np.ndarray]:
-    """RDR rows for orbits ``orbit_range[0] <= k < orbit_range[1]`` as column arrays.
-
-    ``tables`` holds the surface columns' diurnal temperatures and their seasonal
-    change; ``rock_fraction`` (npix,) mixes rock and regolith inside each
-    footprint, per channel, as radiances.
-    """
-    nside = tables.nside
+def _footprints(params: Mapping[str, Any], orbit_range: tuple[int, int],
+                rng: np.random.Generator) -> tuple[np.ndarray, ...]:
+    """Where and when the footprints of orbits ``orbit_range`` fall, one per
+    detector and sample: ``(orbit, det, t_days, lat, lon, sun_lon, local_time)``,
+    each (n,): orbit number, detector 1-21, days since the mission start,
+    latitude and longitude (deg, longitude in [-180, 180)), the sub-solar
+    longitude (deg) and local solar time (h)."""
     k0, k1 = orbit_range
     per_day = params["orbits_per_day"]
     n_samp, n_det = params["samples_per_orbit"], params["detectors"]
-    channels = np.asarray(params["channels"])
     orbit = np.repeat(np.arange(k0, k1), n_samp * n_det)
     phase = (np.tile(np.repeat(np.arange(n_samp), n_det), k1 - k0)
              + rng.uniform(0, 1, orbit.size)) / n_samp  # fraction of the orbit
@@ -443,6 +378,25 @@ def simulate_observations(
 
     sun_lon = np.mod(180.0 - 360.0 * t_days / SYNODIC_DAY_D, 360.0)
     local_time = np.mod(12.0 + (lon - sun_lon) / 15.0, 24.0)
+    return orbit, det, t_days, lat, lon, sun_lon, local_time
+
+
+def simulate_observations(
+    tables: ThermalTables,
+    rock_fraction: np.ndarray,
+    params: Mapping[str, Any],
+    orbit_range: tuple[int, int],
+    rng: np.random.Generator,
+) -> dict[str, np.ndarray]:
+    """RDR rows for orbits ``orbit_range[0] <= k < orbit_range[1]`` as column arrays.
+
+    ``tables`` holds the surface columns' diurnal temperatures and their seasonal
+    change; ``rock_fraction`` (npix,) mixes rock and regolith inside each
+    footprint, per channel, as radiances.
+    """
+    nside = tables.nside
+    channels = np.asarray(params["channels"])
+    orbit, det, t_days, lat, lon, sun_lon, local_time = _footprints(params, orbit_range, rng)
     sunlat, sundist = solar_geometry(JDATE_START + t_days)
 
     pix = hp.ang2pix(nside, lon, lat, nest=True, lonlat=True)

@@ -11,7 +11,7 @@ import warnings
 
 import numpy as np
 
-__all__ = ["ica_components", "robust_z"]
+__all__ = ["MIN_BAND_PIXELS", "anomaly_z", "ica_components", "latitude_bands", "robust_z"]
 
 
 def robust_z(values: np.ndarray) -> np.ndarray:
@@ -29,6 +29,52 @@ def robust_z(values: np.ndarray) -> np.ndarray:
     if mad == 0:
         mad = np.mean(np.abs(finite - med)) / 0.7979 or 1.0
     return 0.6745 * (values - med) / mad
+
+
+#: Fewest pixels a latitude band of :func:`anomaly_z` holds: a smaller band (the
+#: polar caps of a coarse map) joins its equatorward neighbour, so that its
+#: median and MAD rest on enough pixels.
+MIN_BAND_PIXELS = 50
+
+
+def latitude_bands(lat: np.ndarray, band_deg: float,
+                   min_pixels: int = MIN_BAND_PIXELS) -> np.ndarray:
+    """Band of every pixel: ``floor(|lat| / band_deg)``, both hemispheres together
+    (the thermal environment depends on |latitude|), with bands of fewer than
+    ``min_pixels`` pixels merged into their equatorward neighbour (and a small
+    equatorial band into the next). ``lat`` (n,) in degrees; returns (n,) int."""
+    raw = np.minimum(np.floor(np.abs(lat) / band_deg), np.ceil(90.0 / band_deg) - 1)
+    raw = raw.astype(np.int64)
+    if raw.size == 0:
+        return raw
+    counts = np.bincount(raw)
+    target = np.arange(counts.size)
+    for b in range(counts.size - 1, 0, -1):
+        if counts[b] < min_pixels:
+            counts[b - 1] += counts[b]
+            counts[b] = 0
+            target[target == b] = b - 1
+    occupied = np.flatnonzero(counts)
+    if counts[0] < min_pixels and occupied.size > 1:
+        target[target == 0] = occupied[1]
+    return target[raw]
+
+
+def anomaly_z(error: np.ndarray, lat: np.ndarray, band_deg: float) -> np.ndarray:
+    """The anomaly score: robust z (:func:`robust_z`) of each pixel's error among
+    the pixels of its |latitude| band (:func:`latitude_bands`), or over all
+    pixels when ``band_deg`` is 0. A model fits the poles worse than the
+    equator (fewer pixels, colder nights, larger errors everywhere there); scored
+    against its own latitude a pixel is anomalous for its surface, not for
+    where it lies. ``error`` and ``lat`` (deg) are (n,)."""
+    if band_deg <= 0:
+        return robust_z(error)
+    bands = latitude_bands(lat, band_deg)
+    score = np.empty(np.shape(error), np.float64)
+    for b in np.unique(bands):
+        members = bands == b
+        score[members] = robust_z(np.asarray(error)[members])
+    return score
 
 
 def ica_components(code: np.ndarray, seed: int = 0) -> np.ndarray:

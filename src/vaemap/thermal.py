@@ -34,8 +34,12 @@ declination and distance (the annual wave below the diurnal skin is ignored).
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Mapping
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -43,12 +47,15 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 __all__ = [
+    "COLUMN_KEYS",
     "LUNAR_DAY_S",
     "RegolithProperties",
     "albedo_at_incidence",
     "cos_incidence",
+    "facet_geometry",
     "heat_capacity",
     "solve_columns",
+    "solve_facets",
     "surface_temperature",
     "surface_temperature_components",
 ]
@@ -338,3 +345,72 @@ def surface_temperature(lat_deg: np.ndarray | float, local_time_h: np.ndarray | 
     f = f[:, None]
     mixed4 = np.where(f > 0, f * np.nan_to_num(t_rock) ** 4 + (1 - f) * t_reg**4, t_reg**4)
     return mixed4**0.25
+
+
+def facet_geometry(slope_ew: np.ndarray, slope_ns: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Facet slope and azimuth (degrees; azimuth clockwise from north) from the
+    east/west and north/south tilt components (degrees, positive = facing east/north)."""
+    tx, ty = np.tan(np.radians(slope_ew)), np.tan(np.radians(slope_ns))
+    slope = np.degrees(np.arctan(np.hypot(tx, ty)))
+    azimuth = np.mod(np.degrees(np.arctan2(tx, ty)), 360.0)
+    return slope, azimuth
+
+
+#: The surface factors of one column, as :func:`solve_facets` takes them (arrays (n,)
+#: or scalars): latitude (deg), normal albedo, H (m), east/west and north/south
+#: slope components (deg, positive = facing east / north) and rock fraction.
+COLUMN_KEYS = ("lat", "albedo", "h_param", "slope_ew", "slope_ns", "rock_fraction")
+_BLOCK_COLUMNS = 4096  # columns solved together: their arrays stay in cache (2x faster than 16k)
+
+
+def _solve_block(args: tuple) -> tuple[np.ndarray, np.ndarray]:
+    columns, declination, distance, steps_per_day = args
+    slope, azimuth = facet_geometry(columns["slope_ew"], columns["slope_ns"])
+    t_reg, t_rock = surface_temperature_components(
+        columns["lat"], np.arange(steps_per_day) * 24.0 / steps_per_day,
+        albedo=columns["albedo"], h_param=columns["h_param"], slope_deg=slope,
+        azimuth_deg=azimuth, rock_fraction=columns["rock_fraction"],
+        steps_per_day=steps_per_day, declination_deg=declination, solar_distance_au=distance,
+    )
+    return t_reg.astype(np.float32), t_rock.astype(np.float32)
+
+
+def solve_facets(columns: Mapping[str, np.ndarray], declination: float, distance: float, *,
+                 steps_per_day: int, workers: int = 1, regolith_file: Path | None = None
+                 ) -> tuple[np.ndarray | Path, np.ndarray | None]:
+    """Periodic diurnal regolith and rock temperature (K, float32, (n,
+    steps_per_day), at local times ``k · 24 / steps_per_day`` h) of every column
+    of ``columns`` (:data:`COLUMN_KEYS`), at one season (sub-solar latitude
+    ``declination``, deg; Sun distance ``distance``, AU), in blocks spread over
+    ``workers`` processes. Rock temperatures are NaN where the rock fraction is 0.
+
+    With ``regolith_file`` the regolith table is written block by block to that
+    ``.npy`` file (and its path returned in place of the array), and the rock
+    table is not kept: memory stays a few blocks whatever the number of columns.
+    """
+    from vaemap.io import atomic_path
+
+    n = int(np.size(columns["lat"]))
+    size = max(1, min(_BLOCK_COLUMNS, -(-n // max(workers, 1))))  # every worker gets some
+    blocks = [({k: np.broadcast_to(columns[k], (n,))[a:a + size] for k in COLUMN_KEYS},
+               declination, distance, steps_per_day) for a in range(0, n, size)]
+    shape = (n, steps_per_day)
+    with contextlib.ExitStack() as stack:
+        if workers <= 1 or len(blocks) == 1:
+            parts = map(_solve_block, blocks)
+        else:
+            pool = stack.enter_context(ProcessPoolExecutor(min(workers, len(blocks))))
+            parts = pool.map(_solve_block, blocks)
+        if regolith_file is None:
+            done = list(parts)
+            return (np.concatenate([p[0] for p in done]),
+                    np.concatenate([p[1] for p in done]))
+        # Written sequentially (not through a map, whose dirty pages would count
+        # against this process until the end).
+        with atomic_path(regolith_file) as tmp, open(tmp, "wb") as sink:
+            np.lib.format.write_array_header_1_0(
+                sink, {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float32)),
+                       "fortran_order": False, "shape": shape})
+            for regolith, _ in parts:
+                sink.write(np.ascontiguousarray(regolith, dtype=np.float32).tobytes())
+    return regolith_file, None
