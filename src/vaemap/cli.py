@@ -72,6 +72,12 @@ def _step_merge_profiles(args, cfg):
     return profiles.merge(args.parts, args.output, cfg)
 
 
+def _step_emulator(args, cfg):
+    from vaemap import emulator
+
+    return emulator.run(args.output, cfg, accuracy_json=args.accuracy, threads=args.threads)
+
+
 def _step_train(args, cfg):
     from vaemap import train
 
@@ -177,6 +183,13 @@ def _profiles_args(p: argparse.ArgumentParser) -> None:
     _tile_option(p, "merge-profiles")
 
 
+def _emulator_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--output", required=True, help="emulator.pt to write")
+    p.add_argument("--accuracy", help="accuracy.json to write (errors against the solver)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="processes solving the thermal model side by side (default 1)")
+
+
 def _train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("profiles", help="profiles.h5")
     p.add_argument("--output", required=True, help="model.pt to write")
@@ -265,6 +278,10 @@ SUBCOMMANDS: tuple[tuple[str, Callable, Callable[[argparse.ArgumentParser], None
      "Fold samples on local time into per-pixel diurnal profiles (profiles.h5)."),
     ("merge-profiles", _step_merge_profiles, _merge_args("profiles.h5"),
      _merge_help("profiles", "profiles.h5")),
+    ("emulator", _step_emulator, _emulator_args,
+     "Solve the thermal model for columns over the physical parameter ranges and train "
+     "its emulator (emulator.pt) for the physics decoder; report its accuracy against "
+     "the solver."),
     ("train", _step_train, _train_args, "Train the convolutional β-VAE (model.pt)."),
     ("encode", _step_encode, _encode_args,
      "Encode every profile: latents, reconstruction error and anomaly score (latents.h5)."),

@@ -44,6 +44,7 @@ __all__ = [
     "brightness_temperature",
     "channel_unit",
     "is_solar",
+    "log_radiance_table",
     "mix_footprint",
     "night_bins",
     "night_mask",
@@ -84,6 +85,13 @@ def _log_radiance_table(channel: int) -> np.ndarray:
         spectral = _C1 / lam**5 / np.expm1(_C2 / (lam * _T_GRID[:, None]))
     # floor: at a few kelvin the 8 µm radiance underflows (no measurement reaches it)
     return np.log(np.maximum((0.5 * (hi - lo) * weights * spectral).sum(axis=1), 1e-300))
+
+
+def log_radiance_table(channel: int) -> tuple[np.ndarray, np.ndarray]:
+    """The lookup table behind :func:`band_radiance`: temperatures (K, a uniform
+    grid of 2-800 K) and the natural log of the band radiance at each, for
+    other implementations of the same function (the emulator's, in torch)."""
+    return _T_GRID, _log_radiance_table(channel)
 
 
 def band_radiance(temp_k: np.ndarray | float, channel: int) -> np.ndarray:

@@ -56,6 +56,7 @@ __all__ = [
     "heat_capacity",
     "solve_columns",
     "solve_facets",
+    "source_fingerprint",
     "surface_temperature",
     "surface_temperature_components",
 ]
@@ -414,3 +415,17 @@ def solve_facets(columns: Mapping[str, np.ndarray], declination: float, distance
             for regolith, _ in parts:
                 sink.write(np.ascontiguousarray(regolith, dtype=np.float32).tobytes())
     return regolith_file, None
+
+
+def source_fingerprint() -> str:
+    """``xxh3_128:<hex>`` of the source of this thermal model and of the instrument
+    model (:mod:`vaemap.instrument`): what an emulator learned, so that one
+    trained on other physics is never used (and is re-trained when it changes)."""
+    import xxhash
+
+    from vaemap import instrument
+
+    digest = xxhash.xxh3_128()
+    for module in (__file__, instrument.__file__):
+        digest.update(Path(module).read_bytes())
+    return f"xxh3_128:{digest.hexdigest()}"

@@ -159,6 +159,28 @@ def settings(*sections):
     )
 
 
+def emulator_settings():
+    """settings() of the emulator: its own section and the profiles' number of
+    bins (the only profiles key it reads, so a new profiles.nside keeps it)."""
+    cfg = {
+        "emulator": config["emulator"],
+        "profiles": {"bins": config["profiles"]["bins"]},
+        "device": config["device"],
+    }
+    return _settings_file(f"{RESULTS}/settings/emulator.json", cfg)
+
+
+def physics_settings():
+    """``<results>/settings/physics.json``: the fingerprint of vaemap's thermal and
+    instrument models, an input of the emulator: what it learned changes when
+    they do, so it is re-trained then (and only then)."""
+    from vaemap.thermal import source_fingerprint
+
+    return _settings_file(
+        f"{RESULTS}/settings/physics.json", {"thermal": source_fingerprint()}
+    )
+
+
 def _settings_file(path, cfg):
     text = json.dumps(cfg, sort_keys=True, indent=1) + "\n"
     try:

@@ -1,0 +1,488 @@
+"""Emulator of the thermal model: a column's diurnal profile per channel in microseconds.
+
+``vaemap.thermal`` solves heat conduction in a regolith column in milliseconds
+per column; far too slow to sit inside a decoder that is back-propagated
+through millions of times. This step learns it. A small network maps a
+column's physical parameters and its season to the periodic diurnal surface
+temperature of its regolith and of rock, at ``substeps`` local times inside
+each of the profiles' local-time bins; everything the radiometer adds on top
+is exact physics in :func:`channel_profiles`: each channel's band radiances of
+rock and regolith, mixed by the rock fraction (radiances add, not
+temperatures), the brightness temperature of the mix, averaged over the bin
+as the profiles average their observations. Only the conduction is learned.
+
+Inputs (:data:`PARAMETERS`, :data:`CONDITIONS`, with the ranges the emulator
+covers, wider than the simulator's surface): normal albedo, H-parameter (m),
+east/west and north/south slope components (deg, positive = facing east /
+north), rock fraction; latitude (deg), sub-solar latitude (deg) and Sun
+distance (AU). The rock temperature does not depend on H; the regolith's does
+not depend on the rock fraction, which enters only through the mixing.
+
+What it does not model, by design: the solar channels 1-2 (their reflectance
+is albedo × cos incidence, exact without a network) and anything
+:mod:`vaemap.thermal` leaves out (shadowing by terrain, lateral conduction,
+the annual wave).
+
+``vaemap emulator`` writes ``emulator.pt`` (weights, normalisation, the
+ranges, the physics it learned: :func:`vaemap.thermal.source_fingerprint`) and
+``accuracy.json``: RMS error against the solver on held-out columns, in kelvin,
+per channel, by day and night and by latitude, beside the instrument's noise.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import math
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from vaemap import instrument, thermal
+from vaemap.io import atomic_path
+
+__all__ = [
+    "CONDITIONS",
+    "EMULATOR_FORMAT",
+    "PARAMETERS",
+    "EmulatorError",
+    "ThermalEmulator",
+    "channel_profiles",
+    "load_emulator",
+    "run",
+    "sample_columns",
+    "solve_training_set",
+]
+
+log = logging.getLogger(__name__)
+
+#: Physical parameters of a column: ``(low, high, unit)`` of the range the
+#: emulator is trained on (the simulator's surface lies inside: albedo 0.04-0.2,
+#: H 0.03-0.25 m, slopes within ±35°, rock fraction up to 0.45).
+PARAMETERS: dict[str, tuple[float, float, str]] = {
+    "albedo": (0.03, 0.25, ""),
+    "h_param": (0.015, 0.35, "m"),
+    "slope_ew": (-35.0, 35.0, "deg"),
+    "slope_ns": (-35.0, 35.0, "deg"),
+    "rock_fraction": (0.0, 0.5, ""),
+}
+#: Where and when a column is seen: latitude, sub-solar latitude (the lunar
+#: equator's ±1.543° tilt to the ecliptic) and Sun distance (Earth's orbit and
+#: the Moon's offset).
+CONDITIONS: dict[str, tuple[float, float, str]] = {
+    "lat": (-90.0, 90.0, "deg"),
+    "declination": (-1.6, 1.6, "deg"),
+    "sun_distance": (0.98, 1.02, "AU"),
+}
+#: Inputs of the network, in order: every parameter but the rock fraction (it
+#: enters through the mixing), then the conditions.
+_INPUTS = ("albedo", "h_param", "slope_ew", "slope_ns", "lat", "declination", "sun_distance")
+#: Version of emulator.pt's layout.
+EMULATOR_FORMAT = 1
+#: Time steps per lunar day of the solver runs the emulator learns (the simulator's).
+SOLVER_STEPS_PER_DAY = 120
+
+
+class EmulatorError(ValueError):
+    """An emulator file that cannot be used; the message names the file and why."""
+
+
+def sample_columns(n: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """``n`` columns drawn over :data:`PARAMETERS` and :data:`CONDITIONS` (without
+    the season): albedo and rock fraction uniform, H log-uniform, slopes dense
+    near flat (a cubed uniform: half within ±4.4°, the steepest to ±35°) as
+    real slopes are, latitude uniform over the sphere's area (as pixels are)."""
+    def uniform(name: str) -> np.ndarray:
+        lo, hi, _ = PARAMETERS[name]
+        return rng.uniform(lo, hi, n)
+
+    h_lo, h_hi, _ = PARAMETERS["h_param"]
+    columns = {
+        "albedo": uniform("albedo"),
+        "h_param": np.exp(rng.uniform(np.log(h_lo), np.log(h_hi), n)),
+        "slope_ew": PARAMETERS["slope_ew"][1] * rng.uniform(-1, 1, n) ** 3,
+        "slope_ns": PARAMETERS["slope_ns"][1] * rng.uniform(-1, 1, n) ** 3,
+        "rock_fraction": uniform("rock_fraction"),
+        "lat": np.degrees(np.arcsin(rng.uniform(-1, 1, n))),
+    }
+    return columns
+
+
+def substep_times(bins: int, substeps: int) -> np.ndarray:
+    """Local times (h), (bins · substeps,): ``substeps`` evenly inside each of
+    ``bins`` local-time bins of [0, 24) h, bin by bin."""
+    width = 24.0 / bins
+    return ((np.arange(bins)[:, None] + (np.arange(substeps)[None, :] + 0.5) / substeps)
+            * width).ravel()
+
+
+def _at_times(table: np.ndarray, times_h: np.ndarray) -> np.ndarray:
+    """Periodic linear interpolation of ``table`` (n, steps) at ``times_h``."""
+    steps = table.shape[1]
+    pos = np.mod(times_h, 24.0) / 24.0 * steps
+    i0 = np.floor(pos).astype(int) % steps
+    w = pos - np.floor(pos)
+    return (1.0 - w) * table[:, i0] + w * table[:, (i0 + 1) % steps]
+
+
+def solve_training_set(n: int, *, bins: int, substeps: int, seasons: int, seed: int,
+                       workers: int = 1) -> dict[str, np.ndarray]:
+    """``n`` columns (:func:`sample_columns`) solved by :mod:`vaemap.thermal`, in
+    ``seasons`` groups, each at one season drawn over :data:`CONDITIONS`.
+    Returns the inputs (one array (n,) per parameter and condition) and
+    ``t_regolith``, ``t_rock`` (n, bins · substeps) kelvin at
+    :func:`substep_times`."""
+    rng = np.random.default_rng(seed)
+    columns = sample_columns(n, rng)
+    dec_lo, dec_hi, _ = CONDITIONS["declination"]
+    d_lo, d_hi, _ = CONDITIONS["sun_distance"]
+    group = rng.integers(0, seasons, n)
+    season_dec = rng.uniform(dec_lo, dec_hi, seasons)
+    season_dist = rng.uniform(d_lo, d_hi, seasons)
+    times = substep_times(bins, substeps)
+    t_reg = np.empty((n, times.size), np.float32)
+    t_rock = np.empty((n, times.size), np.float32)
+    for k in range(seasons):
+        members = np.flatnonzero(group == k)
+        if members.size == 0:
+            continue
+        cols = {key: columns[key][members] for key in thermal.COLUMN_KEYS}
+        cols["rock_fraction"] = np.ones(members.size)  # rock is solved for every column
+        reg, rock = thermal.solve_facets(cols, float(season_dec[k]), float(season_dist[k]),
+                                         steps_per_day=SOLVER_STEPS_PER_DAY, workers=workers)
+        t_reg[members] = _at_times(reg, times)
+        t_rock[members] = _at_times(rock, times)
+    columns["declination"] = season_dec[group]
+    columns["sun_distance"] = season_dist[group]
+    return {**columns, "t_regolith": t_reg, "t_rock": t_rock}
+
+
+#: Scale of the learned part of T⁴ (K⁴): a night-time surface at 100 K.
+_T4_SCALE = 1e8
+#: Floor of an emulated temperature (K): below any lunar surface but the darkest
+#: traps (≈ 25 K), where the emulator's T⁴ could go negative.
+_MIN_T_K = 15.0
+
+
+def equilibrium_t4(inputs: Mapping[str, torch.Tensor], times_h: torch.Tensor,
+                   props: thermal.RegolithProperties | None = None) -> torch.Tensor:
+    """T⁴ (K⁴) of instantaneous radiative equilibrium with the absorbed sunlight,
+    (n, times): ``(1 − A(i)) S cos i / (d² ε σ)`` on each column's facet, 0 at
+    night — the exact part of the answer (the same geometry and albedo law as
+    :func:`vaemap.thermal.cos_incidence` and :func:`vaemap.thermal.albedo_at_incidence`),
+    so the network learns only what conduction adds: the night, and the lag
+    and damping of the day."""
+    props = props or thermal.RegolithProperties()
+    lat = torch.deg2rad(inputs["lat"])[:, None]
+    dec = torch.deg2rad(inputs["declination"])[:, None]
+    h = torch.deg2rad((times_h - 12.0) * 15.0)[None, :]
+    tx = torch.tan(torch.deg2rad(inputs["slope_ew"]))[:, None]
+    ty = torch.tan(torch.deg2rad(inputs["slope_ns"]))[:, None]
+    norm = torch.sqrt(1.0 + tx**2 + ty**2)
+    sun_e = -torch.cos(dec) * torch.sin(h)
+    sun_n = torch.cos(lat) * torch.sin(dec) - torch.sin(lat) * torch.cos(dec) * torch.cos(h)
+    sun_u = torch.sin(lat) * torch.sin(dec) + torch.cos(lat) * torch.cos(dec) * torch.cos(h)
+    mu = ((tx * sun_e + ty * sun_n + sun_u) / norm).clamp(0.0, 1.0)
+    mu = torch.where(sun_u > 0.0, mu, torch.zeros_like(mu))
+    incidence = torch.rad2deg(torch.arccos(mu.clamp(0.0, 1.0)))
+    albedo = (inputs["albedo"][:, None] + props.albedo_a * (incidence / 45.0) ** 3
+              + props.albedo_b * (incidence / 90.0) ** 8)
+    flux = thermal.SOLAR_CONSTANT / inputs["sun_distance"][:, None] ** 2 * mu
+    return (1.0 - albedo) * flux / (props.emissivity * thermal.SIGMA_SB)
+
+
+def _features(inputs: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    """The network's inputs scaled to about [-1, 1] (H by its logarithm)."""
+    scaled = []
+    for name in _INPUTS:
+        lo, hi, _ = {**PARAMETERS, **CONDITIONS}[name]
+        x = inputs[name]
+        if name == "h_param":
+            x, lo, hi = torch.log(x), math.log(lo), math.log(hi)
+        scaled.append(2.0 * (x - lo) / (hi - lo) - 1.0)
+    return torch.stack(scaled, dim=-1)
+
+
+class ThermalEmulator(nn.Module):
+    """Regolith and rock surface temperatures (K) at the :func:`substep_times` of
+    ``bins`` bins, from a column's parameters and season.
+
+    An MLP of ``layers`` hidden layers of ``width`` (SiLU) on the scaled inputs
+    predicts what conduction adds to radiative equilibrium
+    (:func:`equilibrium_t4`), in T⁴: ``T⁴ = T_eq⁴ + 10⁸ K⁴ · r``, with ``r``
+    de-standardised by the training set's mean and spread at each output
+    (buffers ``out_mean``, ``out_std``, (2, bins · substeps))."""
+
+    def __init__(self, bins: int, substeps: int, width: int = 256, layers: int = 3):
+        super().__init__()
+        self.bins, self.substeps = int(bins), int(substeps)
+        size = self.bins * self.substeps
+        dims = [len(_INPUTS), *[width] * layers]
+        blocks: list[nn.Module] = []
+        for a, b in itertools.pairwise(dims):
+            blocks += [nn.Linear(a, b), nn.SiLU()]
+        self.net = nn.Sequential(*blocks, nn.Linear(dims[-1], 2 * size))
+        self.register_buffer("out_mean", torch.zeros(2, size))
+        self.register_buffer("out_std", torch.ones(2, size))
+        self.register_buffer("times_h", torch.as_tensor(substep_times(bins, substeps),
+                                                        dtype=torch.float32))
+
+    def residual_target(self, inputs: Mapping[str, torch.Tensor], t_regolith: torch.Tensor,
+                        t_rock: torch.Tensor) -> torch.Tensor:
+        """``r`` of solver temperatures (K, (n, bins · substeps) each): (n, 2, ·)."""
+        eq = equilibrium_t4(inputs, self.times_h)[:, None]
+        return (torch.stack([t_regolith, t_rock], dim=1) ** 4 - eq) / _T4_SCALE
+
+    def arch(self) -> dict[str, int]:
+        """What rebuilds this network (:func:`load_emulator`)."""
+        return {"bins": self.bins, "substeps": self.substeps,
+                "width": self.net[0].out_features, "layers": (len(self.net) - 1) // 2}
+
+    def standardised(self, inputs: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """The raw outputs, (n, 2, bins · substeps), in units of ``out_std``."""
+        return self.net(_features(inputs)).view(-1, 2, self.bins * self.substeps)
+
+    def forward(self, inputs: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(t_regolith, t_rock)``, each (n, bins · substeps) kelvin, for inputs
+        given as tensors (n,) named as :data:`PARAMETERS` and :data:`CONDITIONS`."""
+        r = self.standardised(inputs) * self.out_std + self.out_mean
+        t4 = equilibrium_t4(inputs, self.times_h)[:, None] + _T4_SCALE * r
+        t = t4.clamp_min(_MIN_T_K**4) ** 0.25
+        return t[:, 0], t[:, 1]
+
+
+class _BandTable:
+    """Band radiance of one channel and its inverse as differentiable torch lookups
+    (the tables of :func:`vaemap.instrument.band_radiance`)."""
+
+    def __init__(self, channel: int, device: torch.device | str = "cpu"):
+        grid, log_l = instrument.log_radiance_table(channel)
+        self.t0, self.dt = float(grid[0]), float(grid[1] - grid[0])
+        self.grid = torch.as_tensor(grid, dtype=torch.float32, device=device)
+        self.log_l = torch.as_tensor(log_l, dtype=torch.float32, device=device)
+
+    def radiance(self, t: torch.Tensor) -> torch.Tensor:
+        pos = ((t - self.t0) / self.dt).clamp(0, self.grid.numel() - 1.001)
+        i = pos.floor().long()
+        w = pos - i
+        return torch.exp((1 - w) * self.log_l[i] + w * self.log_l[i + 1])
+
+    def temperature(self, radiance: torch.Tensor) -> torch.Tensor:
+        x = torch.log(radiance.clamp_min(1e-30))
+        i = torch.searchsorted(self.log_l, x.contiguous()).clamp(1, self.log_l.numel() - 1)
+        x0, x1 = self.log_l[i - 1], self.log_l[i]
+        w = ((x - x0) / (x1 - x0)).clamp(0, 1)
+        return (1 - w) * self.grid[i - 1] + w * self.grid[i]
+
+
+_TABLES: dict[tuple[int, str], _BandTable] = {}
+
+
+def channel_profiles(t_regolith: torch.Tensor, t_rock: torch.Tensor,
+                     rock_fraction: torch.Tensor, channels: Sequence[int], bins: int
+                     ) -> torch.Tensor:
+    """What each thermal channel sees, bin by bin: (n, channels, bins) kelvin.
+
+    ``t_regolith``, ``t_rock`` (n, bins · substeps) K at :func:`substep_times`;
+    ``rock_fraction`` (n,). Per channel the band radiances mix by area, the mix
+    is turned into a brightness temperature and averaged over each bin's
+    substeps (as a profile averages its observations). Differentiable in all
+    three inputs."""
+    f = rock_fraction[:, None]
+    out = []
+    for c in channels:
+        if c not in instrument.THERMAL_CHANNELS:
+            raise ValueError(f"channel {c}: the emulator models the thermal channels "
+                             f"{list(instrument.THERMAL_CHANNELS)} only")
+        key = (int(c), str(t_regolith.device))
+        if key not in _TABLES:
+            _TABLES[key] = _BandTable(int(c), t_regolith.device)
+        table = _TABLES[key]
+        mixed = (1 - f) * table.radiance(t_regolith) + f * table.radiance(t_rock)
+        out.append(table.temperature(mixed).view(len(f), bins, -1).mean(dim=2))
+    return torch.stack(out, dim=1)
+
+
+def _tensors(data: Mapping[str, np.ndarray], idx: np.ndarray, device) -> dict[str, torch.Tensor]:
+    return {k: torch.as_tensor(np.asarray(v)[idx], dtype=torch.float32, device=device)
+            for k, v in data.items()}
+
+
+def train_emulator(data: Mapping[str, np.ndarray], params: Mapping[str, Any], *,
+                   device: str = "cpu") -> tuple[ThermalEmulator, list[float], np.ndarray]:
+    """Fit a :class:`ThermalEmulator` to a :func:`solve_training_set` by Adam on the
+    standardised squared error (cosine learning-rate decay), holding out
+    ``params["held_out"]`` of the columns. Returns the network (eval mode), the
+    training loss per epoch and the indices of the held-out columns."""
+    torch.manual_seed(params["seed"])
+    n = len(data["lat"])
+    order = np.random.default_rng(params["seed"]).permutation(n)
+    n_test = max(1, round(params["held_out"] * n))
+    test, fit = order[:n_test], order[n_test:]
+    model = ThermalEmulator(params["bins"], params["substeps"], params["width"],
+                            params["layers"]).to(device)
+    inputs = _tensors({k: data[k] for k in _INPUTS}, fit, device)
+    solved = _tensors({k: data[k] for k in ("t_regolith", "t_rock")}, fit, device)
+    target = model.residual_target(inputs, solved["t_regolith"], solved["t_rock"])
+    model.out_mean.copy_(target.mean(0))
+    model.out_std.copy_(target.std(0) + 1e-3)
+    opt = torch.optim.Adam(model.parameters(), lr=params["learning_rate"])
+    epochs, batch = params["epochs"], params["batch_size"]
+    steps = epochs * math.ceil(len(fit) / batch)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, params["learning_rate"], total_steps=steps,
+                                                pct_start=0.05)
+    history = []
+    model.train()
+    for _ in range(epochs):
+        perm = torch.randperm(len(fit), device=device)
+        total = 0.0
+        for a in range(0, len(fit), batch):
+            idx = perm[a:a + batch]
+            t_reg, t_rock = model({k: v[idx] for k, v in inputs.items()})
+            # the error in kelvin, what the profiles measure (the standardised T⁴
+            # residual would weight a night-time kelvin 50x less than a noon one)
+            loss = torch.mean((t_reg - solved["t_regolith"][idx]) ** 2
+                              + (t_rock - solved["t_rock"][idx]) ** 2) / 2.0
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+            total += float(loss.detach()) * len(idx)
+        history.append(total / len(fit))
+    return model.eval(), history, test
+
+
+def accuracy(model: ThermalEmulator, data: Mapping[str, np.ndarray], idx: np.ndarray,
+             channels: Sequence[int]) -> dict[str, Any]:
+    """Errors of the emulated channel profiles against the solver's on columns
+    ``idx`` (each with its own rock fraction), kelvin: RMS overall, by channel,
+    day and night bins (:data:`vaemap.instrument.NIGHT_HOURS`), below and above
+    60° latitude, the 99th percentile and the largest; beside them the
+    instrument's noise on one measurement at the solver's temperatures (median
+    NEΔT per channel), the scale an error must stay under."""
+    bins = model.bins
+    tensors = _tensors(data, idx, next(model.buffers()).device)
+    with torch.no_grad():
+        t_reg, t_rock = model(tensors)
+        emulated = channel_profiles(t_reg, t_rock, tensors["rock_fraction"], channels, bins)
+        solved = channel_profiles(tensors["t_regolith"], tensors["t_rock"],
+                                  tensors["rock_fraction"], channels, bins)
+    err = (emulated - solved).cpu().numpy().astype(np.float64)
+    centre = (np.arange(bins) + 0.5) * 24.0 / bins
+    start, end = instrument.NIGHT_HOURS
+    night = (centre >= start) | (centre < end)
+    polar = np.abs(np.asarray(data["lat"])[idx]) >= 60.0
+
+    def rms(x: np.ndarray) -> float:
+        return float(np.sqrt(np.mean(x**2))) if x.size else float("nan")
+
+    solved_k = solved.cpu().numpy()
+    return {
+        "columns": len(idx),
+        "rms_k": rms(err),
+        "p99_abs_k": float(np.percentile(np.abs(err), 99)),
+        "max_abs_k": float(np.abs(err).max()),
+        "rms_day_k": rms(err[:, :, ~night]),
+        "rms_night_k": rms(err[:, :, night]),
+        "rms_below_60_k": rms(err[~polar]),
+        "rms_above_60_k": rms(err[polar]),
+        "rms_by_channel_k": {str(c): rms(err[:, j]) for j, c in enumerate(channels)},
+        "median_noise_k": {str(c): float(np.nanmedian(
+            instrument.noise_equivalent_delta_t(solved_k[:, j], int(c))))
+            for j, c in enumerate(channels)},
+    }
+
+
+def save_emulator(path: str | Path, model: ThermalEmulator, **extra: Any) -> None:
+    """Write ``emulator.pt`` atomically: a plain dict ``torch.load(...,
+    weights_only=True)`` reads, with the weights' checksum."""
+    from vaemap.model import torch_save
+
+    ckpt = {"format": EMULATOR_FORMAT, "kind": "thermal_emulator",
+            "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+            "arch": model.arch(), "physics": thermal.source_fingerprint(),
+            "parameters": {k: list(v) for k, v in PARAMETERS.items()},
+            "conditions": {k: list(v) for k, v in CONDITIONS.items()}, **extra}
+    ckpt["weights_checksum"] = _checksum(ckpt["state_dict"])
+    torch_save(ckpt, path)
+
+
+def _checksum(state: Mapping[str, torch.Tensor]) -> str:
+    import xxhash
+
+    digest = xxhash.xxh3_128()
+    for name in sorted(state):
+        digest.update(name.encode())
+        digest.update(state[name].detach().cpu().contiguous().numpy().tobytes())
+    return f"xxh3_128:{digest.hexdigest()}"
+
+
+def load_emulator(path: str | Path, device: str | torch.device = "cpu"
+                  ) -> tuple[ThermalEmulator, dict[str, Any]]:
+    """Load ``emulator.pt``: (network in eval mode on ``device``, the dict).
+
+    Raises :class:`EmulatorError` naming the file when it is not an emulator of
+    this format, its weights differ from their checksum, or it learned other
+    physics than this vaemap's :mod:`vaemap.thermal` (re-run ``vaemap emulator``).
+    """
+    from vaemap.model import CheckpointError, torch_load
+
+    try:
+        ckpt = torch_load(path, device)
+    except CheckpointError as exc:
+        raise EmulatorError(str(exc)) from None
+    if ckpt.get("kind") != "thermal_emulator" or ckpt.get("format") != EMULATOR_FORMAT:
+        raise EmulatorError(f"{path}: not a vaemap thermal emulator of format "
+                            f"{EMULATOR_FORMAT} (kind {ckpt.get('kind')!r}, format "
+                            f"{ckpt.get('format')!r}); run vaemap emulator")
+    if ckpt.get("weights_checksum") != _checksum(ckpt["state_dict"]):
+        raise EmulatorError(f"{path}: the weights do not match the checksum recorded when "
+                            f"it was written: the file is corrupt; run vaemap emulator")
+    if ckpt.get("physics") != thermal.source_fingerprint():
+        raise EmulatorError(f"{path}: learned another thermal model ({ckpt.get('physics')}) "
+                            f"than this vaemap's ({thermal.source_fingerprint()}); run "
+                            f"vaemap emulator again")
+    model = ThermalEmulator(**ckpt["arch"])
+    model.load_state_dict(ckpt["state_dict"])
+    return model.to(device).eval(), ckpt
+
+
+def run(output: str | Path, config: Mapping[str, Any], accuracy_json: str | Path | None = None,
+        threads: int = 1) -> dict[str, Any]:
+    """The ``emulator`` step: solve ``emulator.columns`` columns, train the
+    emulator on the profiles' bins, measure it on the held-out columns and write
+    ``output`` (emulator.pt) and ``accuracy_json``. Returns the accuracy."""
+    from vaemap.model import resolve_device
+
+    params = {**config["emulator"], "bins": int(config["profiles"]["bins"])}
+    params["seed"] = int(config["emulator"]["seed"])
+    channels = list(instrument.THERMAL_CHANNELS)
+    start = time.perf_counter()
+    data = solve_training_set(params["columns"], bins=params["bins"],
+                              substeps=params["substeps"], seasons=params["seasons"],
+                              seed=params["seed"], workers=threads)
+    solve_s = time.perf_counter() - start
+    device = str(resolve_device(config.get("device", "auto")))
+    start = time.perf_counter()
+    model, history, test = train_emulator(data, params, device=device)
+    train_s = time.perf_counter() - start
+    acc = accuracy(model, data, test, channels)
+    acc.update(solver_s_per_column=solve_s / params["columns"], train_s=train_s,
+               final_loss=history[-1], device=device)
+    model.cpu()
+    log.info("emulator: %d columns solved in %.0f s, trained in %.0f s; RMS %.3f K "
+             "(channel 7 %.3f K, night %.3f K) on %d held-out columns", params["columns"],
+             solve_s, train_s, acc["rms_k"], acc["rms_by_channel_k"]["7"],
+             acc["rms_night_k"], acc["columns"])
+    save_emulator(output, model, config=dict(config["emulator"]), accuracy=acc,
+                  history=history)
+    if accuracy_json is not None:
+        with atomic_path(accuracy_json) as tmp:
+            tmp.write_text(json.dumps(acc, indent=1) + "\n")
+    return {"output": str(output), **acc}

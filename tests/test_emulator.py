@@ -1,0 +1,118 @@
+"""The thermal-model emulator: its exact parts against vaemap.thermal and
+vaemap.instrument, and a small trained emulator against the solver."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from vaemap import emulator, instrument, thermal
+
+
+def _inputs(n: int, seed: int = 1) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    cols = emulator.sample_columns(n, rng)
+    cols["declination"] = rng.uniform(-1.5, 1.5, n)
+    cols["sun_distance"] = rng.uniform(0.985, 1.015, n)
+    return cols
+
+
+def _torch(cols):
+    return {k: torch.as_tensor(v, dtype=torch.float64) for k, v in cols.items()}
+
+
+def test_equilibrium_matches_the_thermal_models_geometry_and_albedo():
+    """The exact part of the emulator is the solver's own illumination: facet
+    incidence (thermal.cos_incidence with facet_geometry) and albedo law."""
+    cols = _inputs(300)
+    times = emulator.substep_times(24, 2)
+    t4 = emulator.equilibrium_t4(_torch(cols), torch.as_tensor(times, dtype=torch.float64))
+    slope, azimuth = thermal.facet_geometry(cols["slope_ew"], cols["slope_ns"])
+    props = thermal.RegolithProperties()
+    expected = np.empty((300, times.size))
+    for j, t in enumerate(times):
+        mu = thermal.cos_incidence(cols["lat"], (t - 12.0) * 15.0, slope, azimuth,
+                                   cols["declination"])
+        inc = np.degrees(np.arccos(np.clip(mu, 0, 1)))
+        absorbed = ((1 - thermal.albedo_at_incidence(cols["albedo"], inc, props))
+                    * thermal.SOLAR_CONSTANT / cols["sun_distance"] ** 2 * mu)
+        expected[:, j] = absorbed / (props.emissivity * thermal.SIGMA_SB)
+    np.testing.assert_allclose(t4.numpy(), expected, rtol=1e-9, atol=1e-3)
+    assert (expected == 0).any() and (expected > 0).any()  # both night and day
+
+
+def test_channel_mixing_matches_the_instrument_model():
+    """Mixed radiances and brightness temperatures in torch equal
+    instrument.mix_footprint and brightness_temperature (numpy) to 0.02 K."""
+    rng = np.random.default_rng(0)
+    bins, sub = 12, 3
+    t_reg = rng.uniform(40, 390, (50, bins * sub))
+    t_rock = rng.uniform(60, 370, (50, bins * sub))
+    f = rng.uniform(0, 0.5, 50)
+    got = emulator.channel_profiles(torch.as_tensor(t_reg, dtype=torch.float32),
+                                    torch.as_tensor(t_rock, dtype=torch.float32),
+                                    torch.as_tensor(f, dtype=torch.float32), [4, 7, 9], bins)
+    for j, c in enumerate([4, 7, 9]):
+        radiance = instrument.mix_footprint((t_reg, t_rock), (1 - f[:, None], f[:, None]), c)
+        tb = instrument.brightness_temperature(radiance, c).reshape(50, bins, sub).mean(2)
+        np.testing.assert_allclose(got[:, j].numpy(), tb, atol=0.02)
+    with pytest.raises(ValueError, match="channel 1: the emulator models the thermal"):
+        emulator.channel_profiles(torch.zeros(1, 2), torch.zeros(1, 2), torch.zeros(1), [1], 2)
+
+
+def test_substep_times_lie_inside_their_bins():
+    times = emulator.substep_times(24, 4).reshape(24, 4)
+    assert np.all(np.floor(times) == np.arange(24)[:, None])
+    np.testing.assert_allclose(times.mean(1), np.arange(24) + 0.5)
+
+
+@pytest.fixture(scope="module")
+def small_emulator(tmp_path_factory):
+    """An emulator trained on 600 solved columns of 24 bins: small and quick, far
+    from the product's accuracy, enough to test that it learned the solver."""
+    root = tmp_path_factory.mktemp("emulator")
+    config = {"emulator": {"columns": 600, "seasons": 3, "substeps": 2, "width": 128,
+                           "layers": 3, "epochs": 100, "batch_size": 64,
+                           "learning_rate": 0.003, "held_out": 0.15, "seed": 0},
+              "profiles": {"bins": 24}, "device": "cpu"}
+    result = emulator.run(root / "emulator.pt", config, accuracy_json=root / "accuracy.json")
+    return root, config, result
+
+
+def test_a_small_emulator_learns_the_solver(small_emulator):
+    root, config, result = small_emulator
+    acc = json.loads((root / "accuracy.json").read_text())
+    assert acc["rms_k"] == result["rms_k"] and acc["columns"] == 90
+    # Held-out columns: predicting each bin's mean temperature over the training
+    # set errs by ~70 K; the emulator must do far better than that.
+    data = emulator.solve_training_set(90, bins=24, substeps=2, seasons=3, seed=99)
+    model, ckpt = emulator.load_emulator(root / "emulator.pt")
+    with torch.no_grad():
+        reg, rock = model({k: torch.as_tensor(v, dtype=torch.float32) for k, v in data.items()})
+    err = reg.numpy() - data["t_regolith"]
+    naive = data["t_regolith"] - data["t_regolith"].mean(0)
+    assert np.sqrt(np.mean(err**2)) < 0.25 * np.sqrt(np.mean(naive**2))
+    assert acc["rms_by_channel_k"]["7"] < 15.0
+    assert ckpt["physics"] == thermal.source_fingerprint()
+    assert set(acc["median_noise_k"]) == {str(c) for c in instrument.THERMAL_CHANNELS}
+
+
+def test_an_emulator_of_other_physics_or_corrupt_weights_is_refused(small_emulator, tmp_path):
+    root, _, _ = small_emulator
+    ckpt = torch.load(root / "emulator.pt", weights_only=True)
+    other = dict(ckpt, physics="xxh3_128:0")
+    torch.save(other, tmp_path / "other.pt")
+    with pytest.raises(emulator.EmulatorError, match=r"other\.pt: learned another thermal"):
+        emulator.load_emulator(tmp_path / "other.pt")
+    state = {k: v.clone() for k, v in ckpt["state_dict"].items()}
+    first = next(iter(state))
+    state[first].view(-1)[0] += 1.0
+    torch.save(dict(ckpt, state_dict=state), tmp_path / "corrupt.pt")
+    with pytest.raises(emulator.EmulatorError, match=r"corrupt\.pt: the weights do not match"):
+        emulator.load_emulator(tmp_path / "corrupt.pt")
+    torch.save({"format": 1}, tmp_path / "model.pt")
+    with pytest.raises(emulator.EmulatorError, match=r"model\.pt: not a vaemap thermal emulator"):
+        emulator.load_emulator(tmp_path / "model.pt")
