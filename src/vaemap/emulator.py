@@ -4,12 +4,14 @@
 per column; far too slow to sit inside a decoder that is back-propagated
 through millions of times. This step learns it. A small network maps a
 column's physical parameters and its season to the periodic diurnal surface
-temperature of its regolith and of rock, at ``substeps`` local times inside
-each of the profiles' local-time bins; everything the radiometer adds on top
-is exact physics in :func:`channel_profiles`: each channel's band radiances of
-rock and regolith, mixed by the rock fraction (radiances add, not
-temperatures), the brightness temperature of the mix, averaged over the bin
-as the profiles average their observations. Only the conduction is learned.
+temperature of its regolith and of rock at the solver's time steps (its own
+clock, every 0.2 h); the sunlight absorbed at each step is computed exactly
+(:func:`equilibrium_t4`) and only what conduction adds is learned. Everything
+the radiometer adds on top is exact physics in :func:`channel_profiles`, as
+the simulator observes a column: temperatures interpolated in local time,
+each channel's band radiances of rock and regolith mixed by the rock
+fraction (radiances add, not temperatures), the brightness temperature of the
+mix, averaged over each of the profiles' local-time bins.
 
 Inputs (:data:`PARAMETERS`, :data:`CONDITIONS`, with the ranges the emulator
 covers, wider than the simulator's surface): normal albedo, H-parameter (m),
@@ -80,9 +82,11 @@ CONDITIONS: dict[str, tuple[float, float, str]] = {
     "declination": (-1.6, 1.6, "deg"),
     "sun_distance": (0.98, 1.02, "AU"),
 }
-#: Inputs of the network, in order: every parameter but the rock fraction (it
-#: enters through the mixing), then the conditions.
-_INPUTS = ("albedo", "h_param", "slope_ew", "slope_ns", "lat", "declination", "sun_distance")
+#: Inputs of the network taken as they are (the slopes and latitude enter as the
+#: facet's equivalent latitude and time shift, the rock fraction through the mixing).
+_INPUTS = ("albedo", "h_param", "declination", "sun_distance")
+#: What a column is given by: every parameter and condition.
+_COLUMN = ("albedo", "h_param", "slope_ew", "slope_ns", "lat", "declination", "sun_distance")
 #: Version of emulator.pt's layout.
 EMULATOR_FORMAT = 1
 #: Time steps per lunar day of the solver runs the emulator learns (the simulator's).
@@ -122,22 +126,19 @@ def substep_times(bins: int, substeps: int) -> np.ndarray:
             * width).ravel()
 
 
-def _at_times(table: np.ndarray, times_h: np.ndarray) -> np.ndarray:
-    """Periodic linear interpolation of ``table`` (n, steps) at ``times_h``."""
-    steps = table.shape[1]
-    pos = np.mod(times_h, 24.0) / 24.0 * steps
-    i0 = np.floor(pos).astype(int) % steps
-    w = pos - np.floor(pos)
-    return (1.0 - w) * table[:, i0] + w * table[:, (i0 + 1) % steps]
+def grid_times() -> np.ndarray:
+    """Local times (h) of the solver's time steps, where the emulator gives its
+    temperatures: ``k · 24 / SOLVER_STEPS_PER_DAY``."""
+    return np.arange(SOLVER_STEPS_PER_DAY) * 24.0 / SOLVER_STEPS_PER_DAY
 
 
-def solve_training_set(n: int, *, bins: int, substeps: int, seasons: int, seed: int,
-                       workers: int = 1) -> dict[str, np.ndarray]:
+def solve_training_set(n: int, *, seasons: int, seed: int, workers: int = 1
+                       ) -> dict[str, np.ndarray]:
     """``n`` columns (:func:`sample_columns`) solved by :mod:`vaemap.thermal`, in
     ``seasons`` groups, each at one season drawn over :data:`CONDITIONS`.
     Returns the inputs (one array (n,) per parameter and condition) and
-    ``t_regolith``, ``t_rock`` (n, bins · substeps) kelvin at
-    :func:`substep_times`."""
+    ``t_regolith``, ``t_rock`` (n, SOLVER_STEPS_PER_DAY) kelvin at
+    :func:`grid_times`, as the solver gives them."""
     rng = np.random.default_rng(seed)
     columns = sample_columns(n, rng)
     dec_lo, dec_hi, _ = CONDITIONS["declination"]
@@ -145,19 +146,17 @@ def solve_training_set(n: int, *, bins: int, substeps: int, seasons: int, seed: 
     group = rng.integers(0, seasons, n)
     season_dec = rng.uniform(dec_lo, dec_hi, seasons)
     season_dist = rng.uniform(d_lo, d_hi, seasons)
-    times = substep_times(bins, substeps)
-    t_reg = np.empty((n, times.size), np.float32)
-    t_rock = np.empty((n, times.size), np.float32)
+    t_reg = np.empty((n, SOLVER_STEPS_PER_DAY), np.float32)
+    t_rock = np.empty((n, SOLVER_STEPS_PER_DAY), np.float32)
     for k in range(seasons):
         members = np.flatnonzero(group == k)
         if members.size == 0:
             continue
         cols = {key: columns[key][members] for key in thermal.COLUMN_KEYS}
         cols["rock_fraction"] = np.ones(members.size)  # rock is solved for every column
-        reg, rock = thermal.solve_facets(cols, float(season_dec[k]), float(season_dist[k]),
-                                         steps_per_day=SOLVER_STEPS_PER_DAY, workers=workers)
-        t_reg[members] = _at_times(reg, times)
-        t_rock[members] = _at_times(rock, times)
+        t_reg[members], t_rock[members] = thermal.solve_facets(
+            cols, float(season_dec[k]), float(season_dist[k]),
+            steps_per_day=SOLVER_STEPS_PER_DAY, workers=workers)
     columns["declination"] = season_dec[group]
     columns["sun_distance"] = season_dist[group]
     return {**columns, "t_regolith": t_reg, "t_rock": t_rock}
@@ -197,8 +196,47 @@ def equilibrium_t4(inputs: Mapping[str, torch.Tensor], times_h: torch.Tensor,
     return (1.0 - albedo) * flux / (props.emissivity * thermal.SIGMA_SB)
 
 
-def _features(inputs: Mapping[str, torch.Tensor]) -> torch.Tensor:
-    """The network's inputs scaled to about [-1, 1] (H by its logarithm)."""
+def facet_equivalent(inputs: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Where on the sphere a level surface sees the Sun as each column's facet does:
+    ``(latitude, local-time shift)`` (deg, h), each (n,). The facet's normal,
+    carried from its column's east/north/up frame to the sphere, points at that
+    place; a facet facing east sees the Sun as a level surface further east, so
+    its local time runs ahead by the shift. Exact for the direct sunlight but
+    for the horizon: a steep facet's Sun still sets with its column's."""
+    lat = torch.deg2rad(inputs["lat"])
+    tx = torch.tan(torch.deg2rad(inputs["slope_ew"]))
+    ty = torch.tan(torch.deg2rad(inputs["slope_ns"]))
+    norm = torch.sqrt(1.0 + tx**2 + ty**2)
+    n_e, n_n, n_u = tx / norm, ty / norm, 1.0 / norm
+    # the column at longitude 0: up (cos φ, 0, sin φ), east (0, 1, 0), north (-sin φ, 0, cos φ)
+    x = n_u * torch.cos(lat) - n_n * torch.sin(lat)
+    z = n_u * torch.sin(lat) + n_n * torch.cos(lat)
+    lat_eq = torch.rad2deg(torch.asin(z.clamp(-1.0, 1.0)))
+    shift_h = torch.rad2deg(torch.atan2(n_e, x)) / 15.0
+    return lat_eq, shift_h
+
+
+def _shifted(values: torch.Tensor, shift_h: torch.Tensor) -> torch.Tensor:
+    """``values`` (n, c, m), a periodic function of local time sampled at
+    evenly spaced local times from 0 h (m of them, :func:`grid_times`), at those times
+    plus ``shift_h`` (n,) hours: linear interpolation, differentiable in both."""
+    m = values.shape[-1]
+    step = 24.0 / m
+    pos = (torch.arange(m, device=values.device, dtype=values.dtype)[None, :]
+           + shift_h[:, None] / step)
+    i0 = torch.floor(pos)
+    w = (pos - i0)[:, None, :]
+    i0 = torch.remainder(i0.long(), m)[:, None, :].expand(-1, values.shape[1], -1)
+    i1 = torch.remainder(i0 + 1, m)
+    return (1 - w) * torch.gather(values, 2, i0) + w * torch.gather(values, 2, i1)
+
+
+def _features(inputs: Mapping[str, torch.Tensor], lat_eq: torch.Tensor,
+              shift_h: torch.Tensor) -> torch.Tensor:
+    """The network's inputs scaled to about [-1, 1] (H by its logarithm): albedo,
+    H, sub-solar latitude, Sun distance, the facet's equivalent latitude, its
+    time shift and the column's own latitude (the last two say where the
+    column's horizon cuts the facet's day short)."""
     scaled = []
     for name in _INPUTS:
         lo, hi, _ = {**PARAMETERS, **CONDITIONS}[name]
@@ -206,52 +244,56 @@ def _features(inputs: Mapping[str, torch.Tensor]) -> torch.Tensor:
         if name == "h_param":
             x, lo, hi = torch.log(x), math.log(lo), math.log(hi)
         scaled.append(2.0 * (x - lo) / (hi - lo) - 1.0)
+    scaled += [lat_eq / 90.0, shift_h / 3.0, inputs["lat"] / 90.0]
     return torch.stack(scaled, dim=-1)
 
 
 class ThermalEmulator(nn.Module):
-    """Regolith and rock surface temperatures (K) at the :func:`substep_times` of
-    ``bins`` bins, from a column's parameters and season.
+    """Regolith and rock surface temperatures (K) at the solver's time steps
+    (:func:`grid_times`), from a column's parameters and season.
 
-    An MLP of ``layers`` hidden layers of ``width`` (SiLU) on the scaled inputs
-    predicts what conduction adds to radiative equilibrium
-    (:func:`equilibrium_t4`), in T⁴: ``T⁴ = T_eq⁴ + 10⁸ K⁴ · r``, with ``r``
-    de-standardised by the training set's mean and spread at each output
-    (buffers ``out_mean``, ``out_std``, (2, bins · substeps))."""
+    The surface energy balance ``εσT⁴ = absorbed + conducted`` splits the answer:
+    the absorbed sunlight is exact (:func:`equilibrium_t4`); the conducted heat,
+    ``10⁸ K⁴ · r`` in T⁴, is learned. It is a function of the level surface the
+    facet is equivalent to (:func:`facet_equivalent`), in that surface's local
+    time, where every column's sunrise falls at the same hour: an MLP of
+    ``layers`` hidden layers of ``width`` (SiLU) maps albedo, H, the equivalent
+    latitude and the season to ``r`` of regolith and rock on that clock
+    (de-standardised by the buffers ``out_mean``, ``out_std``, (2, steps)), and
+    the result is shifted back to the column's local time."""
 
-    def __init__(self, bins: int, substeps: int, width: int = 256, layers: int = 3):
+    def __init__(self, width: int = 256, layers: int = 3):
         super().__init__()
-        self.bins, self.substeps = int(bins), int(substeps)
-        size = self.bins * self.substeps
-        dims = [len(_INPUTS), *[width] * layers]
+        size = self.steps = SOLVER_STEPS_PER_DAY
+        dims = [len(_INPUTS) + 3, *[width] * layers]
         blocks: list[nn.Module] = []
         for a, b in itertools.pairwise(dims):
             blocks += [nn.Linear(a, b), nn.SiLU()]
-        self.net = nn.Sequential(*blocks, nn.Linear(dims[-1], 2 * size))
+        # outputs on two clocks: the facet's (its own sunrise and sunset) and the
+        # column's (where its horizon cuts a tilted facet's day short)
+        self.net = nn.Sequential(*blocks, nn.Linear(dims[-1], 4 * size))
         self.register_buffer("out_mean", torch.zeros(2, size))
         self.register_buffer("out_std", torch.ones(2, size))
-        self.register_buffer("times_h", torch.as_tensor(substep_times(bins, substeps),
-                                                        dtype=torch.float32))
+        self.register_buffer("times_h", torch.as_tensor(grid_times(), dtype=torch.float32))
 
     def residual_target(self, inputs: Mapping[str, torch.Tensor], t_regolith: torch.Tensor,
                         t_rock: torch.Tensor) -> torch.Tensor:
-        """``r`` of solver temperatures (K, (n, bins · substeps) each): (n, 2, ·)."""
+        """``r`` of solver temperatures (K, (n, steps) each) on the equivalent
+        surfaces' clock: (n, 2, steps)."""
         eq = equilibrium_t4(inputs, self.times_h)[:, None]
-        return (torch.stack([t_regolith, t_rock], dim=1) ** 4 - eq) / _T4_SCALE
+        r = (torch.stack([t_regolith, t_rock], dim=1) ** 4 - eq) / _T4_SCALE
+        return _shifted(r, -facet_equivalent(inputs)[1])
 
     def arch(self) -> dict[str, int]:
         """What rebuilds this network (:func:`load_emulator`)."""
-        return {"bins": self.bins, "substeps": self.substeps,
-                "width": self.net[0].out_features, "layers": (len(self.net) - 1) // 2}
-
-    def standardised(self, inputs: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        """The raw outputs, (n, 2, bins · substeps), in units of ``out_std``."""
-        return self.net(_features(inputs)).view(-1, 2, self.bins * self.substeps)
+        return {"width": self.net[0].out_features, "layers": (len(self.net) - 1) // 2}
 
     def forward(self, inputs: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(t_regolith, t_rock)``, each (n, bins · substeps) kelvin, for inputs
+        """``(t_regolith, t_rock)``, each (n, steps) kelvin at :func:`grid_times`, for inputs
         given as tensors (n,) named as :data:`PARAMETERS` and :data:`CONDITIONS`."""
-        r = self.standardised(inputs) * self.out_std + self.out_mean
+        lat_eq, shift_h = facet_equivalent(inputs)
+        raw = self.net(_features(inputs, lat_eq, shift_h)).view(-1, 4, self.steps)
+        r = _shifted(raw[:, :2] * self.out_std + self.out_mean, shift_h) + raw[:, 2:] * self.out_std
         t4 = equilibrium_t4(inputs, self.times_h)[:, None] + _T4_SCALE * r
         t = t4.clamp_min(_MIN_T_K**4) ** 0.25
         return t[:, 0], t[:, 1]
@@ -285,15 +327,27 @@ _TABLES: dict[tuple[int, str], _BandTable] = {}
 
 
 def channel_profiles(t_regolith: torch.Tensor, t_rock: torch.Tensor,
-                     rock_fraction: torch.Tensor, channels: Sequence[int], bins: int
-                     ) -> torch.Tensor:
+                     rock_fraction: torch.Tensor, channels: Sequence[int], bins: int,
+                     substeps: int = 2) -> torch.Tensor:
     """What each thermal channel sees, bin by bin: (n, channels, bins) kelvin.
 
-    ``t_regolith``, ``t_rock`` (n, bins · substeps) K at :func:`substep_times`;
-    ``rock_fraction`` (n,). Per channel the band radiances mix by area, the mix
-    is turned into a brightness temperature and averaged over each bin's
-    substeps (as a profile averages its observations). Differentiable in all
-    three inputs."""
+    ``t_regolith``, ``t_rock`` (n, steps) K at :func:`grid_times`;
+    ``rock_fraction`` (n,). As the simulator observes a column, both are
+    interpolated linearly in local time (to ``substeps`` times in each of
+    ``bins`` bins, :func:`substep_times`), their band radiances mixed by area
+    per channel, the mix turned into a brightness temperature, and the bin's
+    substeps averaged (as a profile averages its observations).
+    Differentiable in all three inputs."""
+    steps = t_regolith.shape[-1]
+    pos = torch.as_tensor(substep_times(bins, substeps) / 24.0 * steps,
+                          dtype=t_regolith.dtype, device=t_regolith.device)
+    i0 = torch.floor(pos).long() % steps
+    w = pos - torch.floor(pos)
+
+    def at_substeps(t: torch.Tensor) -> torch.Tensor:
+        return (1 - w) * t[:, i0] + w * t[:, (i0 + 1) % steps]
+
+    t_reg, t_rk = at_substeps(t_regolith), at_substeps(t_rock)
     f = rock_fraction[:, None]
     out = []
     for c in channels:
@@ -304,8 +358,8 @@ def channel_profiles(t_regolith: torch.Tensor, t_rock: torch.Tensor,
         if key not in _TABLES:
             _TABLES[key] = _BandTable(int(c), t_regolith.device)
         table = _TABLES[key]
-        mixed = (1 - f) * table.radiance(t_regolith) + f * table.radiance(t_rock)
-        out.append(table.temperature(mixed).view(len(f), bins, -1).mean(dim=2))
+        mixed = (1 - f) * table.radiance(t_reg) + f * table.radiance(t_rk)
+        out.append(table.temperature(mixed).view(len(f), bins, substeps).mean(dim=2))
     return torch.stack(out, dim=1)
 
 
@@ -325,9 +379,8 @@ def train_emulator(data: Mapping[str, np.ndarray], params: Mapping[str, Any], *,
     order = np.random.default_rng(params["seed"]).permutation(n)
     n_test = max(1, round(params["held_out"] * n))
     test, fit = order[:n_test], order[n_test:]
-    model = ThermalEmulator(params["bins"], params["substeps"], params["width"],
-                            params["layers"]).to(device)
-    inputs = _tensors({k: data[k] for k in _INPUTS}, fit, device)
+    model = ThermalEmulator(params["width"], params["layers"]).to(device)
+    inputs = _tensors({k: data[k] for k in _COLUMN}, fit, device)
     solved = _tensors({k: data[k] for k in ("t_regolith", "t_rock")}, fit, device)
     target = model.residual_target(inputs, solved["t_regolith"], solved["t_rock"])
     model.out_mean.copy_(target.mean(0))
@@ -359,20 +412,21 @@ def train_emulator(data: Mapping[str, np.ndarray], params: Mapping[str, Any], *,
 
 
 def accuracy(model: ThermalEmulator, data: Mapping[str, np.ndarray], idx: np.ndarray,
-             channels: Sequence[int]) -> dict[str, Any]:
-    """Errors of the emulated channel profiles against the solver's on columns
-    ``idx`` (each with its own rock fraction), kelvin: RMS overall, by channel,
+             channels: Sequence[int], bins: int, substeps: int = 2) -> dict[str, Any]:
+    """Errors of the emulated channel profiles (``bins`` local-time bins,
+    :func:`channel_profiles`) against the solver's on columns ``idx`` (each with
+    its own rock fraction), kelvin: RMS overall, by channel,
     day and night bins (:data:`vaemap.instrument.NIGHT_HOURS`), below and above
     60° latitude, the 99th percentile and the largest; beside them the
     instrument's noise on one measurement at the solver's temperatures (median
     NEΔT per channel), the scale an error must stay under."""
-    bins = model.bins
     tensors = _tensors(data, idx, next(model.buffers()).device)
     with torch.no_grad():
         t_reg, t_rock = model(tensors)
-        emulated = channel_profiles(t_reg, t_rock, tensors["rock_fraction"], channels, bins)
+        emulated = channel_profiles(t_reg, t_rock, tensors["rock_fraction"], channels, bins,
+                                    substeps)
         solved = channel_profiles(tensors["t_regolith"], tensors["t_rock"],
-                                  tensors["rock_fraction"], channels, bins)
+                                  tensors["rock_fraction"], channels, bins, substeps)
     err = (emulated - solved).cpu().numpy().astype(np.float64)
     centre = (np.arange(bins) + 0.5) * 24.0 / bins
     start, end = instrument.NIGHT_HOURS
@@ -464,15 +518,14 @@ def run(output: str | Path, config: Mapping[str, Any], accuracy_json: str | Path
     params["seed"] = int(config["emulator"]["seed"])
     channels = list(instrument.THERMAL_CHANNELS)
     start = time.perf_counter()
-    data = solve_training_set(params["columns"], bins=params["bins"],
-                              substeps=params["substeps"], seasons=params["seasons"],
+    data = solve_training_set(params["columns"], seasons=params["seasons"],
                               seed=params["seed"], workers=threads)
     solve_s = time.perf_counter() - start
     device = str(resolve_device(config.get("device", "auto")))
     start = time.perf_counter()
     model, history, test = train_emulator(data, params, device=device)
     train_s = time.perf_counter() - start
-    acc = accuracy(model, data, test, channels)
+    acc = accuracy(model, data, test, channels, params["bins"], params["substeps"])
     acc.update(solver_s_per_column=solve_s / params["columns"], train_s=train_s,
                final_loss=history[-1], device=device)
     model.cpu()
