@@ -17,7 +17,7 @@ from vaemap import cli, profiles, train
 from vaemap.products import LATENTS, PROFILES, ProductError, check_product, open_product
 
 #: The pipeline steps: one module each, and none may import another.
-STEPS = ("simulate", "ingest", "profiles", "train", "encode", "maps", "evaluate")
+STEPS = ("simulate", "ingest", "profiles", "emulator", "train", "encode", "maps", "evaluate")
 SRC = REPO / "src" / "vaemap"
 
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from vaemap import emulator, instrument, thermal
+from vaemap import emulator, forward_model, instrument, thermal
 
 
 def _inputs(n: int, seed: int = 1) -> dict[str, np.ndarray]:
@@ -28,8 +28,8 @@ def test_equilibrium_matches_the_thermal_models_geometry_and_albedo():
     """The exact part of the emulator is the solver's own illumination: facet
     incidence (thermal.cos_incidence with facet_geometry) and albedo law."""
     cols = _inputs(300)
-    times = emulator.substep_times(24, 2)
-    t4 = emulator.equilibrium_t4(_torch(cols), torch.as_tensor(times, dtype=torch.float64))
+    times = forward_model.substep_times(24, 2)
+    t4 = forward_model.equilibrium_t4(_torch(cols), torch.as_tensor(times, dtype=torch.float64))
     slope, azimuth = thermal.facet_geometry(cols["slope_ew"], cols["slope_ns"])
     props = thermal.RegolithProperties()
     expected = np.empty((300, times.size))
@@ -49,16 +49,16 @@ def test_channel_mixing_matches_the_instrument_model():
     temperatures and averaged per bin in torch, as instrument.mix_footprint and
     brightness_temperature (numpy) do it, to 0.02 K."""
     rng = np.random.default_rng(0)
-    steps, bins, sub = emulator.SOLVER_STEPS_PER_DAY, 12, 3
+    steps, bins, sub = forward_model.SOLVER_STEPS_PER_DAY, 12, 3
     t_reg = rng.uniform(40, 390, (50, steps))
     t_rock = rng.uniform(60, 370, (50, steps))
     f = rng.uniform(0, 0.5, 50)
-    got = emulator.channel_profiles(torch.as_tensor(t_reg, dtype=torch.float32),
+    got = forward_model.channel_profiles(torch.as_tensor(t_reg, dtype=torch.float32),
                                     torch.as_tensor(t_rock, dtype=torch.float32),
                                     torch.as_tensor(f, dtype=torch.float32), [4, 7, 9], bins,
                                     sub)
-    times = emulator.substep_times(bins, sub)
-    grid = np.append(emulator.grid_times(), 24.0)
+    times = forward_model.substep_times(bins, sub)
+    grid = np.append(forward_model.grid_times(), 24.0)
 
     def at(t):  # periodic linear interpolation, as the simulator reads its tables
         return np.stack([np.interp(times, grid, np.append(row, row[0])) for row in t])
@@ -69,7 +69,7 @@ def test_channel_mixing_matches_the_instrument_model():
         tb = instrument.brightness_temperature(radiance, c).reshape(50, bins, sub).mean(2)
         np.testing.assert_allclose(got[:, j].numpy(), tb, atol=0.02)
     with pytest.raises(ValueError, match="channel 1: the emulator models the thermal"):
-        emulator.channel_profiles(torch.zeros(1, steps), torch.zeros(1, steps), torch.zeros(1),
+        forward_model.channel_profiles(torch.zeros(1, steps), torch.zeros(1, steps), torch.zeros(1),
                                   [1], 2)
 
 
@@ -77,7 +77,7 @@ def test_a_facet_sees_the_sun_as_its_equivalent_level_surface():
     """facet_equivalent: a tilted facet's incidence equals a level surface's at the
     equivalent latitude and shifted local time, wherever both are lit."""
     cols = _inputs(400, seed=3)
-    lat_eq, shift = emulator.facet_equivalent(_torch(cols))
+    lat_eq, shift = forward_model.facet_equivalent(_torch(cols))
     slope, azimuth = thermal.facet_geometry(cols["slope_ew"], cols["slope_ns"])
     lit = 0
     for t in np.linspace(0, 24, 49):
@@ -113,7 +113,7 @@ def test_a_small_emulator_learns_the_solver(small_emulator):
     # Unseen columns: the emulator must beat predicting each time step's mean
     # temperature (errs by ~40-70 K) by far, for regolith and rock.
     data = emulator.solve_training_set(90, seasons=3, seed=99)
-    model, ckpt = emulator.load_emulator(root / "emulator.pt")
+    model, ckpt = forward_model.load_emulator(root / "emulator.pt")
     with torch.no_grad():
         reg, rock = model({k: torch.as_tensor(v, dtype=torch.float32) for k, v in data.items()})
     for emulated, solved in ((reg, data["t_regolith"]), (rock, data["t_rock"])):
@@ -130,14 +130,15 @@ def test_an_emulator_of_other_physics_or_corrupt_weights_is_refused(small_emulat
     ckpt = torch.load(root / "emulator.pt", weights_only=True)
     other = dict(ckpt, physics="xxh3_128:0")
     torch.save(other, tmp_path / "other.pt")
-    with pytest.raises(emulator.EmulatorError, match=r"other\.pt: learned another thermal"):
-        emulator.load_emulator(tmp_path / "other.pt")
+    with pytest.raises(forward_model.EmulatorError, match=r"other\.pt: learned another thermal"):
+        forward_model.load_emulator(tmp_path / "other.pt")
     state = {k: v.clone() for k, v in ckpt["state_dict"].items()}
     first = next(iter(state))
     state[first].view(-1)[0] += 1.0
     torch.save(dict(ckpt, state_dict=state), tmp_path / "corrupt.pt")
-    with pytest.raises(emulator.EmulatorError, match=r"corrupt\.pt: the weights do not match"):
-        emulator.load_emulator(tmp_path / "corrupt.pt")
+    with pytest.raises(forward_model.EmulatorError, match=r"corrupt\.pt: the weights do not match"):
+        forward_model.load_emulator(tmp_path / "corrupt.pt")
     torch.save({"format": 1}, tmp_path / "model.pt")
-    with pytest.raises(emulator.EmulatorError, match=r"model\.pt: not a vaemap thermal emulator"):
-        emulator.load_emulator(tmp_path / "model.pt")
+    with pytest.raises(forward_model.EmulatorError,
+                       match=r"model\.pt: not a vaemap thermal emulator"):
+        forward_model.load_emulator(tmp_path / "model.pt")
