@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from vaemap import baselines
 from vaemap.figures import pyplot, save_figure
@@ -169,8 +170,12 @@ def _baselines(data: baselines.NormalisedProfiles, n_components: int, metric: st
     threshold): mask-aware PCA, its ICA rotation and the zero-filled PCA.
     Returns their metrics and the mask-aware PCA's summary scores (for the
     boosted probe)."""
-    masked, summary = baselines.masked_pca(data, n_components)
-    zero = baselines.pca_zero_filled(data, n_components)
+    # One BLAS thread: the EM-PCA's code differs in its last bits with the thread
+    # count, and the ICA rotation of it amplifies that into another result (|ρ|
+    # albedo 0.245 or 0.262): the numbers must not depend on the machine.
+    with threadpool_limits(limits=1):
+        masked, summary = baselines.masked_pca(data, n_components)
+        zero = baselines.pca_zero_filled(data, n_components)
     # the ICA rotation changes the code, not the reconstruction: one score for both
     masked_score = baselines.anomaly_score(data, masked.recon, metric, channels, band_deg)
     zero_score = baselines.anomaly_score(data, zero.recon, metric, channels, band_deg)
