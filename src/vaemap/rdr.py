@@ -24,7 +24,9 @@ vectorised, and only the rows of the wanted channels are parsed beyond the
 channel column; a row that does not fit the layout (an over-wide fill, say)
 is parsed by its delimiters instead, so the result never depends on the
 path. Tables of any other comma-separated layout are parsed by pyarrow.
-:func:`format_rows` writes the published layout (the simulator uses it).
+:func:`format_rows` writes the published layout, :func:`write_table` whole
+tables in the archive's packaging and :func:`write_label` their PDS3 labels
+(the simulator uses them): one home for the columns, formats and fill values.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ import logging
 import re
 import zipfile
 import zlib
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -49,8 +51,10 @@ __all__ = [
     "COLUMN_ALIASES",
     "FILL_THRESHOLD",
     "FLAG_BITS",
+    "INVALID",
     "RDR_COLUMNS",
     "REQUIRED_COLUMNS",
+    "UNKNOWN",
     "RdrFormatError",
     "check_label",
     "format_rows",
@@ -58,6 +62,8 @@ __all__ = [
     "open_table",
     "read_header",
     "read_table",
+    "write_label",
+    "write_table",
 ]
 
 log = logging.getLogger(__name__)
@@ -79,9 +85,12 @@ REQUIRED_COLUMNS: tuple[str, ...] = (
     "jdate", "af", "c", "det", "tb", "clat", "clon", "cemis", "cloctime", "qca", "qge", "qmi",
 )  # fmt: skip
 
-#: Fill values are -9999 (unknown) and -9998 (invalid); any value at or below the
-#: threshold is missing (a fill may be written with more decimals than the field).
-FILL_THRESHOLD = -9998.0
+#: Fill values: unknown and invalid.
+UNKNOWN = -9999.0
+INVALID = -9998.0
+#: Any value at or below the threshold is missing (a fill may be written with
+#: more decimals than the field).
+FILL_THRESHOLD = INVALID
 
 #: Flag bits of the quality words (the Diviner team's production code), by column.
 FLAG_BITS: dict[str, dict[int, str]] = {
@@ -146,6 +155,59 @@ def format_rows(columns: Mapping[str, Sequence[Any]]) -> str:
 
 
 # -- opening and the header -----------------------------------------------------------------
+
+
+def write_table(path: str | Path, batches: Iterable[Mapping[str, Sequence[Any]]],
+                preamble: Sequence[str], packaging: str) -> int:
+    """Stream column-batches to one RDR table in the published layout (atomically):
+    ``#`` preamble lines, the padded ``#`` header, fixed-format CRLF rows; zipped
+    (one table inside, as the archive ships it), gzipped or plain. Returns the
+    rows written. ``batches`` yield column arrays (:data:`RDR_COLUMNS`), e.g. from
+    the simulator, one block at a time (bounded memory)."""
+    from vaemap.io import atomic_path
+
+    path = Path(path)
+    rows = 0
+    member = path.name.split("_")[0] + "_RDR.TAB"
+    with atomic_path(path, suffix=".part") as tmp, contextlib.ExitStack() as stack:
+        if packaging == "zip":
+            archive = stack.enter_context(zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED,
+                                                          compresslevel=1))
+            raw = stack.enter_context(archive.open(member, "w", force_zip64=True))
+        elif packaging == "gzip":
+            raw = stack.enter_context(gzip.open(tmp, "wb", compresslevel=1))
+        else:
+            raw = stack.enter_context(open(tmp, "wb"))
+        sink = stack.enter_context(io.TextIOWrapper(raw, encoding="ascii", newline=""))
+        sink.write("".join(f"# {line}\r\n" for line in preamble) + header_line())
+        for cols in batches:
+            sink.write(format_rows(cols))
+            rows += len(cols["jdate"])
+    return rows
+
+
+def write_label(path: str | Path, table: str, rows: int) -> None:
+    """A PDS3 label for a table written by :func:`write_table` (``table`` its file
+    name, ``rows`` its data rows): its COLUMN objects, as the archive's labels
+    give them, which :func:`check_label` and ingest read back."""
+    from vaemap.io import atomic_path
+
+    widths = [len(c) for c in header_line().rstrip("\r\n").split(",")]
+    lines = ["PDS_VERSION_ID = PDS3", "/* Diviner RDR table, SIMULATED by vaemap */",
+             "RECORD_TYPE = STREAM", f'^TABLE = "{table}"', "OBJECT = TABLE",
+             "  INTERCHANGE_FORMAT = ASCII", f"  ROWS = {rows}",
+             f"  COLUMNS = {len(RDR_COLUMNS)}"]
+    start = 1
+    for number, (name, width) in enumerate(zip(RDR_COLUMNS, widths, strict=True), start=1):
+        lines += ["  OBJECT = COLUMN", f"    NAME = {name.upper()}",
+                  f"    COLUMN_NUMBER = {number}", f"    START_BYTE = {start}",
+                  f"    BYTES = {width}", f"    UNKNOWN_CONSTANT = {UNKNOWN:.0f}",
+                  f"    INVALID_CONSTANT = {INVALID:.0f}", "  END_OBJECT = COLUMN"]
+        start += width + 1
+    lines += ["END_OBJECT = TABLE", "END"]
+    with atomic_path(path) as tmp:
+        tmp.write_text("\r\n".join(lines) + "\r\n")
+
 
 
 @contextlib.contextmanager

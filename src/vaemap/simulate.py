@@ -46,12 +46,8 @@ per column (the factor maps).
 
 from __future__ import annotations
 
-import contextlib
-import gzip
-import io
 import logging
-import zipfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,9 +56,9 @@ from typing import Any
 import healpy as hp
 import numpy as np
 
-from vaemap import instrument, thermal
+from vaemap import instrument, rdr, thermal
 from vaemap.healpix import MOON_RADIUS_KM, pix_to_lonlat
-from vaemap.io import atomic_hdf5, atomic_path, provenance_attrs, scratch_dir, write_dataset
+from vaemap.io import atomic_hdf5, provenance_attrs, scratch_dir, write_dataset
 from vaemap.products import (
     SIMULATION_START_JD,
     TRUTH,
@@ -71,7 +67,6 @@ from vaemap.products import (
     simulated_rdr_names,
     simulated_table_orbits,
 )
-from vaemap.rdr import RDR_COLUMNS, format_rows, header_line
 
 __all__ = ["ThermalTables", "make_surface", "run", "simulate_observations", "solar_geometry",
            "thermal_tables"]
@@ -419,7 +414,7 @@ def simulate_observations(
         signal = instrument.mix_footprint((t_reg, t_rock), (1 - frac, frac), int(ch))
         radiance[j::n_ch], tb[j::n_ch] = instrument.observe(signal, int(ch), rng,
                                                             params["noise_scale"])
-    tb = np.where(np.isfinite(tb), tb, -9999.0)  # below detection: no temperature
+    tb = np.where(np.isfinite(tb), tb, rdr.UNKNOWN)  # below detection: no temperature
     emission = np.abs(rng.normal(0, 2.0, n))[rep]
     af = np.full(rep.size, 110, dtype=np.int16)
     el_cmd = np.full(rep.size, 80.0)
@@ -435,8 +430,8 @@ def simulate_observations(
     qca[bad[how == 2]] = 1
     qge[bad[how == 3]] = 2
     qmi[bad[how == 4]] = 10
-    tb[bad[how == 5]] = -9999.0
-    radiance[bad[how == 5]] = -9999.0
+    tb[bad[how == 5]] = rdr.UNKNOWN
+    radiance[bad[how == 5]] = rdr.UNKNOWN
 
     jdate = JDATE_START + t_days[rep]
     sun_lon_w = np.mod(sun_lon[rep] + 180.0, 360.0) - 180.0
@@ -508,49 +503,6 @@ def _date_strings(jdate: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return date, utc
 
 
-def _write_rdr(path: Path, batches, preamble: Sequence[str], packaging: str) -> int:
-    """Stream column-batches to one RDR table in the published layout (atomically):
-    ``#`` preamble lines, the padded ``#`` header, fixed-format CRLF rows; zipped
-    (one table inside, as the archive ships it), gzipped or plain. Returns the
-    rows written."""
-    rows = 0
-    member = path.name.split("_")[0] + "_RDR.TAB"
-    with atomic_path(path, suffix=".part") as tmp, contextlib.ExitStack() as stack:
-        if packaging == "zip":
-            archive = stack.enter_context(zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED,
-                                                          compresslevel=1))
-            raw = stack.enter_context(archive.open(member, "w", force_zip64=True))
-        elif packaging == "gzip":
-            raw = stack.enter_context(gzip.open(tmp, "wb", compresslevel=1))
-        else:
-            raw = stack.enter_context(open(tmp, "wb"))
-        sink = stack.enter_context(io.TextIOWrapper(raw, encoding="ascii", newline=""))
-        sink.write("".join(f"# {line}\r\n" for line in preamble) + header_line())
-        for cols in batches:
-            sink.write(format_rows(cols))
-            rows += len(cols["jdate"])
-    return rows
-
-
-def _write_label(path: Path, table: str, rows: int) -> None:
-    """A PDS3 label beside a simulated table: its COLUMN objects, as the archive's."""
-    widths = [len(c) for c in header_line().rstrip("\r\n").split(",")]
-    lines = ["PDS_VERSION_ID = PDS3", "/* Diviner RDR table, SIMULATED by vaemap */",
-             "RECORD_TYPE = STREAM", f'^TABLE = "{table}"', "OBJECT = TABLE",
-             "  INTERCHANGE_FORMAT = ASCII", f"  ROWS = {rows}",
-             f"  COLUMNS = {len(RDR_COLUMNS)}"]
-    start = 1
-    for number, (name, width) in enumerate(zip(RDR_COLUMNS, widths, strict=True), start=1):
-        lines += ["  OBJECT = COLUMN", f"    NAME = {name.upper()}",
-                  f"    COLUMN_NUMBER = {number}", f"    START_BYTE = {start}",
-                  f"    BYTES = {width}", "    UNKNOWN_CONSTANT = -9999",
-                  "    INVALID_CONSTANT = -9998", "  END_OBJECT = COLUMN"]
-        start += width + 1
-    lines += ["END_OBJECT = TABLE", "END"]
-    with atomic_path(path) as tmp:
-        tmp.write_text("\r\n".join(lines) + "\r\n")
-
-
 _WRITER: dict[str, Any] = {}  # what _write_table needs, set once per process
 
 
@@ -578,11 +530,12 @@ def _write_table(job: tuple[Path, int, tuple[int, int]]) -> int:
     preamble = [
         "Header: Diviner Lunar Radiometer RDR table (SIMULATED by vaemap)",
         f"Header: orbits {lo + 1}-{hi}, seed {seed}, nside {tables.nside}",
-        "Header: published fixed-format layout, fill values -9999 and -9998",
+        f"Header: published fixed-format layout, fill values {rdr.UNKNOWN:.0f} and "
+        f"{rdr.INVALID:.0f}",
     ]
-    rows = _write_rdr(path, batches, preamble, params["packaging"])
+    rows = rdr.write_table(path, batches, preamble, params["packaging"])
     if params["packaging"] == "zip":
-        _write_label(path.with_name(path.name.replace(".zip", ".lbl")),
+        rdr.write_label(path.with_name(path.name.replace(".zip", ".lbl")),
                      path.name.split("_")[0] + "_RDR.TAB", rows)
     log.info("wrote %s: %d rows", path.name, rows)
     return rows
