@@ -12,7 +12,7 @@ from conftest import strongest_anomaly_distance_deg
 from PIL import Image
 
 from vaemap import baselines, evaluate, maps, metrics, tables
-from vaemap.products import map_products
+from vaemap.products import ProductError, map_products
 from vaemap.stats import ica_components, robust_z
 
 
@@ -347,6 +347,34 @@ def test_tiles_then_merge_equal_one_job(trained, survey, tiny_config, tmp_path):
     for bad, message in (("3/0", "power of 2"), ("1/12", "outside"), ("x", "NSIDE/INDEX")):
         with pytest.raises(ValueError, match=message):
             parse_tile(bad)
+    # a part made by another model: refused through open_tile_parts, naming it
+    other = tmp_path / "other.h5"
+    other.write_bytes(parts[3].read_bytes())
+    with h5py.File(other, "a") as h5:
+        h5.attrs["model_weights"] = "xxh3_128:0"
+    with pytest.raises(ProductError, match=r"other\.h5: model_weights xxh3_128:0 differs"):
+        encode.merge([parts[0], other], tmp_path / "bad.h5", cfg)
+    assert not (tmp_path / "bad.h5").exists()
+
+
+def test_profile_tiles_of_another_grid_are_refused(survey, tiny_config, tmp_path):
+    """merge_profiles checks its parts as profiles.run's readers check a product
+    (products.check_product): the configured nside and bins, one channel list."""
+    from vaemap import profiles
+
+    cfg = {**tiny_config, "profiles": {**tiny_config["profiles"], "tile_nside": 1}}
+    parts = [tmp_path / f"p{i}.h5" for i in (0, 1)]
+    for i, part in enumerate(parts):
+        profiles.run(survey["samples"], part, cfg, tile=f"1/{i}")
+    profiles.merge(parts, tmp_path / "ok.h5", cfg)
+    coarser = {**cfg, "profiles": {**cfg["profiles"], "bins": cfg["profiles"]["bins"] // 2}}
+    with pytest.raises(ProductError, match=r"p\d\.h5: \d+ local-time bins, but the profiles "
+                                           r"configuration has"):
+        profiles.merge(parts, tmp_path / "bad.h5", coarser)
+    other_nside = {**cfg, "profiles": {**cfg["profiles"], "nside": cfg["profiles"]["nside"] * 2}}
+    with pytest.raises(ProductError, match=r"p\d\.h5: nside \d+, but the profiles"):
+        profiles.merge(parts, tmp_path / "bad.h5", other_nside)
+    assert not (tmp_path / "bad.h5").exists()
 
 
 def test_ica_unmixes_rotated_independent_sources():

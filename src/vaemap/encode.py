@@ -234,14 +234,10 @@ def merge(parts: Sequence[str | Path], output: str | Path, config: Mapping[str, 
     of the data, are copied part by part.
     """
     params = config["encode"]
-    with open_tile_parts(parts, LATENTS) as opened:
+    with open_tile_parts(parts, LATENTS, same=("nside", "latent_dim", "channels", "model",
+                                               "model_weights", "profiles_checksum")) as opened:
         handles = [h for _, h in opened]
         ref = handles[0]
-        for path, h in opened[1:]:
-            for key in ("nside", "latent_dim", "model", "model_weights", "profiles_checksum"):
-                if str(h.attrs.get(key)) != str(ref.attrs.get(key)):
-                    raise ValueError(f"{path}: {key} {h.attrs[key]} differs from "
-                                     f"{opened[0][0]}'s {ref.attrs[key]}")
         arrays = {key: np.concatenate([h[key][...] for h in handles]) for key in _PIXEL_DATASETS}
         if np.any(np.diff(arrays["pix"]) <= 0):  # also catches a part out of order inside
             raise ValueError("tile parts overlap or repeat pixels: "

@@ -248,19 +248,33 @@ def read_json_attr(attrs: Mapping[str, Any], key: str, default: Any = None) -> A
 
 
 @contextlib.contextmanager
-def open_tile_parts(parts: Sequence[str | Path], spec: ProductSpec
+def open_tile_parts(parts: Sequence[str | Path], spec: ProductSpec, *,
+                    same: Sequence[str] = (), **expect: Any
                     ) -> Iterator[list[tuple[Path, h5py.File]]]:
     """Open the tile parts of one product for a merge.
 
     Yields ``(path, file)`` pairs in pixel order (tiles are NESTED ranges, so
     ordering parts by their first pixel orders every pixel). Each part is
-    checked against ``spec`` (:func:`vaemap.products.check_product`, as a tile
-    part, its content checksum included); ValueError names the file when one is
-    not such a part or when its pixels overlap the previous part's.
+    checked against ``spec`` as a tile part by
+    :func:`vaemap.products.check_product` (its content checksum included, and
+    ``expect``: nside, channels, bins, model weights ... as that function takes
+    them), and the root attributes named in ``same`` must agree between all
+    parts (the channel list, the model that made them). ProductError or
+    ValueError names the file when one is not such a part, differs, or when its
+    pixels overlap the previous part's.
     """
+    from vaemap.products import ProductError
+
     with contextlib.ExitStack() as stack:
-        opened = [(Path(p), stack.enter_context(open_product(p, spec, part=True)))
+        opened = [(Path(p), stack.enter_context(open_product(p, spec, part=True, **expect)))
                   for p in parts]
+        first_path, first = opened[0] if opened else (None, None)
+        for path, h in opened[1:]:
+            for key in same:
+                mine, theirs = str(h.attrs.get(key)), str(first.attrs.get(key))
+                if mine != theirs:
+                    raise ProductError(f"{path}: {key} {mine} differs from {first_path}'s "
+                                       f"{theirs}")
         opened.sort(key=lambda item: int(item[1]["pix"][0]) if len(item[1]["pix"]) else -1)
         last = -1
         for path, h in opened:

@@ -231,15 +231,14 @@ def merge(parts: Sequence[str | Path], output: str | Path, config: Mapping[str, 
     counts added, so the result equals a single job's.
     """
     params = config["profiles"]
-    with open_tile_parts(parts, PROFILES) as opened:
+    with open_tile_parts(parts, PROFILES, same=("channels",), nside=params["nside"],
+                         bins=params["bins"], against="the profiles configuration") as opened:
         channels = read_json_attr(opened[0][1].attrs, "channels")
-        for path, h in opened:
-            if int(h.attrs["nside"]) != params["nside"] or \
-                    h["profile"].shape[2] != params["bins"] or \
-                    read_json_attr(h.attrs, "channels") != channels:
-                raise ValueError(f"{path}: nside, channels or bins differ from the config "
-                                 f"(nside {params['nside']}, {params['bins']} bins) or from "
-                                 f"{opened[0][0]} (channels {channels})")
+        made_from = {str(read_json_attr(h.attrs, "input", {}).get("checksum")): path
+                     for path, h in opened}
+        if len(made_from) > 1:  # every tile must come from the same samples
+            raise ValueError(f"tile parts made from different samples: "
+                             f"{', '.join(f'{p} ({c})' for c, p in made_from.items())}")
         rejected = {"too_few_observations": 0, "gap_too_large": 0}
         observed_bins = 0
         with atomic_hdf5(output) as out:
