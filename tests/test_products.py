@@ -13,7 +13,7 @@ from PIL import Image
 
 from vaemap import baselines, evaluate, maps, metrics, tables
 from vaemap.products import ProductError, map_products
-from vaemap.stats import ica_components, robust_z
+from vaemap.stats import anomaly_z, ica_components, robust_z
 
 
 def test_robust_z_known_values():
@@ -91,9 +91,15 @@ def test_latents_contract(trained, survey):
             assert h5[key].shape == (n,) and np.isfinite(h5[key][...]).all()
         # the calibrated residual is about 1 σ where the model fits (|z| of a
         # Gaussian averages 0.8), and the score is the robust z of its night part
+        # among the pixels of each 10° latitude band
         assert 0.3 < np.median(h5["recon_z"][...]) < 2.0
+        assert float(h5.attrs["score_band_deg"]) == 10.0
+        lat = p["lat"][...]
         np.testing.assert_allclose(h5["anomaly_score"][...],
-                                   robust_z(h5["recon_z_night"][...]), rtol=1e-4, atol=1e-4)
+                                   anomaly_z(h5["recon_z_night"][...], lat, 10.0),
+                                   rtol=1e-4, atol=1e-4)
+        assert not np.allclose(h5["anomaly_score"][...], robust_z(h5["recon_z_night"][...]),
+                               atol=1e-2)
         assert h5["recon"].shape == p["profile"].shape
         assert (h5["recon_l1"][...] <= h5["recon_error"][...] + 1e-4).all()
         assert h5.attrs["ordering"] == "NESTED"

@@ -46,18 +46,16 @@ __all__ = ["anomaly_catalogue", "latent_traversal", "render_png", "run"]
 log = logging.getLogger(__name__)
 
 
-def _values(h5: h5py.File, name: str, ica: np.ndarray | None = None) -> np.ndarray:
-    if name.startswith("ic"):
-        return ica[:, int(name[2:])].astype(np.float32)
-    if name.startswith("latent"):
-        k = int(name[len("latent"):].split("_")[0])
-        if name.endswith("_mu"):
-            return h5["mu"][:, k]
-        return np.exp(0.5 * h5["logvar"][:, k])
-    if name.startswith("recon_error_ch"):
-        channels = [int(c) for c in json.loads(h5.attrs["channels"])]
-        return h5["recon_error_channel"][:, channels.index(int(name[len("recon_error_ch"):]))]
-    return h5[name][...].astype(np.float32)
+def _values(h5: h5py.File, source: Mapping[str, Any], ica: np.ndarray | None = None
+            ) -> np.ndarray:
+    """A map product's values, (n,) float32, from where its ``source`` says
+    (:func:`vaemap.products.map_products`)."""
+    data = ica if source["dataset"] == "ica" else h5[source["dataset"]]
+    column = source.get("column")
+    values = data[:, column] if column is not None else data[...]
+    if source.get("transform") == "sigma":
+        values = np.exp(0.5 * values)
+    return np.asarray(values, dtype=np.float32)
 
 
 def _colour_limits(values: np.ndarray, percentiles: tuple[float, float]) -> tuple[float, float]:
@@ -355,7 +353,7 @@ def run(latents: str | Path, profiles: str | Path, model: str | Path, outdir: st
                                     json.loads(h5.attrs["channels"]))
             hips = hips_products(params["hips"], products)
             for name, meta in products.items():
-                values = _values(h5, name, ica)
+                values = _values(h5, meta["source"], ica)
                 # Where the values come from: the latents' content checksum and
                 # the model's weights (the FITS CHECKSUM/DATASUM cards cover this
                 # file's own content).

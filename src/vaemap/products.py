@@ -248,42 +248,55 @@ def simulated_rdr_names(params: Mapping[str, Any]) -> list[str]:
 
 
 def map_products(latent_dim: int, independent_components: bool = False,
-                 channels: Sequence[int] = ()) -> dict[str, dict[str, str]]:
-    """Names, titles and units of the map products for ``latent_dim`` latents.
+                 channels: Sequence[int] = ()) -> dict[str, dict[str, Any]]:
+    """Names, titles, units and sources of the map products for ``latent_dim`` latents.
 
     The names are the file stems, ``maps/<name>.fits`` and ``maps/<name>.png``;
     with ``independent_components`` also ``ic0`` ... (the latent means rotated
     to independent components, see :func:`vaemap.stats.ica_components`); with
     several ``channels``, one reconstruction-error map per channel
-    (``recon_error_ch7`` ...).
+    (``recon_error_ch7`` ...). Each product's ``source`` says where its values
+    come from, once: ``{"dataset": name}`` of ``latents.h5`` (``"ica"``: the
+    rotation maps computes), with ``"column"`` an index into its second axis and
+    ``"transform": "sigma"`` for ``exp(logvar / 2)`` (``vaemap.maps`` reads
+    them so; adding a product is adding its entry here).
     """
     from vaemap.instrument import channel_unit
 
-    products: dict[str, dict[str, str]] = {}
+    products: dict[str, dict[str, Any]] = {}
     for k in range(latent_dim):
         products[f"latent{k}_mu"] = {"title": f"latent {k}: posterior mean μ", "unit": "",
-                                     "fits": f"latent {k} posterior mean (mu)"}
+                                     "fits": f"latent {k} posterior mean (mu)",
+                                     "source": {"dataset": "mu", "column": k}}
         products[f"latent{k}_sigma"] = {"title": f"latent {k}: posterior σ", "unit": "",
-                                        "fits": f"latent {k} posterior std (sigma)"}
+                                        "fits": f"latent {k} posterior std (sigma)",
+                                        "source": {"dataset": "logvar", "column": k,
+                                                   "transform": "sigma"}}
     if independent_components:
         for k in range(latent_dim):
             products[f"ic{k}"] = {"title": f"independent component {k} of the latent means",
                                   "unit": "", "fits": f"independent component {k} of the "
-                                                      f"latent means (FastICA, unit variance)"}
+                                                      f"latent means (FastICA, unit variance)",
+                                  "source": {"dataset": "ica", "column": k}}
     products["recon_error"] = {"title": "reconstruction error (RMS)", "unit": "K",
-                               "fits": "reconstruction error, RMS over observed bins"}
+                               "fits": "reconstruction error, RMS over observed bins",
+                               "source": {"dataset": "recon_error"}}
     if len(channels) > 1:
-        for c in channels:
+        for j, c in enumerate(channels):
             unit = channel_unit(c)
             products[f"recon_error_ch{c}"] = {
                 "title": f"reconstruction error of channel {c} (RMS)", "unit": unit,
-                "fits": f"reconstruction error of channel {c}, RMS over its observed bins"}
+                "fits": f"reconstruction error of channel {c}, RMS over its observed bins",
+                "source": {"dataset": "recon_error_channel", "column": j}}
     products["recon_l1"] = {"title": "reconstruction error (L1)", "unit": "K",
-                            "fits": "reconstruction error, mean abs over observed bins"}
+                            "fits": "reconstruction error, mean abs over observed bins",
+                            "source": {"dataset": "recon_l1"}}
     products["anomaly_score"] = {"title": "anomaly score (robust z of the reconstruction error)",
-                                 "unit": "", "fits": "anomaly score, robust z of the error"}
+                                 "unit": "", "fits": "anomaly score, robust z of the error",
+                                 "source": {"dataset": "anomaly_score"}}
     products["n_obs"] = {"title": "observations per pixel", "unit": "count",
-                         "fits": "accepted observations per pixel"}
+                         "fits": "accepted observations per pixel",
+                         "source": {"dataset": "n_obs"}}
     return products
 
 

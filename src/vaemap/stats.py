@@ -43,7 +43,11 @@ def latitude_bands(lat: np.ndarray, band_deg: float,
     (the thermal environment depends on |latitude|), with bands of fewer than
     ``min_pixels`` pixels merged into their equatorward neighbour (and a small
     equatorial band into the next). ``lat`` (n,) in degrees; returns (n,) int."""
-    raw = np.minimum(np.floor(np.abs(lat) / band_deg), np.ceil(90.0 / band_deg) - 1)
+    # |lat| rounded to 1e-4° first: HEALPix rings lie exactly on some band edges
+    # (30° at z = 1/2), and a pixel's band must not depend on whether its latitude
+    # was stored as float32 or float64
+    lat_abs = np.round(np.abs(np.asarray(lat, dtype=np.float64)), 4)
+    raw = np.minimum(np.floor(lat_abs / band_deg), np.ceil(90.0 / band_deg) - 1)
     raw = raw.astype(np.int64)
     if raw.size == 0:
         return raw
