@@ -325,6 +325,28 @@ def test_end_to_end_products_rerun_and_report(tmp_path):
         resampled.stdout)
     assert "simulate" not in planned_jobs(resampled.stdout)
 
+    # Every tileable step tiled there (profiles over 48 tiles, encode over 12, then
+    # the merges): the same pixels and values as the single jobs, the anomaly score
+    # over all pixels included.
+    tiled = yaml.safe_load(config.read_text())
+    tiled["profiles"]["tile_nside"] = 2
+    tiled.setdefault("encode", {})["tile_nside"] = 1
+    (moved / "tiles.yaml").write_text(yaml.safe_dump(tiled))
+    snakemake("--configfile", str(moved / "tiles.yaml"), "--directory", str(moved), "--cores",
+              "2", "results/latents.h5")
+    assert len(list((moved / "results" / "logs" / "encode").glob("tile_*.log"))) == 12
+    with h5py.File(results / "profiles.h5") as one, \
+            h5py.File(moved / "results" / "profiles.h5") as parts:
+        assert "merged_from" in parts.attrs
+        assert parts.attrs["content_checksum"] == one.attrs["content_checksum"]  # every value
+    with h5py.File(results / "latents.h5") as one, \
+            h5py.File(moved / "results" / "latents.h5") as parts:
+        assert len(json.loads(parts.attrs["merged_from"])) == 12
+        for key in ("pix", "n_obs", "anomaly"):
+            np.testing.assert_array_equal(parts[key][...], one[key][...])
+        for key in ("mu", "logvar", "recon_error", "recon_z_night", "anomaly_score"):
+            np.testing.assert_allclose(parts[key][...], one[key][...], rtol=1e-4, atol=1e-4)
+
     # Changing beta re-runs train and everything downstream, not ingest.
     cfg = yaml.safe_load(config.read_text())
     cfg["model"]["beta"] = 0.7
