@@ -32,6 +32,7 @@ __all__ = [
     "CONDITIONS",
     "EMULATOR_FORMAT",
     "PARAMETERS",
+    "PHYSICAL_LATENTS",
     "SOLVER_STEPS_PER_DAY",
     "EmulatorError",
     "ThermalEmulator",
@@ -40,6 +41,7 @@ __all__ = [
     "facet_equivalent",
     "grid_times",
     "load_emulator",
+    "parameters_from_latents",
     "save_emulator",
     "substep_times",
 ]
@@ -341,3 +343,34 @@ def load_emulator(path: str | Path, device: str | torch.device = "cpu"
     model = ThermalEmulator(**ckpt["arch"])
     model.load_state_dict(ckpt["state_dict"])
     return model.to(device).eval(), ckpt
+
+
+#: The physical latents of a physics decoder, in order: the map products they make.
+PHYSICAL_LATENTS: tuple[str, ...] = ("albedo", "h_param", "slope_ew", "slope_ns",
+                                     "rock_fraction")
+
+
+def parameters_from_latents(mu: torch.Tensor, logvar: torch.Tensor | None = None
+                            ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """Physical parameters from physical latents (n, 5) in :data:`PHYSICAL_LATENTS`
+    order: each latent's standard-normal prior becomes a logit-normal prior over
+    the parameter's range in :data:`PARAMETERS` (``lo + (hi − lo) · sigmoid(z)``;
+    H on a log scale), so a decoder can never leave the range its emulator
+    knows. With ``logvar``, also each parameter's posterior σ by the delta method
+    (``|dp/dz| · σ_z``), in the parameter's unit. Returns ``(values, sigmas)``,
+    dicts of (n,) tensors (``sigmas`` empty without ``logvar``)."""
+    values: dict[str, torch.Tensor] = {}
+    sigmas: dict[str, torch.Tensor] = {}
+    for k, name in enumerate(PHYSICAL_LATENTS):
+        lo, hi, _ = PARAMETERS[name]
+        s = torch.sigmoid(mu[:, k])
+        if name == "h_param":
+            value = torch.exp(math.log(lo) + (math.log(hi) - math.log(lo)) * s)
+            slope = value * (math.log(hi) - math.log(lo)) * s * (1 - s)
+        else:
+            value = lo + (hi - lo) * s
+            slope = (hi - lo) * s * (1 - s)
+        values[name] = value.clamp(lo, hi)  # (float32 rounding at the ends)
+        if logvar is not None:
+            sigmas[name] = slope * torch.exp(0.5 * logvar[:, k])
+    return values, sigmas
