@@ -187,7 +187,8 @@ def _emulator_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--output", required=True, help="emulator.pt to write")
     p.add_argument("--accuracy", help="accuracy.json to write (errors against the solver)")
     p.add_argument("--threads", type=int, default=1,
-                   help="processes solving the thermal model side by side (default 1)")
+                   help="processes solving the thermal model side by side, then torch "
+                        "threads training (default 1)")
 
 
 def _train_args(p: argparse.ArgumentParser) -> None:

@@ -221,6 +221,7 @@ def run(output: str | Path, config: Mapping[str, Any], accuracy_json: str | Path
                               seed=params["seed"], workers=threads)
     solve_s = time.perf_counter() - start
     device = str(resolve_device(config.get("device", "auto")))
+    torch.set_num_threads(max(1, threads))  # the same cores, now for training
     start = time.perf_counter()
     model, history, test = train_emulator(data, params, device=device)
     train_s = time.perf_counter() - start

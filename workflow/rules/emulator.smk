@@ -11,7 +11,7 @@ rule emulator:
         f"{BENCH}/emulator.tsv"
     conda:
         "../envs/vaemap.yaml"
-    threads: max(1, workflow.cores // 2)
+    threads: 4
     resources:
         mem_mb=2000,
         runtime=30,
