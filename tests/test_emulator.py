@@ -163,3 +163,21 @@ def test_physical_latents_stay_inside_the_emulators_ranges():
     draws, _ = forward_model.parameters_from_latents(mu + 0.01 * torch.randn(20000, 5))
     for name in forward_model.PHYSICAL_LATENTS:
         assert float(draws[name].std()) == pytest.approx(float(sigma[name]), rel=0.05)
+
+
+def test_physics_profiles_are_differentiable_in_the_latents(small_emulator):
+    """Latents → parameters → emulator → channel profiles: gradients reach every
+    physical latent (what a physics decoder trains through), and a higher H (a
+    fluffier top layer, less thermal inertia) cools the night, as the cold spots do."""
+    root, _, _ = small_emulator
+    model, _ = forward_model.load_emulator(root / "emulator.pt")
+    z = torch.zeros(2, 5, requires_grad=True)
+    with torch.no_grad():
+        z[1, 1] = 2.0  # the second column: larger H
+    params, _ = forward_model.parameters_from_latents(z)
+    prof = forward_model.physics_profiles(model, params, torch.tensor([10.0, 10.0]), [7], 24)
+    assert prof.shape == (2, 1, 24) and torch.isfinite(prof).all()
+    prof.sum().backward()
+    assert (z.grad.abs() > 0).all()
+    night = [0, 1, 2, 3, 21, 22, 23]
+    assert (prof[1, 0, night] < prof[0, 0, night]).all()

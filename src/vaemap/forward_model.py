@@ -42,6 +42,7 @@ __all__ = [
     "grid_times",
     "load_emulator",
     "parameters_from_latents",
+    "physics_profiles",
     "save_emulator",
     "substep_times",
 ]
@@ -374,3 +375,21 @@ def parameters_from_latents(mu: torch.Tensor, logvar: torch.Tensor | None = None
         if logvar is not None:
             sigmas[name] = slope * torch.exp(0.5 * logvar[:, k])
     return values, sigmas
+
+
+def physics_profiles(model: ThermalEmulator, params: Mapping[str, torch.Tensor],
+                     lat_deg: torch.Tensor, channels: Sequence[int], bins: int, *,
+                     declination_deg: float = 0.0, sun_distance_au: float = 1.0,
+                     substeps: int = 2) -> torch.Tensor:
+    """The profiles (n, channels, bins), kelvin, that the physics gives for
+    parameters ``params`` (tensors (n,) named as :data:`PHYSICAL_LATENTS`, e.g.
+    from :func:`parameters_from_latents`) at latitudes ``lat_deg`` (n,) and one
+    season (by default the mean one: equinox, 1 AU): the emulator's
+    temperatures seen by the thermal ``channels`` (:func:`channel_profiles`).
+    Differentiable in the parameters, for a decoder."""
+    n = lat_deg.shape[0]
+    inputs = {**params, "lat": lat_deg,
+              "declination": torch.full((n,), float(declination_deg), device=lat_deg.device),
+              "sun_distance": torch.full((n,), float(sun_distance_au), device=lat_deg.device)}
+    t_reg, t_rock = model(inputs)
+    return channel_profiles(t_reg, t_rock, params["rock_fraction"], channels, bins, substeps)
