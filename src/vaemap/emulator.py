@@ -92,7 +92,7 @@ def solve_training_set(n: int, *, seasons: int, seed: int, workers: int = 1
     ``seasons`` groups, each at one season drawn over :data:`CONDITIONS`.
     Returns the inputs (one array (n,) per parameter and condition) and
     ``t_regolith``, ``t_rock`` (n, SOLVER_STEPS_PER_DAY) kelvin at
-    :func:`grid_times`, as the solver gives them."""
+    :func:`vaemap.forward_model.grid_times`, as the solver gives them."""
     rng = np.random.default_rng(seed)
     columns = sample_columns(n, rng)
     dec_lo, dec_hi, _ = CONDITIONS["declination"]
@@ -123,10 +123,11 @@ def _tensors(data: Mapping[str, np.ndarray], idx: np.ndarray, device) -> dict[st
 
 def train_emulator(data: Mapping[str, np.ndarray], params: Mapping[str, Any], *,
                    device: str = "cpu") -> tuple[ThermalEmulator, list[float], np.ndarray]:
-    """Fit a :class:`ThermalEmulator` to a :func:`solve_training_set` by Adam on the
-    standardised squared error (cosine learning-rate decay), holding out
-    ``params["held_out"]`` of the columns. Returns the network (eval mode), the
-    training loss per epoch and the indices of the held-out columns."""
+    """Fit a :class:`vaemap.forward_model.ThermalEmulator` to a
+    :func:`solve_training_set` by Adam on the squared error in kelvin of regolith
+    and rock (one-cycle learning-rate schedule), holding out ``params["held_out"]``
+    of the columns. Returns the network (eval mode), the training loss (K²) per
+    epoch and the indices of the held-out columns."""
     torch.manual_seed(params["seed"])
     n = len(data["lat"])
     order = np.random.default_rng(params["seed"]).permutation(n)
@@ -167,8 +168,8 @@ def train_emulator(data: Mapping[str, np.ndarray], params: Mapping[str, Any], *,
 def accuracy(model: ThermalEmulator, data: Mapping[str, np.ndarray], idx: np.ndarray,
              channels: Sequence[int], bins: int, substeps: int = 2) -> dict[str, Any]:
     """Errors of the emulated channel profiles (``bins`` local-time bins,
-    :func:`channel_profiles`) against the solver's on columns ``idx`` (each with
-    its own rock fraction), kelvin: RMS overall, by channel,
+    :func:`vaemap.forward_model.channel_profiles`) against the solver's on columns
+    ``idx`` (each with its own rock fraction), kelvin: RMS overall, by channel,
     day and night bins (:data:`vaemap.instrument.NIGHT_HOURS`), below and above
     60° latitude, the 99th percentile and the largest; beside them the
     instrument's noise on one measurement at the solver's temperatures (median
