@@ -215,7 +215,6 @@ def run(output: str | Path, config: Mapping[str, Any], accuracy_json: str | Path
     from vaemap.model import resolve_device
 
     params = {**config["emulator"], "bins": int(config["profiles"]["bins"])}
-    params["seed"] = int(config["emulator"]["seed"])
     channels = list(instrument.THERMAL_CHANNELS)
     start = time.perf_counter()
     data = solve_training_set(params["columns"], seasons=params["seasons"],

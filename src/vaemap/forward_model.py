@@ -146,19 +146,25 @@ def facet_equivalent(inputs: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, 
     return lat_eq, shift_h
 
 
-def _shifted(values: torch.Tensor, shift_h: torch.Tensor) -> torch.Tensor:
-    """``values`` (n, c, m), a periodic function of local time sampled at
-    evenly spaced local times from 0 h (m of them, :func:`grid_times`), at those times
-    plus ``shift_h`` (n,) hours: linear interpolation, differentiable in both."""
+def _periodic_at(values: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+    """``values`` (n, c, m), a periodic function of local time sampled at m evenly
+    spaced local times from 0 h (:func:`grid_times`), at positions ``pos``
+    (n, k) in units of that spacing: linear interpolation, differentiable in both."""
     m = values.shape[-1]
-    step = 24.0 / m
-    pos = (torch.arange(m, device=values.device, dtype=values.dtype)[None, :]
-           + shift_h[:, None] / step)
     i0 = torch.floor(pos)
     w = (pos - i0)[:, None, :]
     i0 = torch.remainder(i0.long(), m)[:, None, :].expand(-1, values.shape[1], -1)
     i1 = torch.remainder(i0 + 1, m)
     return (1 - w) * torch.gather(values, 2, i0) + w * torch.gather(values, 2, i1)
+
+
+def _shifted(values: torch.Tensor, shift_h: torch.Tensor) -> torch.Tensor:
+    """``values`` (n, c, m) on the grid of :func:`grid_times`, at those times plus
+    ``shift_h`` (n,) hours (:func:`_periodic_at`)."""
+    m = values.shape[-1]
+    pos = (torch.arange(m, device=values.device, dtype=values.dtype)[None, :]
+           + shift_h[:, None] * (m / 24.0))
+    return _periodic_at(values, pos)
 
 
 def _features(inputs: Mapping[str, torch.Tensor], lat_eq: torch.Tensor,
@@ -271,13 +277,9 @@ def channel_profiles(t_regolith: torch.Tensor, t_rock: torch.Tensor,
     steps = t_regolith.shape[-1]
     pos = torch.as_tensor(substep_times(bins, substeps) / 24.0 * steps,
                           dtype=t_regolith.dtype, device=t_regolith.device)
-    i0 = torch.floor(pos).long() % steps
-    w = pos - torch.floor(pos)
-
-    def at_substeps(t: torch.Tensor) -> torch.Tensor:
-        return (1 - w) * t[:, i0] + w * t[:, (i0 + 1) % steps]
-
-    t_reg, t_rk = at_substeps(t_regolith), at_substeps(t_rock)
+    both = _periodic_at(torch.stack([t_regolith, t_rock], dim=1),
+                        pos.expand(t_regolith.shape[0], -1))
+    t_reg, t_rk = both[:, 0], both[:, 1]
     f = rock_fraction[:, None]
     out = []
     for c in channels:
@@ -295,25 +297,15 @@ def channel_profiles(t_regolith: torch.Tensor, t_rock: torch.Tensor,
 def save_emulator(path: str | Path, model: ThermalEmulator, **extra: Any) -> None:
     """Write ``emulator.pt`` atomically: a plain dict ``torch.load(...,
     weights_only=True)`` reads, with the weights' checksum."""
-    from vaemap.model import torch_save
+    from vaemap.model import tensors_checksum, torch_save
 
     ckpt = {"format": EMULATOR_FORMAT, "kind": "thermal_emulator",
             "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
             "arch": model.arch(), "physics": thermal.source_fingerprint(),
             "parameters": {k: list(v) for k, v in PARAMETERS.items()},
             "conditions": {k: list(v) for k, v in CONDITIONS.items()}, **extra}
-    ckpt["weights_checksum"] = _checksum(ckpt["state_dict"])
+    ckpt["weights_checksum"] = tensors_checksum(ckpt["state_dict"])
     torch_save(ckpt, path)
-
-
-def _checksum(state: Mapping[str, torch.Tensor]) -> str:
-    import xxhash
-
-    digest = xxhash.xxh3_128()
-    for name in sorted(state):
-        digest.update(name.encode())
-        digest.update(state[name].detach().cpu().contiguous().numpy().tobytes())
-    return f"xxh3_128:{digest.hexdigest()}"
 
 
 def load_emulator(path: str | Path, device: str | torch.device = "cpu"
@@ -324,7 +316,7 @@ def load_emulator(path: str | Path, device: str | torch.device = "cpu"
     this format, its weights differ from their checksum, or it learned other
     physics than this vaemap's :mod:`vaemap.thermal` (re-run ``vaemap emulator``).
     """
-    from vaemap.model import CheckpointError, torch_load
+    from vaemap.model import CheckpointError, tensors_checksum, torch_load
 
     try:
         ckpt = torch_load(path, device)
@@ -334,7 +326,7 @@ def load_emulator(path: str | Path, device: str | torch.device = "cpu"
         raise EmulatorError(f"{path}: not a vaemap thermal emulator of format "
                             f"{EMULATOR_FORMAT} (kind {ckpt.get('kind')!r}, format "
                             f"{ckpt.get('format')!r}); run vaemap emulator")
-    if ckpt.get("weights_checksum") != _checksum(ckpt["state_dict"]):
+    if ckpt.get("weights_checksum") != tensors_checksum(ckpt["state_dict"]):
         raise EmulatorError(f"{path}: the weights do not match the checksum recorded when "
                             f"it was written: the file is corrupt; run vaemap emulator")
     if ckpt.get("physics") != thermal.source_fingerprint():

@@ -51,6 +51,7 @@ __all__ = [
     "reconstruction_errors",
     "resolve_device",
     "save_checkpoint",
+    "tensors_checksum",
     "torch_load",
     "torch_save",
     "vae_loss",
@@ -646,11 +647,16 @@ def weights_checksum(ckpt: Mapping[str, Any]) -> str:
     (names and bytes, in sorted order): what the model computes with. Stored
     by :func:`save_checkpoint`, verified by :func:`load_checkpoint`, and
     recorded in the products made with the model."""
+    return tensors_checksum({**{f"state_dict.{k}": v for k, v in ckpt["state_dict"].items()},
+                             **{k: ckpt[k] for k in ("norm_lat", "norm_mean", "norm_std")}})
+
+
+def tensors_checksum(tensors: Mapping[str, torch.Tensor]) -> str:
+    """``xxh3_128:<hex>`` of named tensors (names and bytes, in sorted order): the
+    checksum of a checkpoint's weights (:func:`weights_checksum`, the emulator's)."""
     import xxhash
 
     digest = xxhash.xxh3_128()
-    tensors = {**{f"state_dict.{k}": v for k, v in ckpt["state_dict"].items()},
-               **{k: ckpt[k] for k in ("norm_lat", "norm_mean", "norm_std")}}
     for name in sorted(tensors):
         digest.update(name.encode())
         digest.update(tensors[name].detach().cpu().contiguous().numpy().tobytes())
