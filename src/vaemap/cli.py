@@ -83,7 +83,7 @@ def _step_train(args, cfg):
 
     return train.run(args.profiles, args.output, cfg, metrics_csv=args.metrics,
                      curve_png=args.curve, sigma_png=args.sigma, resume=args.resume,
-                     progress=not args.no_progress)
+                     progress=not args.no_progress, emulator=args.emulator)
 
 
 def _step_encode(args, cfg):
@@ -197,6 +197,8 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--metrics", help="per-epoch metrics CSV to write")
     p.add_argument("--curve", help="loss-curve PNG to write")
     p.add_argument("--sigma", help="PNG of the likelihood's σ per local-time bin to write")
+    p.add_argument("--emulator", help="emulator.pt of the thermal model (model.decoder: "
+                                      "physics; vaemap emulator writes it)")
     p.add_argument("--resume", action="store_true",
                    help="continue from OUTPUT.ckpt left by an interrupted run")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")

@@ -34,10 +34,12 @@ from vaemap.presets import PRESETS
 __all__ = [
     "CHECKPOINT_FORMAT",
     "LIKELIHOODS",
+    "DECODERS",
     "PRESETS",
     "CheckpointError",
     "Normaliser",
     "ObservationNoise",
+    "PhysicsRenderer",
     "ProfileVAE",
     "VAEConfig",
     "channel_weights",
@@ -48,6 +50,7 @@ __all__ = [
     "load_checkpoint",
     "mean_profile",
     "normalise",
+    "physics_regularisers",
     "reconstruction_errors",
     "resolve_device",
     "save_checkpoint",
@@ -102,14 +105,30 @@ class VAEConfig:
     #: "calibrated": the observation variance per channel and bin is learned;
     #: "fixed": it is ``noise_k²/n + floor_k²`` as configured (vaemap ≤ 0.3).
     likelihood: str = "calibrated"
+    #: "network": the latents decoded by the convolutional network; "physics":
+    #: the first five are physical parameters (:data:`vaemap.forward_model.PHYSICAL_LATENTS`)
+    #: rendered by the thermal-model emulator, and the others, with the latitude,
+    #: feed the network, which adds what the physics does not explain.
+    decoder: str = "network"
+    #: The profiles' channel numbers (which bands the physics renders).
+    channel_ids: tuple[int, ...] = ()
+    #: The emulator's architecture (physics decoder; its weights are the model's).
+    emulator_width: int = 256
+    emulator_layers: int = 3
+    #: |latitude| bands of the normaliser the physics decoder holds (to put the
+    #: emulator's kelvin into the model's normalised units).
+    norm_bands: int = 1
+    #: Times per local-time bin the emulator's temperatures are averaged over.
+    substeps: int = 2
 
-    def to_dict(self) -> dict[str, int]:
+    def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
 _ACTIVATIONS = {"gelu": nn.GELU, "relu": nn.ReLU}
 LAYOUTS = ("conv", "strided")
 LIKELIHOODS = ("calibrated", "fixed")
+DECODERS = ("network", "physics")
 
 
 def _conv(c_in: int, c_out: int, kernel: int, stride: int = 1) -> nn.Conv1d:
@@ -174,6 +193,25 @@ class ProfileVAE(nn.Module):
         if cfg.likelihood not in LIKELIHOODS:
             raise ValueError(f"likelihood {cfg.likelihood!r}: expected one of "
                              f"{', '.join(LIKELIHOODS)}")
+        if cfg.decoder not in DECODERS:
+            raise ValueError(f"decoder {cfg.decoder!r}: expected one of {', '.join(DECODERS)}")
+        physics = cfg.decoder == "physics"
+        from vaemap.forward_model import PHYSICAL_LATENTS
+
+        if physics:
+            from vaemap.instrument import THERMAL_CHANNELS
+
+            if cfg.latent_dim < len(PHYSICAL_LATENTS):
+                raise ValueError(f"latent_dim {cfg.latent_dim}: the physics decoder needs at "
+                                 f"least {len(PHYSICAL_LATENTS)} ({', '.join(PHYSICAL_LATENTS)})")
+            if cfg.n_cond != 2:
+                raise ValueError("the physics decoder needs the latitude: set "
+                                 "model.condition_on_latitude true")
+            if len(cfg.channel_ids) != cfg.channels or not any(
+                    c in THERMAL_CHANNELS for c in cfg.channel_ids):
+                raise ValueError(f"channels {list(cfg.channel_ids)}: the physics decoder needs "
+                                 f"the channel numbers, at least one thermal "
+                                 f"({min(THERMAL_CHANNELS)}-{max(THERMAL_CHANNELS)})")
         self.cfg = cfg
         k = cfg.kernel
         act = _ACTIVATIONS[cfg.activation]
@@ -196,8 +234,12 @@ class ProfileVAE(nn.Module):
             layers += [down, act()]
         self.encoder = nn.Sequential(*layers)
         self.to_latent = nn.Linear(cfg.width * self.reduced, 2 * cfg.latent_dim)
+        # the physics decoder's network sees the free latents only: given the
+        # physical ones it could explain the profile without the physics
+        self.n_physical = len(PHYSICAL_LATENTS) if physics else 0
         self.from_latent = nn.Sequential(
-            nn.Linear(cfg.latent_dim + cfg.n_cond, cfg.width * self.reduced), act(),
+            nn.Linear(cfg.latent_dim - self.n_physical + cfg.n_cond, cfg.width * self.reduced),
+            act(),
             nn.Unflatten(1, (self.reduced, cfg.width) if strided else (cfg.width, self.reduced)))
         dec: list[nn.Module] = []
         for level in range(cfg.depth, 0, -1):
@@ -214,6 +256,7 @@ class ProfileVAE(nn.Module):
         self.decoder = nn.Sequential(*dec)
         self.noise = ObservationNoise(cfg.channels, cfg.bins,
                                       learned=cfg.likelihood == "calibrated")
+        self.physics = PhysicsRenderer(cfg) if physics else None
 
     def encode(self, x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Latent mean and log-variance, each (n, latent_dim)."""
@@ -223,17 +266,121 @@ class ProfileVAE(nn.Module):
 
     def decode(self, z: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
         """Reconstruction (n, channels, bins) from latents (n, latent_dim)."""
+        physics, network = self.decode_parts(z, cond)
+        return network if physics is None else physics + network
+
+    def decode_parts(self, z: torch.Tensor, cond: torch.Tensor | None = None
+                     ) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """``(physics, network)``: the physics decoder's two terms of the
+        reconstruction, each (n, channels, bins) normalised — the emulator's
+        profile of the physical latents and what the network adds — or
+        ``(None, reconstruction)`` for the network decoder."""
         if self.cfg.n_cond:
             if cond is None:
                 raise ValueError("this model is conditioned on latitude: pass cond")
-            z = torch.cat([z, cond.to(z.dtype)], dim=1)
-        return self.decoder(self.from_latent(z))
+            free = torch.cat([z[:, self.n_physical:], cond.to(z.dtype)], dim=1)
+        else:
+            free = z
+        network = self.decoder(self.from_latent(free))
+        if self.physics is None:
+            return None, network
+        lat = torch.rad2deg(torch.atan2(cond[:, 0].float(), cond[:, 1].float()))
+        return self.physics(z[:, :self.n_physical], lat).to(network.dtype), network
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor, cond: torch.Tensor | None = None,
                 sample: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         mu, logvar = self.encode(x, mask)
         z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar) if sample else mu
         return self.decode(z, cond), mu, logvar
+
+
+def physics_regularisers(model: ProfileVAE, physics: torch.Tensor, network: torch.Tensor,
+                         x: torch.Tensor, mask: torch.Tensor, cond: torch.Tensor,
+                         variance: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The three terms that keep a physics decoder's network from explaining what
+    the physics should (Takeishi & Kalousis 2021), each a scalar:
+
+    ``physics``: the Gaussian NLL of the physics term alone (nats per profile),
+    so the physical latents must fit the profile without the network;
+    ``least_action``: the mean square of the network's term over observed bins
+    (normalised units²), so it adds only what the physics cannot;
+    ``augmentation``: profiles rendered from physical latents drawn from the
+    prior, with the likelihood's noise and the batch's observation masks, must
+    be encoded back to those latents (mean square error in latent units): the
+    encoder learns to invert the physics on data whose parameters are known.
+
+    ``physics``, ``network`` (n, channels, bins) are :meth:`ProfileVAE.decode_parts`
+    of the batch ``x`` (normalised, masked), ``mask`` its observed bins (or their
+    weights), ``cond`` its latitude condition and ``variance`` the likelihood's.
+    """
+    observed = (mask > 0).to(network.dtype)
+    nll = gaussian_nll(physics.float(), x, mask, variance).mean()
+    least = ((network.float() ** 2) * observed).sum() / observed.sum().clamp(min=1.0)
+    n_phys = model.n_physical
+    z_true = torch.randn(x.shape[0], n_phys, device=x.device)
+    lat = torch.rad2deg(torch.atan2(cond[:, 0].float(), cond[:, 1].float()))
+    with torch.no_grad():
+        rendered = model.physics(z_true, lat)
+        rendered = rendered + torch.randn_like(rendered) * torch.sqrt(variance)
+    seen = observed
+    mu_back, _ = model.encode(rendered * seen, seen)
+    augmentation = ((mu_back[:, :n_phys].float() - z_true) ** 2).mean()
+    return {"physics": nll, "least_action": least, "augmentation": augmentation}
+
+
+class PhysicsRenderer(nn.Module):
+    """The physics of a physics decoder: physical latents (n, 5) and latitudes
+    (n,) degrees → the profiles the thermal model gives, (n, channels, bins) in
+    the model's normalised units (0 for a solar channel, which it does not model).
+
+    Holds the emulator (:class:`vaemap.forward_model.ThermalEmulator`, frozen:
+    it is the physics, not something to fit) and the normaliser's constants as
+    buffers, so ``model.pt`` carries everything the decoder runs with. Runs in
+    float32 whatever the autocast: T⁴ of a lunar day spans 10⁸-10¹⁰ K⁴, beyond
+    bfloat16's three digits.
+    """
+
+    def __init__(self, cfg: VAEConfig):
+        super().__init__()
+        from vaemap.forward_model import ThermalEmulator
+        from vaemap.instrument import THERMAL_CHANNELS
+
+        self.emulator = ThermalEmulator(cfg.emulator_width, cfg.emulator_layers)
+        self.emulator.requires_grad_(False)
+        self.thermal = [c for c in cfg.channel_ids if c in THERMAL_CHANNELS]
+        self.register_buffer("thermal_index", torch.tensor(
+            [i for i, c in enumerate(cfg.channel_ids) if c in THERMAL_CHANNELS]))
+        self.register_buffer("norm_lat", torch.zeros(cfg.norm_bands))
+        self.register_buffer("norm_mean", torch.zeros(cfg.norm_bands, cfg.channels, cfg.bins))
+        self.register_buffer("norm_std", torch.ones(cfg.channels, cfg.bins))
+        self.bins, self.substeps = cfg.bins, cfg.substeps
+
+    def set_normaliser(self, normaliser: Normaliser) -> None:
+        """Take the constants of ``normaliser`` (before training)."""
+        if normaliser.norm_mean.shape != self.norm_mean.shape:
+            raise ValueError(f"normaliser of shape {tuple(normaliser.norm_mean.shape)}, the "
+                             f"model holds {tuple(self.norm_mean.shape)}")
+        with torch.no_grad():
+            self.norm_lat.copy_(normaliser.norm_lat)
+            self.norm_mean.copy_(normaliser.norm_mean)
+            self.norm_std.copy_(normaliser.std)
+
+    def kelvin(self, z_physical: torch.Tensor, lat_deg: torch.Tensor) -> torch.Tensor:
+        """The thermal channels' profiles (n, thermal channels, bins), kelvin."""
+        from vaemap.forward_model import parameters_from_latents, physics_profiles
+
+        with torch.autocast(lat_deg.device.type, enabled=False):
+            params, _ = parameters_from_latents(z_physical.float())
+            return physics_profiles(self.emulator, params, lat_deg.float(), self.thermal,
+                                    self.bins, substeps=self.substeps)
+
+    def forward(self, z_physical: torch.Tensor, lat_deg: torch.Tensor) -> torch.Tensor:
+        t = self.kelvin(z_physical, lat_deg)
+        idx = self.thermal_index
+        mean = mean_profile(lat_deg, self.norm_lat, self.norm_mean)[:, idx]
+        out = torch.zeros(t.shape[0], self.norm_mean.shape[1], self.bins, device=t.device)
+        out[:, idx] = (t - mean) / self.norm_std[idx]
+        return out
 
 
 def latitude_condition(lat_deg: torch.Tensor, n_cond: int) -> torch.Tensor:

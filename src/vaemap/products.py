@@ -143,6 +143,16 @@ PROFILES = ProductSpec(
     doc="per-pixel diurnal profiles (channels x local-time bins)",
 )
 
+#: Ground-truth factors of the simulator, as stored in ``truth.h5``, with units: also
+#: the physical parameters a physics decoder maps, named alike.
+TRUTH_FACTORS: dict[str, str] = {
+    "albedo": "",
+    "h_param": "m",
+    "slope_ew": "deg",
+    "slope_ns": "deg",
+    "rock_fraction": "",
+}
+
 #: ``latents.h5`` (encode): one row per encoded pixel.
 LATENTS = ProductSpec(
     "latents", 3,  # 3: recon_z; 2: recon_error_channel
@@ -167,19 +177,19 @@ LATENTS = ProductSpec(
         "anomaly": Field(np.uint8, final_only=True, doc="1 above the anomaly threshold"),
         "recon": Field(np.float32, ("n", "channels", "bins"), unit="K", optional=True,
                        doc="reconstruction of the latent mean (encode.store_recon)"),
+        # a physics decoder's (model.decoder: physics)
+        **{name: Field(np.float32, unit=unit, optional=True,
+                       doc="physical parameter of the latent mean (posterior median)")
+           for name, unit in TRUTH_FACTORS.items()},
+        **{f"{name}_sigma": Field(np.float32, unit=unit, optional=True,
+                                  doc="its posterior σ (delta method)")
+           for name, unit in TRUTH_FACTORS.items()},
+        "physics_error": Field(np.float32, optional=True,
+                               doc="the anomaly metric's error of the physics term alone"),
     },
     attrs=("nside", "ordering", "body", "latent_dim", "channels", "model", "model_weights"),
     doc="latents, reconstruction errors and anomaly score per pixel",
 )
-
-#: Ground-truth factors of the simulator, as stored in ``truth.h5``, with units.
-TRUTH_FACTORS: dict[str, str] = {
-    "albedo": "",
-    "h_param": "m",
-    "slope_ew": "deg",
-    "slope_ns": "deg",
-    "rock_fraction": "",
-}
 
 #: Injected anomaly kinds (``anomaly_kind`` code -> name); 0 is background.
 ANOMALY_KINDS: dict[int, str] = {1: "warm_rocky", 2: "cold_spot"}

@@ -44,6 +44,7 @@ from vaemap.model import (
     fixed_noise_logvar,
     initial_noise_logvar,
     latitude_condition,
+    physics_regularisers,
     resolve_device,
     save_checkpoint,
     torch_load,
@@ -130,13 +131,18 @@ def _fingerprint(path: str | Path) -> str:
     return f"{stat.st_size}:{stat.st_mtime_ns}"
 
 
-def _arch(config: Mapping[str, Any], channels: int, bins: int) -> VAEConfig:
+def _arch(config: Mapping[str, Any], channels: list[int], bins: int,
+          physics: Mapping[str, Any] | None = None) -> VAEConfig:
+    """The model's architecture; ``physics`` holds the physics decoder's extra
+    fields (the emulator's width and layers, the normaliser's bands)."""
     m = config["model"]
     arch = {"width": m["width"], "depth": m["depth"], "latent_dim": m["latent_dim"],
             "n_cond": 2 if m["condition_on_latitude"] else 0, "layout": m["layout"],
-            "activation": m["activation"], "likelihood": m["likelihood"]}
+            "activation": m["activation"], "likelihood": m["likelihood"],
+            "decoder": m["decoder"], "channel_ids": tuple(int(c) for c in channels)}
     arch.update(PRESETS[m["preset"]])
-    return VAEConfig(channels=channels, bins=bins, **arch)
+    arch.update(physics or {})
+    return VAEConfig(channels=len(channels), bins=bins, **arch)
 
 
 class _Split:
@@ -158,7 +164,7 @@ class Trainer:
     """
 
     def __init__(self, profiles: str | Path, output: str | Path, config: Mapping[str, Any],
-                 *, progress: bool = True):
+                 *, emulator: str | Path | None = None, progress: bool = True):
         self.profiles, self.output = Path(profiles), Path(output)
         self.state_path = self.output.with_name(self.output.name + ".ckpt")
         self.tcfg, self.mcfg = config["train"], config["model"]
@@ -173,7 +179,7 @@ class Trainer:
         data = load_profiles(self.profiles, self.tcfg["max_pixels"], self.seed)
         self.profiles_total = data["total"]
         self.nside, self.channels = data["nside"], data["channels"]
-        _, n_channels, bins = data["profile"].shape
+        bins = data["profile"].shape[2]
         val = spatial_split(data["pix"], self.nside, self.tcfg["val_fraction"], self.seed)
         train_idx, val_idx = np.flatnonzero(~val), np.flatnonzero(val)
         if train_idx.size == 0:
@@ -182,8 +188,25 @@ class Trainer:
             val_idx = train_idx  # val_fraction 0: report on the training set
         self.normaliser = Normaliser.fit(data["profile"][train_idx], data["lat"][train_idx],
                                          self.mcfg["normalisation"])
-        self.arch = _arch(config, n_channels, bins)
+        physics, self.emulator = None, None
+        if self.mcfg["decoder"] == "physics":
+            if emulator is None:
+                raise ValueError("model.decoder: physics needs the thermal model's emulator "
+                                 "(vaemap train --emulator emulator.pt; vaemap emulator "
+                                 "writes it)")
+            from vaemap.forward_model import load_emulator
+
+            emu, emu_ckpt = load_emulator(emulator, device)
+            self.emulator = {"path": str(emulator),
+                             "weights_checksum": emu_ckpt["weights_checksum"]}
+            physics = {"emulator_width": emu_ckpt["arch"]["width"],
+                       "emulator_layers": emu_ckpt["arch"]["layers"],
+                       "norm_bands": int(self.normaliser.norm_lat.numel())}
+        self.arch = _arch(config, list(self.channels), bins, physics)
         self.model = ProfileVAE(self.arch).to(device)
+        if self.model.physics is not None:
+            self.model.physics.emulator.load_state_dict(emu.state_dict())
+            self.model.physics.set_normaliser(self.normaliser.to(device))
         log.info("training on %s: %d train / %d validation pixels (of %d profiles), %d "
                  "parameters", device, train_idx.size, val_idx.size, self.profiles_total,
                  sum(p.numel() for p in self.model.parameters()))
@@ -219,7 +242,8 @@ class Trainer:
         resumable = {k: v for k, v in self.tcfg.items() if k != "epochs"}
         self.run_key = json.dumps({"arch": self.arch.to_dict(), "model": self.mcfg,
                                    "train": resumable, "seed": self.seed,
-                                   "profiles": _fingerprint(profiles)},
+                                   "profiles": _fingerprint(profiles),
+                                   "emulator": self.emulator},
                                   sort_keys=True, default=str)
 
     # -- resume and save ---------------------------------------------------------------
@@ -291,12 +315,20 @@ class Trainer:
         total, count = 0.0, 0
         for a in range(0, perm.numel(), batch):
             idx = perm[a:a + batch]
+            x, mask, cond = tr.x[idx], tr.mask[idx], tr.cond[idx]
+            weight, variance = mask * self.channel_weight, model.noise.variance(tr.count[idx])
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=use_amp):
-                recon, mu, logvar = model(tr.x[idx], tr.mask[idx], tr.cond[idx])
-            loss, _ = vae_loss(recon, mu, logvar, tr.x[idx],
-                               tr.mask[idx] * self.channel_weight,
-                               model.noise.variance(tr.count[idx]), beta=beta,
+                mu, logvar = model.encode(x, mask)
+                z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
+                physics, network = model.decode_parts(z, cond)
+                recon = network if physics is None else physics + network
+            loss, _ = vae_loss(recon, mu, logvar, x, weight, variance, beta=beta,
                                tc_weight=tc_weight)
+            if physics is not None:
+                terms = physics_regularisers(model, physics, network, x, weight, cond,
+                                             variance)
+                for name, value in terms.items():
+                    loss = loss + float(self.mcfg["physics_regularisers"][name]) * value
             self.opt.zero_grad(set_to_none=True)
             loss.backward()
             self.opt.step()
@@ -433,6 +465,7 @@ class Trainer:
                         channels=self.channels,
                         config={"model": dict(self.mcfg), "train": dict(self.tcfg),
                                 "seed": self.seed},
+                        **({"emulator": self.emulator} if self.emulator else {}),
                         metrics=metrics, history=self.history)
         if metrics_csv:
             _write_metrics(self.history, Path(metrics_csv))
@@ -513,6 +546,7 @@ def run(
     sigma_png: str | Path | None = None,
     resume: bool = False,
     progress: bool = True,
+    emulator: str | Path | None = None,
 ) -> dict[str, Any]:
     """Train a β-VAE on ``profiles`` and write the checkpoint ``output`` (model.pt).
 
@@ -521,9 +555,11 @@ def run(
     The full training state (optimiser, scheduler, random generators) is kept
     in ``<output>.ckpt`` after every epoch; with ``resume`` a run interrupted
     at any epoch continues exactly where it stopped, and a finished run can be
-    continued to a larger ``train.epochs``. Returns the final validation metrics.
+    continued to a larger ``train.epochs``. ``emulator`` is the thermal model's
+    emulator (``emulator.pt``) a physics decoder renders with (``model.decoder:
+    physics``). Returns the final validation metrics.
     """
-    trainer = Trainer(profiles, output, config, progress=progress)
+    trainer = Trainer(profiles, output, config, emulator=emulator, progress=progress)
     if resume:
         trainer.resume()
     trainer.fit()

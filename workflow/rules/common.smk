@@ -276,6 +276,18 @@ def truth_flag(wildcards, input):
     return ["--truth", input.truth] if "truth" in input.keys() else []
 
 
+def emulator_input(wildcards):
+    """The thermal model's emulator, for train when the decoder is the physics one."""
+    if config["model"]["decoder"] == "physics":
+        return {"emulator": f"{RESULTS}/emulator/emulator.pt"}
+    return {}
+
+
+def emulator_flag(wildcards, input):
+    """The --emulator option of `vaemap train`, when the rule has an emulator input."""
+    return ["--emulator", input.emulator] if "emulator" in input.keys() else []
+
+
 def tile_flag(step):
     """The --tile option of a tiled job of `step` (profiles or encode), as arguments."""
     return lambda wildcards: [

@@ -10,6 +10,7 @@ wildcard_constraints:
 
 use rule train as train_sweep with:
     input:
+        unpack(emulator_input),
         profiles=f"{RESULTS}/profiles.h5",
         settings=sweep_settings("model", "train", "seed", "device"),
     output:

@@ -1,5 +1,6 @@
 rule train:
     input:
+        unpack(emulator_input),
         profiles=f"{RESULTS}/profiles.h5",
         settings=settings("model", "train", "seed", "device"),
     output:
@@ -28,7 +29,9 @@ rule train:
         mem_mb=mem_mb(1500, cubes=3.0 * trained_fraction()),
         runtime=runtime_min(10, per_cube_gib_epoch=40),
         gpu=wants_gpu(),
+    params:
+        emulator=emulator_flag,
     shell:
         "vaemap train {input.profiles:q} --output {output.model:q} --metrics {output.metrics:q} "
-        "--curve {output.curve:q} --sigma {output.sigma:q} --resume --no-progress --config {input.settings:q} "
+        "--curve {output.curve:q} --sigma {output.sigma:q} {params.emulator:q} --resume --no-progress --config {input.settings:q} "
         "--json > {log:q} 2>&1"
