@@ -45,7 +45,7 @@ from vaemap.model import (
     reconstruction_errors,
     resolve_device,
 )
-from vaemap.products import LATENTS, PROFILES, open_product
+from vaemap.products import LATENTS, PROFILES, TRUTH_FACTORS, open_product
 from vaemap.stats import anomaly_z
 
 __all__ = ["merge", "run"]
@@ -61,14 +61,23 @@ class _EncodeDecode(torch.nn.Module):
         self.model = model
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor, cond: torch.Tensor):
+        """``(mu, logvar, recon, physics)``: a physics decoder's physics term alone
+        as ``physics``; the whole reconstruction again for the network decoder."""
         mu, logvar = self.model.encode(x, mask)
-        return mu, logvar, self.model.decode(mu, cond if cond.shape[1] else None)
+        physics, network = self.model.decode_parts(mu, cond if cond.shape[1] else None)
+        if physics is None:
+            return mu, logvar, network, network
+        return mu, logvar, physics + network, physics
 
 
 def _inference_module(model: torch.nn.Module, example: tuple[torch.Tensor, ...]):
     """The model traced and frozen for inference (conv/activation fusion, constant
     weights: about 1.7x faster on CPU), or the eager module if tracing fails."""
     wrapper = _EncodeDecode(model).eval()
+    if getattr(model, "physics", None) is not None:
+        # the emulator's band tables are made on first use, which a trace would
+        # bake in as constants; its MLP gains little from fusion anyway
+        return wrapper
     try:
         with torch.inference_mode(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -81,6 +90,10 @@ def _inference_module(model: torch.nn.Module, example: tuple[torch.Tensor, ...])
 #: Per-pixel datasets of latents.h5 that tile parts carry too (all but ``recon``
 #: and the anomaly score, which needs every pixel).
 _PIXEL_DATASETS = tuple(LATENTS.layout(part=True, latent=0, channels=0))
+#: Those a physics decoder adds: its physical parameters, their σ and the error
+#: of its physics term alone.
+_PHYSICS_DATASETS = (*TRUTH_FACTORS, *(f"{name}_sigma" for name in TRUTH_FACTORS),
+                     "physics_error")
 
 
 def run(profiles: str | Path, model_path: str | Path, output: str | Path,
@@ -94,7 +107,14 @@ def run(profiles: str | Path, model_path: str | Path, output: str | Path,
     same over the thermal channels' night bins), ``anomaly_score`` (n,
     robust z of the error chosen by ``encode.anomaly_metric``), ``anomaly`` (n, 0/1 above
     ``encode.anomaly_threshold``), ``n_obs`` (n,) and, with
-    ``encode.store_recon``, ``recon`` (n, channels, bins) kelvin.
+    ``encode.store_recon``, ``recon`` (n, channels, bins) kelvin. A physics
+    decoder's model (``model.decoder: physics``) adds its physical parameters
+    of the latent mean, named as the truth factors (``h_param`` m, ``albedo``,
+    ``slope_ew`` and ``slope_ns`` deg, ``rock_fraction``), each with its
+    posterior σ (``h_param_sigma`` ...), and ``physics_error``, the anomaly
+    metric's error of the physics term alone; with ``encode.score_residual:
+    physics`` (the default) the anomaly score is that error's robust z: what the
+    thermal model cannot explain.
 
     With ``tile="NSIDE/INDEX"`` only the pixels inside that NESTED tile are
     encoded and the file is a *part* without the anomaly score (a robust z
@@ -125,6 +145,10 @@ def run(profiles: str | Path, model_path: str | Path, output: str | Path,
                   "recon_z_night": np.empty(n, np.float32),
                   "recon_error_channel": np.empty((n, shape[1]), np.float32),
                   "n_obs": src["n_obs"][lo:hi]}
+        physical = arch.get("decoder", "network") == "physics"
+        if physical:
+            arrays.update({k: np.empty(n, np.float32) for k in _PHYSICS_DATASETS})
+        error_key = ANOMALY_ERRORS[params["anomaly_metric"]]
         night = torch.from_numpy(night_mask(ckpt["channels"], arch["bins"])).to(device)
         with atomic_hdf5(output) as out:
             recon_ds = _recon_dataset(out, (n, *shape[1:])) if params["store_recon"] else None
@@ -141,13 +165,18 @@ def run(profiles: str | Path, model_path: str | Path, output: str | Path,
                     cond = latitude_condition(lat, arch["n_cond"])
                     if net is None:
                         net = _inference_module(model, (x, mask, cond))
-                    m, lv, recon = net(x, mask, cond)
+                    m, lv, recon, physics = net(x, mask, cond)
                     recon_k = norm.to_kelvin(recon, mean=mean)
                     # each bin's calibrated σ (the model's own likelihood), kelvin
                     sigma_k = torch.sqrt(model.noise.variance(count)) * norm.std
                     for key, err in reconstruction_errors(recon_k - prof, mask, norm.std,
                                                           sigma_k, night).items():
                         arrays[key][a:b] = err.cpu().numpy()
+                    if physical:
+                        _physical_parameters(arrays, a, b, m, lv)
+                        residual = norm.to_kelvin(physics, mean=mean) - prof
+                        arrays["physics_error"][a:b] = reconstruction_errors(
+                            residual, mask, norm.std, sigma_k, night)[error_key].cpu().numpy()
                     arrays["mu"][a:b] = m.cpu().numpy()
                     arrays["logvar"][a:b] = lv.cpu().numpy()
                     if recon_ds is not None:
@@ -165,7 +194,8 @@ def run(profiles: str | Path, model_path: str | Path, output: str | Path,
             _write_pixel_datasets(out, arrays)
             if tile is None:
                 _, anomaly = _write_score(out, arrays, params, int(ckpt["nside"]))
-                out.attrs.update(provenance_attrs(config, **attrs, **_score_attrs(params)))
+                out.attrs.update(provenance_attrs(config, **attrs,
+                                                  **_score_attrs(params, _scored(arrays, params))))
             else:
                 out.attrs.update(provenance_attrs(config, **attrs, part_of_tile=tile))
     if tile is not None:
@@ -174,9 +204,21 @@ def run(profiles: str | Path, model_path: str | Path, output: str | Path,
     return _summary(arrays["recon_error"], anomaly, output)
 
 
+def _physical_parameters(arrays: Mapping[str, np.ndarray], a: int, b: int, mu: torch.Tensor,
+                         logvar: torch.Tensor) -> None:
+    """Rows ``a:b`` of the physical parameters and their σ from the latents."""
+    from vaemap.forward_model import PHYSICAL_LATENTS, parameters_from_latents
+
+    n_phys = len(PHYSICAL_LATENTS)
+    values, sigmas = parameters_from_latents(mu[:, :n_phys].float(), logvar[:, :n_phys].float())
+    for name in PHYSICAL_LATENTS:
+        arrays[name][a:b] = values[name].cpu().numpy()
+        arrays[f"{name}_sigma"][a:b] = sigmas[name].cpu().numpy()
+
+
 def _write_pixel_datasets(out: h5py.File, arrays: Mapping[str, np.ndarray]) -> None:
     units = LATENTS.units()
-    for key in _PIXEL_DATASETS:
+    for key in (*_PIXEL_DATASETS, *(k for k in _PHYSICS_DATASETS if k in arrays)):
         values = arrays[key].astype(LATENTS.fields[key].dtype, copy=False)
         write_dataset(out, key, values, attrs={"unit": units[key]} if key in units else None)
 
@@ -189,22 +231,31 @@ def _recon_dataset(out: h5py.File, shape: tuple[int, ...]) -> h5py.Dataset:
     return ds
 
 
-def _score_attrs(params: Mapping[str, Any]) -> dict[str, Any]:
+def _scored(arrays: Mapping[str, np.ndarray], params: Mapping[str, Any]) -> str:
+    """The dataset the anomaly score is the robust z of: the physics term's error
+    where a physics decoder wrote one and ``encode.score_residual`` is physics."""
+    if "physics_error" in arrays and params["score_residual"] == "physics":
+        return "physics_error"
+    return ANOMALY_ERRORS[params["anomaly_metric"]]
+
+
+def _score_attrs(params: Mapping[str, Any], scored: str) -> dict[str, Any]:
     band = params["score_band_deg"]
     among = (f"the pixels within the same {band:g} deg band of |latitude|" if band > 0
              else "all pixels")
+    of = "of the physics term alone " if scored == "physics_error" else ""
     return {"anomaly_threshold": params["anomaly_threshold"],
             "anomaly_metric": params["anomaly_metric"],
-            "score_band_deg": band,
-            "anomaly_score": f"0.6745 (x - median) / MAD of the anomaly_metric error among "
-                             f"{among}"}
+            "score_band_deg": band, "anomaly_scored": scored,
+            "anomaly_score": f"0.6745 (x - median) / MAD of the anomaly_metric error {of}"
+                             f"among {among}"}
 
 
 def _write_score(out: h5py.File, arrays: Mapping[str, np.ndarray], params: Mapping[str, Any],
                  nside: int) -> tuple[np.ndarray, np.ndarray]:
     """Robust z of the chosen error (over the pixels of each latitude band,
     ``encode.score_band_deg``), and the 0/1 anomaly flag."""
-    error = arrays[ANOMALY_ERRORS[params["anomaly_metric"]]]
+    error = arrays[_scored(arrays, params)]
     _, lat = pix_to_lonlat(nside, arrays["pix"])
     score = anomaly_z(error, lat, params["score_band_deg"]).astype(np.float32)
     anomaly = (score > params["anomaly_threshold"]).astype(np.uint8)
@@ -238,7 +289,14 @@ def merge(parts: Sequence[str | Path], output: str | Path, config: Mapping[str, 
                                                "model_weights", "profiles_checksum")) as opened:
         handles = [h for _, h in opened]
         ref = handles[0]
-        arrays = {key: np.concatenate([h[key][...] for h in handles]) for key in _PIXEL_DATASETS}
+        # a physics decoder's datasets: in every part or in none (one model made them)
+        physics = [k for k in _PHYSICS_DATASETS if any(k in h for h in handles)]
+        lacking = [str(path) for path, h in opened if any(k not in h for k in physics)]
+        if lacking:
+            raise ValueError(f"tile parts {', '.join(lacking)} lack the physical parameters "
+                             f"the other parts hold ({', '.join(physics)}); re-encode them")
+        arrays = {key: np.concatenate([h[key][...] for h in handles])
+                  for key in (*_PIXEL_DATASETS, *physics)}
         if np.any(np.diff(arrays["pix"]) <= 0):  # also catches a part out of order inside
             raise ValueError("tile parts overlap or repeat pixels: "
                              + ", ".join(str(path) for path, _ in opened))
@@ -260,6 +318,6 @@ def merge(parts: Sequence[str | Path], output: str | Path, config: Mapping[str, 
                                                        "model_weights", "profiles_checksum")
                         if k in ref.attrs}}
             out.attrs.update(provenance_attrs(
-                config, **attrs, **_score_attrs(params),
+                config, **attrs, **_score_attrs(params, _scored(arrays, params)),
                 merged_from=[str(path) for path, _ in opened]))
     return _summary(arrays["recon_error"], anomaly, output)

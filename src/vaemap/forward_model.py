@@ -33,6 +33,7 @@ __all__ = [
     "EMULATOR_FORMAT",
     "PARAMETERS",
     "PHYSICAL_LATENTS",
+    "PRIORS",
     "SOLVER_STEPS_PER_DAY",
     "EmulatorError",
     "ThermalEmulator",
@@ -97,6 +98,11 @@ _T4_SCALE = 1e8
 #: Floor of an emulated temperature (K): below any lunar surface but the darkest
 #: traps (≈ 25 K), where the emulator's T⁴ could go negative.
 _MIN_T_K = 15.0
+#: Where cosines are clamped short of ±1 (float32): the slope of arccos and
+#: arcsin is infinite at ±1, and clamping at 1 itself turns it into NaN gradients
+#: (0 · ∞) for a column that faces the Sun or the pole exactly. 1e-6 moves the
+#: incidence by at most 0.08°.
+_BELOW_ONE = 1.0 - 1e-6
 
 
 def equilibrium_t4(inputs: Mapping[str, torch.Tensor], times_h: torch.Tensor,
@@ -119,7 +125,8 @@ def equilibrium_t4(inputs: Mapping[str, torch.Tensor], times_h: torch.Tensor,
     sun_u = torch.sin(lat) * torch.sin(dec) + torch.cos(lat) * torch.cos(dec) * torch.cos(h)
     mu = ((tx * sun_e + ty * sun_n + sun_u) / norm).clamp(0.0, 1.0)
     mu = torch.where(sun_u > 0.0, mu, torch.zeros_like(mu))
-    incidence = torch.rad2deg(torch.arccos(mu.clamp(0.0, 1.0)))
+    # (short of 1: arccos' is infinite there, and a decoder back-propagates through it)
+    incidence = torch.rad2deg(torch.arccos(mu.clamp(0.0, _BELOW_ONE)))
     albedo = (inputs["albedo"][:, None] + props.albedo_a * (incidence / 45.0) ** 3
               + props.albedo_b * (incidence / 90.0) ** 8)
     flux = thermal.SOLAR_CONSTANT / inputs["sun_distance"][:, None] ** 2 * mu
@@ -141,7 +148,7 @@ def facet_equivalent(inputs: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, 
     # the column at longitude 0: up (cos φ, 0, sin φ), east (0, 1, 0), north (-sin φ, 0, cos φ)
     x = n_u * torch.cos(lat) - n_n * torch.sin(lat)
     z = n_u * torch.sin(lat) + n_n * torch.cos(lat)
-    lat_eq = torch.rad2deg(torch.asin(z.clamp(-1.0, 1.0)))
+    lat_eq = torch.rad2deg(torch.asin(z.clamp(-_BELOW_ONE, _BELOW_ONE)))  # (asin' as arccos')
     shift_h = torch.rad2deg(torch.atan2(n_e, x)) / 15.0
     return lat_eq, shift_h
 
@@ -274,7 +281,7 @@ def channel_profiles(t_regolith: torch.Tensor, t_rock: torch.Tensor,
     per channel, the mix turned into a brightness temperature, and the bin's
     substeps averaged (as a profile averages its observations).
     Differentiable in all three inputs."""
-    steps = t_regolith.shape[-1]
+    steps = int(t_regolith.shape[-1])  # (an int also when traced: the solver's grid)
     pos = torch.as_tensor(substep_times(bins, substeps) / 24.0 * steps,
                           dtype=t_regolith.dtype, device=t_regolith.device)
     both = _periodic_at(torch.stack([t_regolith, t_rock], dim=1),
@@ -291,7 +298,7 @@ def channel_profiles(t_regolith: torch.Tensor, t_rock: torch.Tensor,
             _TABLES[key] = _BandTable(int(c), t_regolith.device)
         table = _TABLES[key]
         mixed = (1 - f) * table.radiance(t_reg) + f * table.radiance(t_rk)
-        out.append(table.temperature(mixed).view(len(f), bins, substeps).mean(dim=2))
+        out.append(table.temperature(mixed).view(-1, bins, substeps).mean(dim=2))
     return torch.stack(out, dim=1)
 
 def save_emulator(path: str | Path, model: ThermalEmulator, **extra: Any) -> None:
@@ -342,27 +349,58 @@ def load_emulator(path: str | Path, device: str | torch.device = "cpu"
 PHYSICAL_LATENTS: tuple[str, ...] = ("albedo", "h_param", "slope_ew", "slope_ns",
                                      "rock_fraction")
 
+#: The prior of each physical parameter: ``(median, width)``. A latent z ~ N(0, 1)
+#: becomes ``lo + (hi − lo) · sigmoid(logit(s₀) + width · z)`` over the range of
+#: :data:`PARAMETERS` (H on a log scale), s₀ placing the median. The medians are
+#: the typical lunar surface of the literature, not fitted to any simulated Moon:
+#: bolometric albedo 0.12 (between maria and highlands), H 0.06 m (the global
+#: typical value of Hayne et al. 2017), level ground, and a rock fraction of 0.005
+#: (the regolith's median rock abundance is well under 1 %, Bandfield et al. 2011).
+#: The widths give about ±0.035 in albedo, H 0.03-0.13 m, ±8.5° of slope and
+#: 0.001-0.02 of rock at ±1σ. Why the medians matter: at night a little rock
+#: (warm) and a higher H (cold) look alike in one channel, and a prior centred
+#: on the middle of the range (rock fraction 0.25) pulls every pixel towards
+#: more rock and a compensating H, the degenerate fit (measured on the validation
+#: Moon: H 0.18 m against a true 0.06 m).
+PRIORS: dict[str, tuple[float, float]] = {
+    "albedo": (0.12, 0.7),
+    "h_param": (0.06, 1.0),
+    "slope_ew": (0.0, 0.5),
+    "slope_ns": (0.0, 0.5),
+    "rock_fraction": (0.005, 1.5),
+}
+
+def _prior_offset(name: str) -> float:
+    """logit(s₀): where the latent 0 (the prior's median) lies in [0, 1]."""
+    lo, hi, _ = PARAMETERS[name]
+    median, _ = PRIORS[name]
+    s0 = ((math.log(median) - math.log(lo)) / (math.log(hi) - math.log(lo))
+          if name == "h_param" else (median - lo) / (hi - lo))
+    return math.log(s0 / (1 - s0))
+
 
 def parameters_from_latents(mu: torch.Tensor, logvar: torch.Tensor | None = None
                             ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """Physical parameters from physical latents (n, 5) in :data:`PHYSICAL_LATENTS`
     order: each latent's standard-normal prior becomes a logit-normal prior over
-    the parameter's range in :data:`PARAMETERS` (``lo + (hi − lo) · sigmoid(z)``;
-    H on a log scale), so a decoder can never leave the range its emulator
-    knows. With ``logvar``, also each parameter's posterior σ by the delta method
-    (``|dp/dz| · σ_z``), in the parameter's unit. Returns ``(values, sigmas)``,
-    dicts of (n,) tensors (``sigmas`` empty without ``logvar``)."""
+    the parameter's range in :data:`PARAMETERS`, with the median and width of
+    :data:`PRIORS` (H on a log scale), so a decoder can never leave the range its
+    emulator knows. With ``logvar``, also each parameter's posterior σ by the
+    delta method (``|dp/dz| · σ_z``), in the parameter's unit. Returns
+    ``(values, sigmas)``, dicts of (n,) tensors (``sigmas`` empty without
+    ``logvar``)."""
     values: dict[str, torch.Tensor] = {}
     sigmas: dict[str, torch.Tensor] = {}
     for k, name in enumerate(PHYSICAL_LATENTS):
         lo, hi, _ = PARAMETERS[name]
-        s = torch.sigmoid(mu[:, k])
+        width = PRIORS[name][1]
+        s = torch.sigmoid(_prior_offset(name) + width * mu[:, k])
         if name == "h_param":
             value = torch.exp(math.log(lo) + (math.log(hi) - math.log(lo)) * s)
-            slope = value * (math.log(hi) - math.log(lo)) * s * (1 - s)
+            slope = value * (math.log(hi) - math.log(lo)) * s * (1 - s) * width
         else:
             value = lo + (hi - lo) * s
-            slope = (hi - lo) * s * (1 - s)
+            slope = (hi - lo) * s * (1 - s) * width
         values[name] = value.clamp(lo, hi)  # (float32 rounding at the ends)
         if logvar is not None:
             sigmas[name] = slope * torch.exp(0.5 * logvar[:, k])

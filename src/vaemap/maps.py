@@ -350,7 +350,8 @@ def run(latents: str | Path, profiles: str | Path, model: str | Path, outdir: st
                                  mp_context=multiprocessing.get_context("spawn")) as pool:
             jobs = []
             products = map_products(latent_dim, ica is not None,
-                                    json.loads(h5.attrs["channels"]))
+                                    json.loads(h5.attrs["channels"]),
+                                    physical="physics_error" in h5)
             hips = hips_products(params["hips"], products)
             for name, meta in products.items():
                 values = _values(h5, meta["source"], ica)

@@ -24,6 +24,7 @@ __all__ = [
     "linear_readout",
     "matched_assignment",
     "mutual_information_gap",
+    "parameter_scores",
     "region_recall",
     "roc_auc",
     "score_code",
@@ -208,6 +209,31 @@ def score_code(code: np.ndarray, factors: np.ndarray, score: np.ndarray,
     for k, name in ANOMALY_KINDS.items():
         sel = (kind == k) | ~label
         out["anomaly"][f"roc_auc_{name}"] = roc_auc(score[sel], label[sel])
+    return out
+
+
+def parameter_scores(values: np.ndarray, sigmas: np.ndarray, truth: np.ndarray,
+                     names: tuple[str, ...] | list[str]) -> dict[str, dict[str, float]]:
+    """How well estimated physical parameters match the truth, per parameter.
+
+    ``values``, ``sigmas`` and ``truth`` are (n, parameters) in the parameters'
+    units, columns named by ``names``. Returns per name: ``rmse`` and ``bias``
+    (estimate − truth, the parameter's unit), ``spearman`` (signed ρ; its
+    magnitude is what a latent's |ρ| is compared with), and ``coverage_1sigma``,
+    the fraction of pixels whose truth lies within ±1σ of the estimate (0.68 for
+    a calibrated Gaussian posterior; NaN where no σ is given).
+    """
+    out: dict[str, dict[str, float]] = {}
+    for j, name in enumerate(names):
+        est, true, sig = values[:, j], truth[:, j], sigmas[:, j]
+        ok = np.isfinite(est) & np.isfinite(true)
+        err = est[ok] - true[ok]
+        rho = stats.spearmanr(est[ok], true[ok]).statistic if ok.sum() > 2 else np.nan
+        cover = (np.abs(err) <= sig[ok]).mean() if np.isfinite(sig[ok]).all() and ok.any() \
+            else np.nan
+        out[name] = {"rmse": float(np.sqrt(np.mean(err**2))) if ok.any() else float("nan"),
+                     "bias": float(np.mean(err)) if ok.any() else float("nan"),
+                     "spearman": float(rho), "coverage_1sigma": float(cover)}
     return out
 
 

@@ -33,8 +33,8 @@ from vaemap.presets import PRESETS
 
 __all__ = [
     "CHECKPOINT_FORMAT",
-    "LIKELIHOODS",
     "DECODERS",
+    "LIKELIHOODS",
     "PRESETS",
     "CheckpointError",
     "Normaliser",
@@ -377,9 +377,10 @@ class PhysicsRenderer(nn.Module):
     def forward(self, z_physical: torch.Tensor, lat_deg: torch.Tensor) -> torch.Tensor:
         t = self.kelvin(z_physical, lat_deg)
         idx = self.thermal_index
-        mean = mean_profile(lat_deg, self.norm_lat, self.norm_mean)[:, idx]
-        out = torch.zeros(t.shape[0], self.norm_mean.shape[1], self.bins, device=t.device)
-        out[:, idx] = (t - mean) / self.norm_std[idx]
+        mean = mean_profile(lat_deg, self.norm_lat, self.norm_mean)
+        # zeros_like, not zeros(n, ...): the batch size stays symbolic when traced
+        out = torch.zeros_like(mean)
+        out[:, idx] = (t - mean[:, idx]) / self.norm_std[idx]
         return out
 
 

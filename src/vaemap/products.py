@@ -153,6 +153,13 @@ TRUTH_FACTORS: dict[str, str] = {
     "rock_fraction": "",
 }
 
+#: Words for the truth factors in titles and FITS headers.
+_PHYSICAL_TITLES: dict[str, str] = {
+    "albedo": "bolometric albedo", "h_param": "H-parameter (regolith density scale)",
+    "slope_ew": "east/west slope (east-facing > 0)", "slope_ns": "north/south slope "
+    "(north-facing > 0)", "rock_fraction": "rock area fraction",
+}
+
 #: ``latents.h5`` (encode): one row per encoded pixel.
 LATENTS = ProductSpec(
     "latents", 3,  # 3: recon_z; 2: recon_error_channel
@@ -258,18 +265,23 @@ def simulated_rdr_names(params: Mapping[str, Any]) -> list[str]:
 
 
 def map_products(latent_dim: int, independent_components: bool = False,
-                 channels: Sequence[int] = ()) -> dict[str, dict[str, Any]]:
+                 channels: Sequence[int] = (), physical: bool = False
+                 ) -> dict[str, dict[str, Any]]:
     """Names, titles, units and sources of the map products for ``latent_dim`` latents.
 
     The names are the file stems, ``maps/<name>.fits`` and ``maps/<name>.png``;
     with ``independent_components`` also ``ic0`` ... (the latent means rotated
     to independent components, see :func:`vaemap.stats.ica_components`); with
     several ``channels``, one reconstruction-error map per channel
-    (``recon_error_ch7`` ...). Each product's ``source`` says where its values
-    come from, once: ``{"dataset": name}`` of ``latents.h5`` (``"ica"``: the
-    rotation maps computes), with ``"column"`` an index into its second axis and
-    ``"transform": "sigma"`` for ``exp(logvar / 2)`` (``vaemap.maps`` reads
-    them so; adding a product is adding its entry here).
+    (``recon_error_ch7`` ...); with ``physical`` (a physics decoder's latents)
+    the physical parameters, named and in the units of :data:`TRUTH_FACTORS`,
+    each with its posterior σ (``h_param``, ``h_param_sigma`` ...), and
+    ``physics_error``, the error of the physics term alone. Each product's
+    ``source`` says where its values come from, once: ``{"dataset": name}`` of
+    ``latents.h5`` (``"ica"``: the rotation maps computes), with ``"column"`` an
+    index into its second axis and ``"transform": "sigma"`` for
+    ``exp(logvar / 2)`` (``vaemap.maps`` reads them so; adding a product is
+    adding its entry here).
     """
     from vaemap.instrument import channel_unit
 
@@ -288,6 +300,19 @@ def map_products(latent_dim: int, independent_components: bool = False,
                                   "unit": "", "fits": f"independent component {k} of the "
                                                       f"latent means (FastICA, unit variance)",
                                   "source": {"dataset": "ica", "column": k}}
+    if physical:
+        for name, unit in TRUTH_FACTORS.items():
+            words = _PHYSICAL_TITLES[name]
+            products[name] = {"title": f"{words} (posterior median)", "unit": unit,
+                              "fits": f"{words}, posterior median",
+                              "source": {"dataset": name}}
+            products[f"{name}_sigma"] = {"title": f"{words}: posterior σ", "unit": unit,
+                                         "fits": f"{words}, posterior std",
+                                         "source": {"dataset": f"{name}_sigma"}}
+        products["physics_error"] = {
+            "title": "physics residual (error of the thermal model alone)", "unit": "",
+            "fits": "error of the physics term alone (encode anomaly_metric)",
+            "source": {"dataset": "physics_error"}}
     products["recon_error"] = {"title": "reconstruction error (RMS)", "unit": "K",
                                "fits": "reconstruction error, RMS over observed bins",
                                "source": {"dataset": "recon_error"}}

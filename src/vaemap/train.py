@@ -331,6 +331,13 @@ class Trainer:
                     loss = loss + float(self.mcfg["physics_regularisers"][name]) * value
             self.opt.zero_grad(set_to_none=True)
             loss.backward()
+            if physics is not None:
+                # one NaN gradient would poison the weights and only surface later,
+                # inside the emulator: stop here, at the step, with the epoch
+                norm = torch.nn.utils.clip_grad_norm_(model.parameters(), float("inf"))
+                if not torch.isfinite(norm):
+                    raise FloatingPointError(f"the gradient became {float(norm)} at epoch "
+                                             f"{epoch}, step {self.step}; lower train.lr")
             self.opt.step()
             self.step += 1
             total += loss.item() * idx.numel()

@@ -38,6 +38,7 @@ PRODUCTS = list(
         config["model"]["latent_dim"],
         config["maps"]["independent_components"],
         config["ingest"]["channels"],
+        physical=config["model"]["decoder"] == "physics",
     )
 )
 
