@@ -19,7 +19,7 @@ import numpy as np
 from vaemap.baselines import BASELINE_NAMES, PROBE_NAMES
 from vaemap.io import atomic_path
 from vaemap.metrics import FACTOR_NAMES
-from vaemap.products import ANOMALY_KINDS
+from vaemap.products import ANOMALY_KINDS, TRUTH_FACTORS
 
 __all__ = [
     "TABLE_ROWS",
@@ -45,6 +45,12 @@ TABLE_ROWS: tuple[tuple[str, str], ...] = (
     ("ROC-AUC cold spot", "anomaly.roc_auc_cold_spot"),
     ("anomaly average precision", "anomaly.average_precision"),
     ("injected regions found", "anomaly.regions_found"),
+    # a physics decoder's parameters (signed ρ: a named parameter must not flip)
+    *((f"physical ρ {f}", f"physical.background.{f}.spearman") for f in TRUTH_FACTORS),
+    *((f"physical RMSE {f}{f' [{u}]' if u else ''}", f"physical.background.{f}.rmse")
+      for f, u in TRUTH_FACTORS.items()),
+    *((f"physical ±1σ coverage {f}", f"physical.background.{f}.coverage_1sigma")
+      for f in TRUTH_FACTORS),
 )
 
 
@@ -144,6 +150,12 @@ def summarize(metrics: Sequence[str | Path], labels: Sequence[str], output: str 
     return result
 
 
+def _number(value: float, path: str) -> str:
+    """Three decimals for correlations and rates; three significant digits for an
+    error in a parameter's unit (an RMSE of H is about 0.01 m)."""
+    return f"{value:.3g}" if path.endswith(".rmse") else f"{value:.3f}"
+
+
 def metrics_table(summary: Mapping[str, Any]) -> str:
     """The headline table (Markdown) of a :func:`summarize` result: one column per
     method, cells mean ± sd over its training seeds."""
@@ -157,9 +169,9 @@ def metrics_table(summary: Mapping[str, Any]) -> str:
             if cell is None:
                 cells.append("—")
             elif cell["sd"] is None:
-                cells.append(f"{cell['mean']:.3f}")
+                cells.append(_number(cell["mean"], path))
             else:
-                cells.append(f"{cell['mean']:.3f} ± {cell['sd']:.3f}")
+                cells.append(f"{_number(cell['mean'], path)} ± {_number(cell['sd'], path)}")
         if any(c != "—" for c in cells):
             lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
