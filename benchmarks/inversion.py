@@ -25,6 +25,7 @@ encoder's).
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from pathlib import Path
 
@@ -34,7 +35,7 @@ import torch
 
 from vaemap import instrument, thermal
 from vaemap.metrics import parameter_scores, spearman_matrix, truth_at
-from vaemap.model import latitude_condition, load_checkpoint
+from vaemap.model import latitude_condition, load_checkpoint, refine_physical
 from vaemap.thermal import facet_geometry
 
 PARAMS = ("albedo", "h_param", "slope_ew", "slope_ns", "rock_fraction")
@@ -52,7 +53,9 @@ def forward(theta: np.ndarray, lat: np.ndarray, local_time: np.ndarray) -> np.nd
               "azimuth_deg": azimuth, "steps_per_day": 120}
     if theta.shape[1] == 4:
         return thermal.surface_temperature(lat, local_time, **kwargs)
-    t_reg, t_rock = thermal.surface_temperature_components(lat, local_time, **kwargs)
+    # (every column's rocks solved: a fraction of 0 would leave them unsolved, NaN)
+    t_reg, t_rock = thermal.surface_temperature_components(
+        lat, local_time, rock_fraction=np.maximum(theta[:, 4], 1e-9), **kwargs)
     f = theta[:, 4:5]
     mixed = (1 - f) * instrument.band_radiance(t_reg, 7) + f * instrument.band_radiance(t_rock, 7)
     return instrument.brightness_temperature(mixed, 7)
@@ -108,6 +111,8 @@ def main() -> None:
         mu = h5["mu"][...]
         physical = ({k: (h5[k][...], h5[f"{k}_sigma"][...]) for k in PARAMS}
                     if "physics_error" in h5 else None)
+        # the per-pixel refinement encode ran, if any: timed with the encoder
+        refine = int(json.loads(h5.attrs["config"])["encode"].get("refine_iterations", 0))
     truth = truth_at(res / "simulate" / "truth.h5", pix, nside)
     rng = np.random.default_rng(0)
     ok = (np.abs(lat) < 60) & (np.nan_to_num(truth["anomaly_kind"]) == 0)
@@ -123,8 +128,10 @@ def main() -> None:
 
     model, norm, ckpt = load_checkpoint(res / "model" / "model.pt")
     torch.set_num_threads(2)
+    with h5py.File(res / "profiles.h5") as h5:
+        count = h5["count"][...].astype(np.float32)
     t0 = time.perf_counter()
-    with torch.inference_mode():
+    with torch.no_grad():
         for a in range(0, pix.size, 1024):
             p = torch.from_numpy(prof[a:a + 1024])
             la = torch.from_numpy(lat[a:a + 1024])
@@ -132,9 +139,13 @@ def main() -> None:
             z, _ = model.encode(x, m)
             if physical is None:
                 model.decode(z, latitude_condition(la, ckpt["arch"]["n_cond"]))
+            elif refine:
+                variance = model.noise.variance(torch.from_numpy(count[a:a + 1024]))
+                refine_physical(model, z, x, m, variance, la, refine)
     t_enc = (time.perf_counter() - t0) / pix.size
 
-    what = "encode" if physical is not None else "encode + decode"
+    what = ("encode + decode" if physical is None
+            else f"encode + {refine} refinement iterations" if refine else "encode")
     print(f"physics inversion vs VAE encoder on {sel.size} pixels (|lat| < 60°, no anomalies)")
     print(f"  inversion ({n_params} parameters, {args.iterations} LM iterations, vectorised): "
           f"{t_inv * 1e3:10.2f} ms/pixel")

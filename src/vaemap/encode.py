@@ -40,9 +40,11 @@ from vaemap.io import (
 )
 from vaemap.model import (
     ANOMALY_ERRORS,
+    channel_weights,
     latitude_condition,
     load_checkpoint,
     reconstruction_errors,
+    refine_physical,
     resolve_device,
 )
 from vaemap.products import LATENTS, PROFILES, TRUTH_FACTORS, open_product
@@ -112,9 +114,16 @@ def run(profiles: str | Path, model_path: str | Path, output: str | Path,
     of the latent mean, named as the truth factors (``h_param`` m, ``albedo``,
     ``slope_ew`` and ``slope_ns`` deg, ``rock_fraction``), each with its
     posterior σ (``h_param_sigma`` ...), and ``physics_error``, the anomaly
-    metric's error of the physics term alone; with ``encode.score_residual:
-    physics`` (the default) the anomaly score is that error's robust z: what the
-    thermal model cannot explain.
+    metric's error of the physics term alone at the encoder's latents; with
+    ``encode.score_residual: physics`` (the default) the anomaly score is that
+    error's robust z: what the thermal model cannot explain. With
+    ``encode.refine_iterations`` the physical latents (in ``mu`` and ``logvar``
+    too) are fitted to each pixel from the encoder's (:func:`vaemap.model.refine_physical`), their σ the Laplace
+    approximation's; ``physics_error`` stays the encoder's: a per-pixel fit
+    explains much of an anomaly away as unusual ground, where the encoder,
+    trained on the whole Moon, leaves it in the residual (cold spots' ROC-AUC on
+    the validation Moon: 0.981 of the encoder's physics residual, 0.920 of the
+    fitted one).
 
     With ``tile="NSIDE/INDEX"`` only the pixels inside that NESTED tile are
     encoded and the file is a *part* without the anomaly score (a robust z
@@ -146,6 +155,9 @@ def run(profiles: str | Path, model_path: str | Path, output: str | Path,
                   "recon_error_channel": np.empty((n, shape[1]), np.float32),
                   "n_obs": src["n_obs"][lo:hi]}
         physical = arch.get("decoder", "network") == "physics"
+        refine = int(params["refine_iterations"]) if physical else 0
+        weight = channel_weights(ckpt["channels"], ckpt["config"]["model"].get(
+            "channel_weighting", "sqrt_kind")).to(device)
         if physical:
             arrays.update({k: np.empty(n, np.float32) for k in _PHYSICS_DATASETS})
         error_key = ANOMALY_ERRORS[params["anomaly_metric"]]
@@ -166,6 +178,25 @@ def run(profiles: str | Path, model_path: str | Path, output: str | Path,
                     if net is None:
                         net = _inference_module(model, (x, mask, cond))
                     m, lv, recon, physics = net(x, mask, cond)
+                    if physical:
+                        # the anomaly residual is the encoder's physics: a per-pixel
+                        # fit explains an anomaly away (a cold spot as fluffier ground)
+                        residual = norm.to_kelvin(physics, mean=mean) - prof
+                        arrays["physics_error"][a:b] = reconstruction_errors(
+                            residual, mask, norm.std,
+                            torch.sqrt(model.noise.variance(count)) * norm.std,
+                            night)[error_key].cpu().numpy()
+                    if physical and refine:
+                        # the physical latents fitted per pixel, from the encoder's
+                        variance = model.noise.variance(count)
+                        with torch.inference_mode(False), torch.no_grad():
+                            zp, lvp = refine_physical(model, m.clone(), x.clone(),
+                                                      (mask * weight).clone(),
+                                                      variance.clone(), lat.clone(), refine)
+                        m, lv = torch.cat([zp, m[:, zp.shape[1]:]], 1), \
+                            torch.cat([lvp, lv[:, zp.shape[1]:]], 1)
+                        physics, network = model.decode_parts(m, cond)
+                        recon = physics + network
                     recon_k = norm.to_kelvin(recon, mean=mean)
                     # each bin's calibrated σ (the model's own likelihood), kelvin
                     sigma_k = torch.sqrt(model.noise.variance(count)) * norm.std
@@ -174,9 +205,6 @@ def run(profiles: str | Path, model_path: str | Path, output: str | Path,
                         arrays[key][a:b] = err.cpu().numpy()
                     if physical:
                         _physical_parameters(arrays, a, b, m, lv)
-                        residual = norm.to_kelvin(physics, mean=mean) - prof
-                        arrays["physics_error"][a:b] = reconstruction_errors(
-                            residual, mask, norm.std, sigma_k, night)[error_key].cpu().numpy()
                     arrays["mu"][a:b] = m.cpu().numpy()
                     arrays["logvar"][a:b] = lv.cpu().numpy()
                     if recon_ds is not None:

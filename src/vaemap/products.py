@@ -192,7 +192,8 @@ LATENTS = ProductSpec(
                                   doc="its posterior σ (delta method)")
            for name, unit in TRUTH_FACTORS.items()},
         "physics_error": Field(np.float32, optional=True,
-                               doc="the anomaly metric's error of the physics term alone"),
+                               doc="the anomaly metric's error of the physics term alone at "
+                                   "the encoder's latents"),
     },
     attrs=("nside", "ordering", "body", "latent_dim", "channels", "model", "model_weights"),
     doc="latents, reconstruction errors and anomaly score per pixel",
