@@ -119,11 +119,11 @@ def run(profiles: str | Path, model_path: str | Path, output: str | Path,
     error's robust z: what the thermal model cannot explain. With
     ``encode.refine_iterations`` the physical latents (in ``mu`` and ``logvar``
     too) are fitted to each pixel from the encoder's
-    (:func:`vaemap.model.refine_physical`), their σ the Laplace approximation's; ``physics_error`` stays the encoder's: a per-pixel fit
-    explains much of an anomaly away as unusual ground, where the encoder,
-    trained on the whole Moon, leaves it in the residual (cold spots' ROC-AUC on
-    the validation Moon: 0.981 of the encoder's physics residual, 0.920 of the
-    fitted one).
+    (:func:`vaemap.model.refine_physical`), their σ the Laplace approximation's;
+    ``physics_error`` stays the encoder's: a per-pixel fit explains much of an
+    anomaly away as unusual ground, where the encoder, trained on the whole
+    Moon, leaves it in the residual (cold spots' ROC-AUC on the validation
+    Moon: 0.981 of the encoder's physics residual, 0.920 of the fitted one).
 
     With ``tile="NSIDE/INDEX"`` only the pixels inside that NESTED tile are
     encoded and the file is a *part* without the anomaly score (a robust z
