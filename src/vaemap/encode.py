@@ -155,6 +155,8 @@ def run(profiles: str | Path, model_path: str | Path, output: str | Path,
                   "recon_error_channel": np.empty((n, shape[1]), np.float32),
                   "n_obs": src["n_obs"][lo:hi]}
         physical = arch.get("decoder", "network") == "physics"
+        if physical:
+            _check_priors(ckpt, model_path)
         refine = int(params["refine_iterations"]) if physical else 0
         weight = channel_weights(ckpt["channels"], ckpt["config"]["model"].get(
             "channel_weighting", "sqrt_kind")).to(device)
@@ -230,6 +232,18 @@ def run(profiles: str | Path, model_path: str | Path, output: str | Path,
         log.info("encoded tile %s: %d pixels (a part: run `vaemap merge-latents`)", tile, n)
         return {"pixels": int(n), "tile": tile, "output": str(output)}
     return _summary(arrays["recon_error"], anomaly, output)
+
+
+def _check_priors(ckpt: Mapping[str, Any], model_path: str | Path) -> None:
+    """Refuse a physics model trained with other priors than this vaemap's: its
+    latents would be read as other parameter values."""
+    from vaemap.forward_model import PRIORS
+
+    trained = ckpt.get("emulator", {}).get("priors")
+    current = {k: list(v) for k, v in PRIORS.items()}
+    if trained != current:
+        raise ValueError(f"{model_path}: trained with the physical priors {trained}, this "
+                         f"vaemap's are {current}; retrain it (vaemap train)")
 
 
 def _physical_parameters(arrays: Mapping[str, np.ndarray], a: int, b: int, mu: torch.Tensor,

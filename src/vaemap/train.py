@@ -197,8 +197,13 @@ class Trainer:
             from vaemap.forward_model import load_emulator
 
             emu, emu_ckpt = load_emulator(emulator, device)
+            from vaemap.forward_model import PRIORS
+
+            # the priors are part of what the physical latents mean: recorded, so
+            # a vaemap with other priors refuses the model instead of misreading it
             self.emulator = {"path": str(emulator),
-                             "weights_checksum": emu_ckpt["weights_checksum"]}
+                             "weights_checksum": emu_ckpt["weights_checksum"],
+                             "priors": {k: list(v) for k, v in PRIORS.items()}}
             physics = {"emulator_width": emu_ckpt["arch"]["width"],
                        "emulator_layers": emu_ckpt["arch"]["layers"],
                        "norm_bands": int(self.normaliser.norm_lat.numel())}
