@@ -444,3 +444,19 @@ def test_refinement_fits_the_physical_latents_of_a_rendered_profile():
         assert float((z - truth).abs().median()) < 0.1 * float(
             (start[:, :5] - truth).abs().median())
     assert z.shape == (16, 5) and torch.isfinite(logvar).all() and (logvar < 0).any()
+
+
+def test_encode_refuses_a_physics_model_trained_with_other_priors():
+    """The priors say what a physical latent means: a model trained under others
+    is refused with the file and the fix, never read as other parameter values."""
+    from vaemap import encode
+    from vaemap.forward_model import PRIORS
+
+    current = {k: list(v) for k, v in PRIORS.items()}
+    encode._check_priors({"emulator": {"priors": current}}, "model.pt")
+    older = {"emulator": {"priors": {**current, "rock_fraction": [0.005, 1.5]}}}
+    with pytest.raises(ValueError, match=r"model\.pt: trained with the physical priors .*"
+                                         r"retrain it \(vaemap train\)"):
+        encode._check_priors(older, "model.pt")
+    with pytest.raises(ValueError, match=r"trained with the physical priors None"):
+        encode._check_priors({}, "model.pt")
