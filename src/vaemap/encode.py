@@ -158,8 +158,9 @@ def run(profiles: str | Path, model_path: str | Path, output: str | Path,
         if physical:
             _check_priors(ckpt, model_path)
         refine = int(params["refine_iterations"]) if physical else 0
-        weight = channel_weights(ckpt["channels"], ckpt["config"]["model"].get(
-            "channel_weighting", "sqrt_kind")).to(device)
+        if refine:  # the refinement counts the bins as training did
+            weight = channel_weights(ckpt["channels"], ckpt["config"]["model"].get(
+                "channel_weighting", "sqrt_kind")).to(device)
         if physical:
             arrays.update({k: np.empty(n, np.float32) for k in _PHYSICS_DATASETS})
         error_key = ANOMALY_ERRORS[params["anomaly_metric"]]
@@ -180,28 +181,23 @@ def run(profiles: str | Path, model_path: str | Path, output: str | Path,
                     if net is None:
                         net = _inference_module(model, (x, mask, cond))
                     m, lv, recon, physics = net(x, mask, cond)
+                    # each bin's calibrated σ (the model's own likelihood), kelvin
+                    variance = model.noise.variance(count)
+                    sigma_k = torch.sqrt(variance) * norm.std
                     if physical:
                         # the anomaly residual is the encoder's physics: a per-pixel
                         # fit explains an anomaly away (a cold spot as fluffier ground)
                         residual = norm.to_kelvin(physics, mean=mean) - prof
                         arrays["physics_error"][a:b] = reconstruction_errors(
-                            residual, mask, norm.std,
-                            torch.sqrt(model.noise.variance(count)) * norm.std,
-                            night)[error_key].cpu().numpy()
-                    if physical and refine:
+                            residual, mask, norm.std, sigma_k, night)[error_key].cpu().numpy()
+                    if refine:
                         # the physical latents fitted per pixel, from the encoder's
-                        variance = model.noise.variance(count)
-                        with torch.inference_mode(False), torch.no_grad():
-                            zp, lvp = refine_physical(model, m.clone(), x.clone(),
-                                                      (mask * weight).clone(),
-                                                      variance.clone(), lat.clone(), refine)
+                        zp, lvp = refine_physical(model, m, x, mask * weight, variance, lat,
+                                                  refine)
                         m, lv = torch.cat([zp, m[:, zp.shape[1]:]], 1), \
                             torch.cat([lvp, lv[:, zp.shape[1]:]], 1)
-                        physics, network = model.decode_parts(m, cond)
-                        recon = physics + network
+                        recon = model.decode(m, cond)
                     recon_k = norm.to_kelvin(recon, mean=mean)
-                    # each bin's calibrated σ (the model's own likelihood), kelvin
-                    sigma_k = torch.sqrt(model.noise.variance(count)) * norm.std
                     for key, err in reconstruction_errors(recon_k - prof, mask, norm.std,
                                                           sigma_k, night).items():
                         arrays[key][a:b] = err.cpu().numpy()
@@ -237,10 +233,10 @@ def run(profiles: str | Path, model_path: str | Path, output: str | Path,
 def _check_priors(ckpt: Mapping[str, Any], model_path: str | Path) -> None:
     """Refuse a physics model trained with other priors than this vaemap's: its
     latents would be read as other parameter values."""
-    from vaemap.forward_model import PRIORS
+    from vaemap.forward_model import priors_record
 
     trained = ckpt.get("emulator", {}).get("priors")
-    current = {k: list(v) for k, v in PRIORS.items()}
+    current = priors_record()
     if trained != current:
         raise ValueError(f"{model_path}: trained with the physical priors {trained}, this "
                          f"vaemap's are {current}; retrain it (vaemap train)")

@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from vaemap import instrument, thermal
+from vaemap.products import TRUTH_FACTORS
 
 __all__ = [
     "COLUMN_INPUTS",
@@ -44,6 +45,7 @@ __all__ = [
     "load_emulator",
     "parameters_from_latents",
     "physics_profiles",
+    "priors_record",
     "save_emulator",
     "substep_times",
 ]
@@ -345,9 +347,9 @@ def load_emulator(path: str | Path, device: str | torch.device = "cpu"
     return model.to(device).eval(), ckpt
 
 
-#: The physical latents of a physics decoder, in order: the map products they make.
-PHYSICAL_LATENTS: tuple[str, ...] = ("albedo", "h_param", "slope_ew", "slope_ns",
-                                     "rock_fraction")
+#: The physical latents of a physics decoder, in order: the truth factors, named
+#: alike (the map products they make).
+PHYSICAL_LATENTS: tuple[str, ...] = tuple(TRUTH_FACTORS)
 
 #: The prior of each physical parameter: ``(median, width)``. A latent z ~ N(0, 1)
 #: becomes ``lo + (hi − lo) · sigmoid(logit(s₀) + width · z)`` over the range of
@@ -371,6 +373,11 @@ PRIORS: dict[str, tuple[float, float]] = {
     "slope_ns": (0.0, 0.5),
     "rock_fraction": (0.002, 1.5),
 }
+
+
+def priors_record() -> dict[str, list[float]]:
+    """:data:`PRIORS` as a model records them (JSON-like), and as they are compared."""
+    return {name: list(prior) for name, prior in PRIORS.items()}
 
 
 def _prior_offset(name: str) -> float:

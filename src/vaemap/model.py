@@ -43,6 +43,7 @@ __all__ = [
     "ProfileVAE",
     "VAEConfig",
     "channel_weights",
+    "condition_latitude",
     "fixed_noise_logvar",
     "gaussian_nll",
     "initial_noise_logvar",
@@ -54,6 +55,7 @@ __all__ = [
     "reconstruction_errors",
     "refine_physical",
     "resolve_device",
+    "sample_latent",
     "save_checkpoint",
     "tensors_checksum",
     "torch_load",
@@ -285,13 +287,13 @@ class ProfileVAE(nn.Module):
         network = self.decoder(self.from_latent(free))
         if self.physics is None:
             return None, network
-        lat = torch.rad2deg(torch.atan2(cond[:, 0].float(), cond[:, 1].float()))
-        return self.physics(z[:, :self.n_physical], lat).to(network.dtype), network
+        return (self.physics(z[:, :self.n_physical], condition_latitude(cond))
+                .to(network.dtype), network)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor, cond: torch.Tensor | None = None,
                 sample: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         mu, logvar = self.encode(x, mask)
-        z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar) if sample else mu
+        z = sample_latent(mu, logvar) if sample else mu
         return self.decode(z, cond), mu, logvar
 
 
@@ -319,12 +321,10 @@ def physics_regularisers(model: ProfileVAE, physics: torch.Tensor, network: torc
     least = ((network.float() ** 2) * observed).sum() / observed.sum().clamp(min=1.0)
     n_phys = model.n_physical
     z_true = torch.randn(x.shape[0], n_phys, device=x.device)
-    lat = torch.rad2deg(torch.atan2(cond[:, 0].float(), cond[:, 1].float()))
     with torch.no_grad():
-        rendered = model.physics(z_true, lat)
+        rendered = model.physics(z_true, condition_latitude(cond))
         rendered = rendered + torch.randn_like(rendered) * torch.sqrt(variance)
-    seen = observed
-    mu_back, _ = model.encode(rendered * seen, seen)
+    mu_back, _ = model.encode(rendered * observed, observed)
     augmentation = ((mu_back[:, :n_phys].float() - z_true) ** 2).mean()
     return {"physics": nll, "least_action": least, "augmentation": augmentation}
 
@@ -351,7 +351,7 @@ def refine_physical(model: ProfileVAE, mu: torch.Tensor, x: torch.Tensor, weight
     """
     k = model.n_physical
     z = mu[:, :k].float().clone()
-    x, w = x.float(), (weight / variance).float()
+    x, w = x.float(), (weight / variance).float().flatten(1)
     lat = lat_deg.float()
     eye = torch.eye(k, device=z.device)
 
@@ -359,20 +359,22 @@ def refine_physical(model: ProfileVAE, mu: torch.Tensor, x: torch.Tensor, weight
         return ((model.physics(zv, lat) - x) * (weight > 0)).flatten(1)
 
     def cost(r: torch.Tensor, zv: torch.Tensor) -> torch.Tensor:
-        return 0.5 * (w.flatten(1) * r**2).sum(1) + 0.5 * (zv**2).sum(1)
+        return 0.5 * (w * r**2).sum(1) + 0.5 * (zv**2).sum(1)
 
     def jacobian(zv: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
         cols = [(residual(zv + _REFINE_STEP * eye[j]) - r) / _REFINE_STEP for j in range(k)]
         return torch.stack(cols, dim=-1)  # (n, channels·bins, k)
 
-    wf = w.flatten(1)
+    def hessian(jac: torch.Tensor) -> torch.Tensor:  # Gauss–Newton, plus the prior's
+        return torch.einsum("nbi,nb,nbj->nij", jac, w, jac) + eye
+
     r = residual(z)
     current = cost(r, z)
     damping = torch.full((z.shape[0],), 1e-2, device=z.device)
     for _ in range(iterations):
         jac = jacobian(z, r)
-        hess = torch.einsum("nbi,nb,nbj->nij", jac, wf, jac) + eye
-        grad = torch.einsum("nbi,nb,nb->ni", jac, wf, r) + z
+        hess = hessian(jac)
+        grad = torch.einsum("nbi,nb,nb->ni", jac, w, r) + z
         lhs = hess + damping[:, None, None] * torch.diag_embed(
             torch.diagonal(hess, dim1=1, dim2=2))
         trial = z - torch.linalg.solve(lhs, grad[..., None])[..., 0]
@@ -383,9 +385,7 @@ def refine_physical(model: ProfileVAE, mu: torch.Tensor, x: torch.Tensor, weight
         r = torch.where(better[:, None], r_trial, r)
         current = torch.where(better, trial_cost, current)
         damping = torch.where(better, damping / 3.0, damping * 4.0)
-    jac = jacobian(z, r)
-    hess = torch.einsum("nbi,nb,nbj->nij", jac, wf, jac) + eye
-    variance_z = torch.diagonal(torch.linalg.inv(hess), dim1=1, dim2=2)
+    variance_z = torch.diagonal(torch.linalg.inv(hessian(jacobian(z, r))), dim1=1, dim2=2)
     return z, torch.log(variance_z)
 
 
@@ -439,10 +439,20 @@ class PhysicsRenderer(nn.Module):
         t = self.kelvin(z_physical, lat_deg)
         idx = self.thermal_index
         mean = mean_profile(lat_deg, self.norm_lat, self.norm_mean)
-        # zeros_like, not zeros(n, ...): the batch size stays symbolic when traced
-        out = torch.zeros_like(mean)
+        out = torch.zeros_like(mean)  # (a solar channel's physics term stays 0)
         out[:, idx] = (t - mean[:, idx]) / self.norm_std[idx]
         return out
+
+
+def sample_latent(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """A draw from the posterior N(mu, exp(logvar)), differentiable in both
+    (the reparameterisation), each (n, latent_dim)."""
+    return mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
+
+
+def condition_latitude(cond: torch.Tensor) -> torch.Tensor:
+    """Latitude (n,) degrees back from :func:`latitude_condition`'s (sin, cos)."""
+    return torch.rad2deg(torch.atan2(cond[:, 0].float(), cond[:, 1].float()))
 
 
 def latitude_condition(lat_deg: torch.Tensor, n_cond: int) -> torch.Tensor:

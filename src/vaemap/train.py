@@ -46,6 +46,7 @@ from vaemap.model import (
     latitude_condition,
     physics_regularisers,
     resolve_device,
+    sample_latent,
     save_checkpoint,
     torch_load,
     torch_save,
@@ -194,16 +195,14 @@ class Trainer:
                 raise ValueError("model.decoder: physics needs the thermal model's emulator "
                                  "(vaemap train --emulator emulator.pt; vaemap emulator "
                                  "writes it)")
-            from vaemap.forward_model import load_emulator
+            from vaemap.forward_model import load_emulator, priors_record
 
             emu, emu_ckpt = load_emulator(emulator, device)
-            from vaemap.forward_model import PRIORS
-
             # the priors are part of what the physical latents mean: recorded, so
             # a vaemap with other priors refuses the model instead of misreading it
             self.emulator = {"path": str(emulator),
                              "weights_checksum": emu_ckpt["weights_checksum"],
-                             "priors": {k: list(v) for k, v in PRIORS.items()}}
+                             "priors": priors_record()}
             physics = {"emulator_width": emu_ckpt["arch"]["width"],
                        "emulator_layers": emu_ckpt["arch"]["layers"],
                        "norm_bands": int(self.normaliser.norm_lat.numel())}
@@ -324,8 +323,7 @@ class Trainer:
             weight, variance = mask * self.channel_weight, model.noise.variance(tr.count[idx])
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=use_amp):
                 mu, logvar = model.encode(x, mask)
-                z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
-                physics, network = model.decode_parts(z, cond)
+                physics, network = model.decode_parts(sample_latent(mu, logvar), cond)
                 recon = network if physics is None else physics + network
             loss, _ = vae_loss(recon, mu, logvar, x, weight, variance, beta=beta,
                                tc_weight=tc_weight)
