@@ -9,7 +9,8 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 #: conda-forge names of PyPI packages where they differ
 CONDA_NAME = {"torch": "pytorch", "matplotlib": "matplotlib-base",
-              "snakemake": "snakemake-minimal", "xxhash": "python-xxhash"}
+              "snakemake": "snakemake-minimal", "xxhash": "python-xxhash",
+              "isal": "python-isal"}
 
 
 def _requirements(specs) -> dict[str, str]:

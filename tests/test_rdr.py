@@ -247,6 +247,79 @@ def test_a_truncated_compressed_table_names_the_file(tmp_path, cfg):
         assert not (tmp_path / "x.h5").exists()
 
 
+def test_a_zipped_table_is_inflated_exactly_and_a_corrupt_one_refused(tmp_path, cfg):
+    """vaemap inflates a zip member itself (ISA-L): the bytes are zipfile's, and a
+    member whose data were damaged in place fails its CRC-32, naming the file."""
+    from vaemap.rdr import open_table
+
+    path = write(tmp_path / "201304090300_rdr.zip", text(columns(3000)))
+    with open_table(path) as stream, zipfile.ZipFile(path) as archive:
+        assert stream.read() == archive.read(archive.namelist()[0])
+    data = bytearray(path.read_bytes())
+    with zipfile.ZipFile(path) as archive:
+        info = archive.infolist()[0]
+    middle = info.header_offset + 30 + len(info.filename) + info.compress_size // 2
+    data[middle] ^= 0x55  # one byte of the deflate stream
+    path.write_bytes(bytes(data))
+    with pytest.raises(RdrFormatError, match=rf"{re.escape(str(path))}: truncated or corrupt"):
+        run([path], tmp_path / "x.h5", cfg)
+    assert not (tmp_path / "x.h5").exists()
+
+
+def test_the_reader_agrees_with_pdr_an_independent_pds_reader(tmp_path):
+    """The Planetary Data Reader (PyPI ``pdr``) reads a table through its PDS3
+    label; vaemap's reader must give the same values for every numeric column of
+    the same table, plain and zipped, with the nine channels interleaved and bad
+    flags, and keep exactly pdr's channel-7 rows when asked for channel 7.
+
+    With over-wide fills (``-9999.000`` in the 8-byte ``tb``, as in the archive)
+    pdr reads ROWS x ROW_BYTES bytes by the label, so the table's last row comes
+    out cut short; every row before it must still agree, and vaemap's reader,
+    which parses by delimiter where a row does not fit, reads the last one whole.
+    """
+    import pdr
+
+    from vaemap.rdr import write_table
+
+    n = 2000
+    rng = np.random.default_rng(5)
+    i = np.arange(n)
+    numeric = [c for c in RDR_COLUMNS if c not in ("date", "utc")]
+    preamble = ["Header: dlre_edr.c", "Header: Diviner RDR", "Header: test table"]
+    for kind in ("fitting", "over-wide fills"):
+        tb = np.round(rng.uniform(40, 390, n), 3)
+        if kind != "fitting":
+            tb[rng.choice(n - 1, 20, replace=False)] = -9999.0
+        cols = columns(n, c=1 + i % 9, det=1 + (i // 9) % 21, tb=tb,
+                       clat=np.round(rng.uniform(-90, 90, n), 5),
+                       clon=np.round(rng.uniform(0, 360, n), 5),
+                       cloctime=np.round(rng.uniform(0, 24, n), 5),
+                       af=np.where(rng.uniform(size=n) < 0.02, 2, 110),
+                       qmi=rng.choice([0, 2, 8, 32], n))
+        stem = "201304090300" if kind == "fitting" else "201304090500"
+        plain = tmp_path / f"{stem}_RDR.TAB"
+        zipped = tmp_path / f"{int(stem) + 100}_rdr.zip"
+        assert write_table(plain, [cols], preamble, "plain", label=True) == n
+        write_table(zipped, [cols], preamble, "zip", label=True)
+        theirs = pdr.read(tmp_path / f"{stem}_RDR.LBL")["TABLE"]
+        assert len(theirs) == n
+        whole = n if kind == "fitting" else n - 1  # pdr's last row is cut short
+        if kind != "fitting":
+            assert theirs.iloc[-1].isna().any()
+        for table in (plain, zipped):
+            ours = list(read_table(table, numeric))
+            for name in numeric:
+                values = np.concatenate([b[name] for b in ours])
+                np.testing.assert_array_equal(values[:whole],
+                                              theirs[name.upper()].to_numpy(float)[:whole],
+                                              err_msg=f"{table.name}: {name}")
+                assert not np.isnan(values).any()
+        kept = np.concatenate([b["tb"] for b in read_table(zipped, numeric, channels=[7])])
+        theirs7 = theirs.iloc[:whole].loc[theirs["C"].iloc[:whole] == 7, "TB"]
+        np.testing.assert_array_equal(kept[:len(theirs7)], theirs7.to_numpy(float))
+        assert len(kept) == np.sum(cols["c"] == 7)
+
+
 def test_malformed_rows_name_the_line_in_the_published_layout(tmp_path, cfg):
     content = text(columns(6)).split("\r\n")
     content[6] = content[6].replace(" 110,", " 1x0,")

@@ -533,10 +533,8 @@ def _write_table(job: tuple[Path, int, tuple[int, int]]) -> int:
         f"Header: published fixed-format layout, fill values {rdr.UNKNOWN:.0f} and "
         f"{rdr.INVALID:.0f}",
     ]
-    rows = rdr.write_table(path, batches, preamble, params["packaging"])
-    if params["packaging"] == "zip":
-        rdr.write_label(path.with_name(path.name.replace(".zip", ".lbl")),
-                     path.name.split("_")[0] + "_RDR.TAB", rows)
+    rows = rdr.write_table(path, batches, preamble, params["packaging"],
+                           label=params["packaging"] == "zip")
     log.info("wrote %s: %d rows", path.name, rows)
     return rows
 
