@@ -37,6 +37,44 @@ def test_latitude_bands_merge_small_polar_bands_equatorward():
     assert np.unique(latitude_bands(np.array([1.0, 45.0, 89.0]), 10.0)).size == 1
 
 
+def test_band_scales_over_parts_are_numpys_exact_median_and_mad():
+    """The score's median and MAD per band, computed from parts read one at a time
+    (tiles of a map no job holds whole), are numpy's to the last bit, and so is
+    the score; a band with more than half its errors equal falls back to the
+    mean absolute deviation as robust_z does."""
+    from vaemap.stats import BandScales, latitude_bands, streamed_median
+
+    rng = np.random.default_rng(3)
+    n = 20_000
+    lat = rng.uniform(-90, 90, n)
+    error = rng.lognormal(0.0, 0.7, n).astype(np.float32).astype(np.float64)
+    error[rng.uniform(size=n) < 0.01] = np.nan  # unobserved: stays NaN, not counted
+    error[-7:] = -3.5  # negative values sort right too
+    tied = np.abs(lat) < 10
+    error[tied & (rng.uniform(size=n) < 0.8)] = 2.0  # a band whose MAD is 0
+    bands = latitude_bands(lat, 10.0)
+    whole = anomaly_z(error, lat, 10.0)
+    for b in np.unique(bands):
+        x = error[(bands == b) & np.isfinite(error)]
+        med = np.median(x)
+        mad = np.median(np.abs(x - med)) or np.mean(np.abs(x - med)) / 0.7979
+        expect = 0.6745 * (error[bands == b] - med) / mad
+        if b == 0:
+            assert np.median(np.abs(x - med)) == 0  # the fallback is exercised
+            np.testing.assert_allclose(whole[bands == b], expect, rtol=1e-12)
+        else:
+            np.testing.assert_array_equal(whole[bands == b], expect)
+    order = rng.permutation(n)  # parts of any size and order, one of them empty
+    pieces = [order[:1], order[1:5000], order[5000:5000], order[5000:]]
+    scales = BandScales.of(lambda: ((error[i], lat[i]) for i in pieces), 10.0)
+    split = np.empty(n)
+    for i in pieces:
+        split[i] = scales.score(error[i], lat[i])
+    np.testing.assert_array_equal(split[~tied], whole[~tied])
+    np.testing.assert_allclose(split, whole, rtol=1e-12)
+    assert streamed_median(lambda: (error[i] for i in pieces)) == np.nanmedian(error)
+
+
 def test_anomaly_z_scores_each_pixel_against_its_latitude():
     """A pole that every pixel fits worse is not anomalous by latitude band; a pixel
     worse than its own band is, equally at the equator and the pole."""

@@ -57,7 +57,7 @@ def _step_ingest(args, cfg):
 def _step_merge(args, cfg):
     from vaemap import ingest
 
-    return ingest.merge(args.parts, args.output, cfg)
+    return ingest.merge(args.parts, args.output, cfg, tile=args.tile)
 
 
 def _step_profiles(args, cfg):
@@ -175,6 +175,9 @@ def _ingest_args(p: argparse.ArgumentParser) -> None:
 def _merge_samples_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("parts", nargs="+", metavar="SAMPLES", help="samples.h5 files to merge")
     p.add_argument("--output", required=True, help="merged samples.h5 to write")
+    p.add_argument("--tile", metavar="NSIDE/INDEX",
+                   help="merge only this NESTED tile's rows (e.g. 2/17) into a samples part "
+                        "for `vaemap profiles --tile`")
 
 
 def _profiles_args(p: argparse.ArgumentParser) -> None:

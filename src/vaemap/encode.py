@@ -33,6 +33,7 @@ import torch
 from vaemap.healpix import pix_to_lonlat, sorted_row_range, tile_pixel_range
 from vaemap.instrument import night_mask
 from vaemap.io import (
+    RowWriter,
     atomic_hdf5,
     open_tile_parts,
     provenance_attrs,
@@ -48,7 +49,7 @@ from vaemap.model import (
     resolve_device,
 )
 from vaemap.products import LATENTS, PROFILES, TRUTH_FACTORS, open_product
-from vaemap.stats import anomaly_z
+from vaemap.stats import BandScales, anomaly_z, streamed_median
 
 __all__ = ["merge", "run"]
 
@@ -227,7 +228,9 @@ def run(profiles: str | Path, model_path: str | Path, output: str | Path,
     if tile is not None:
         log.info("encoded tile %s: %d pixels (a part: run `vaemap merge-latents`)", tile, n)
         return {"pixels": int(n), "tile": tile, "output": str(output)}
-    return _summary(arrays["recon_error"], anomaly, output)
+    rms = arrays["recon_error"]
+    return _summary(rms.size, int(anomaly.sum()),
+                    float(np.median(rms)) if rms.size else float("nan"), output)
 
 
 def _check_priors(ckpt: Mapping[str, Any], model_path: str | Path) -> None:
@@ -302,10 +305,9 @@ def _write_score(out: h5py.File, arrays: Mapping[str, np.ndarray], params: Mappi
     return score, anomaly
 
 
-def _summary(rms: np.ndarray, anomaly: np.ndarray, output) -> dict[str, Any]:
-    summary = {"pixels": int(rms.size), "anomalous": int(anomaly.sum()),
-               "median_recon_error_k": float(np.median(rms)) if rms.size else float("nan"),
-               "output": str(output)}
+def _summary(pixels: int, anomalous: int, median_rms: float, output) -> dict[str, Any]:
+    summary = {"pixels": int(pixels), "anomalous": int(anomalous),
+               "median_recon_error_k": median_rms, "output": str(output)}
     log.info("encoded %d pixels: median RMS %.2f K, %d above the anomaly threshold",
              summary["pixels"], summary["median_recon_error_k"], summary["anomalous"])
     return summary
@@ -316,46 +318,68 @@ def merge(parts: Sequence[str | Path], output: str | Path, config: Mapping[str, 
     """Combine tile parts written by ``run(..., tile=...)`` into one ``latents.h5``.
 
     Parts are ordered by their first pixel (tiles are NESTED ranges, so the
-    result is pixel-sorted) and must not overlap; the anomaly score is then
-    computed over every pixel, exactly as a single job would have. The small
-    per-pixel arrays (about 60 bytes per pixel with 4 latents: 3 GB for the 50 M
-    pixels of nside 2048) are gathered in memory; the reconstructions, the bulk
-    of the data, are copied part by part.
+    result is pixel-sorted) and must not overlap. Everything streams: the
+    datasets are copied part by part, a block of rows at a time, and the
+    anomaly score's median and MAD per latitude band are computed exactly from
+    the parts read one at a time (:class:`vaemap.stats.BandScales`), so the
+    merge holds one part's small arrays, never the map's, and the result
+    equals a single job's.
     """
     params = config["encode"]
     with open_tile_parts(parts, LATENTS, same=("nside", "latent_dim", "channels", "model",
                                                "model_weights", "profiles_checksum")) as opened:
         handles = [h for _, h in opened]
         ref = handles[0]
+        nside = int(ref.attrs["nside"])
         # a physics decoder's datasets: in every part or in none (one model made them)
         physics = [k for k in _PHYSICS_DATASETS if any(k in h for h in handles)]
         lacking = [str(path) for path, h in opened if any(k not in h for k in physics)]
         if lacking:
             raise ValueError(f"tile parts {', '.join(lacking)} lack the physical parameters "
                              f"the other parts hold ({', '.join(physics)}); re-encode them")
-        arrays = {key: np.concatenate([h[key][...] for h in handles])
-                  for key in (*_PIXEL_DATASETS, *physics)}
-        if np.any(np.diff(arrays["pix"]) <= 0):  # also catches a part out of order inside
-            raise ValueError("tile parts overlap or repeat pixels: "
-                             + ", ".join(str(path) for path, _ in opened))
+        for path, h in opened:  # (open_tile_parts checked the order between parts)
+            if np.any(np.diff(h["pix"][...]) <= 0):
+                raise ValueError(f"{path}: its pixels are not sorted and unique")
+        keys = (*_PIXEL_DATASETS, *physics)
+        scored = _scored(dict.fromkeys(keys), params)
+        units = LATENTS.units()
+        block = 65536
         with atomic_hdf5(output) as out:
-            _write_pixel_datasets(out, arrays)
+            writer = RowWriter(out, {k: (LATENTS.fields[k].dtype, ref[k].shape[1:])
+                                     for k in keys}, units=units)
+            for h in handles:
+                for a in range(0, h["pix"].shape[0], block):
+                    writer.append({k: h[k][a:a + block] for k in keys})
             if all("recon" in h for h in handles):
-                recon = _recon_dataset(out, (arrays["pix"].size, *ref["recon"].shape[1:]))
+                recon = _recon_dataset(out, (writer.rows, *ref["recon"].shape[1:]))
                 start = 0
                 for h in handles:
-                    for a in range(0, h["recon"].shape[0], 65536):
-                        block = h["recon"][a:a + 65536]
-                        recon[start:start + len(block)] = block
-                        start += len(block)
-            _, anomaly = _write_score(out, arrays, params, int(ref.attrs["nside"]))
-            attrs = {**LATENTS.identity(), "nside": int(ref.attrs["nside"]),
+                    for a in range(0, h["recon"].shape[0], block):
+                        rows = h["recon"][a:a + block]
+                        recon[start:start + len(rows)] = rows
+                        start += len(rows)
+
+            def errors(key):  # each part's (error, latitude), one part at a time
+                return lambda: ((h[key][...], pix_to_lonlat(nside, h["pix"][...])[1])
+                                for h in handles)
+
+            scales = BandScales.of(errors(scored), params["score_band_deg"])
+            marks = RowWriter(out, {"anomaly_score": (np.float32, ()),
+                                    "anomaly": (np.uint8, ())})
+            anomalous = 0
+            for error, lat in errors(scored)():
+                score = scales.score(error, lat).astype(np.float32)
+                anomaly = (score > params["anomaly_threshold"]).astype(np.uint8)
+                marks.append({"anomaly_score": score, "anomaly": anomaly})
+                anomalous += int(anomaly.sum())
+            attrs = {**LATENTS.identity(), "nside": nside,
                      "latent_dim": int(ref.attrs["latent_dim"]),
                      "channels": json.loads(ref.attrs["channels"]),
                      **{k: str(ref.attrs[k]) for k in ("ordering", "body", "model",
                                                        "model_weights", "profiles_checksum")
                         if k in ref.attrs}}
             out.attrs.update(provenance_attrs(
-                config, **attrs, **_score_attrs(params, _scored(arrays, params)),
+                config, **attrs, **_score_attrs(params, scored),
                 merged_from=[str(path) for path, _ in opened]))
-    return _summary(arrays["recon_error"], anomaly, output)
+            rms = streamed_median(lambda: (h["recon_error"][...] for h in handles))
+    return _summary(writer.rows, anomalous, rms, output)

@@ -31,8 +31,9 @@ from typing import Any
 
 import h5py
 import numpy as np
+import xxhash
 
-from vaemap.healpix import lonlat_to_pix, wrap_lon
+from vaemap.healpix import lonlat_to_pix, sorted_row_range, tile_pixel_range, wrap_lon
 from vaemap.instrument import is_solar
 from vaemap.io import (
     RowWriter,
@@ -241,10 +242,10 @@ def _sample_writer(h5: h5py.File, compression: str) -> RowWriter:
 class _Run:
     """A sorted run of samples (an HDF5 group, or arrays in memory), read in blocks."""
 
-    def __init__(self, group: h5py.Group | Mapping[str, np.ndarray]):
+    def __init__(self, group: h5py.Group | Mapping[str, np.ndarray],
+                 rows: tuple[int, int] | None = None):
         self.group = group
-        self.pos = 0
-        self.stop = len(group["pix"])
+        self.pos, self.stop = rows if rows is not None else (0, len(group["pix"]))
 
     def read(self, n: int) -> dict[str, np.ndarray]:
         end = min(self.pos + n, self.stop)
@@ -474,14 +475,23 @@ def run(inputs: Sequence[str | Path], output: str | Path, config: Mapping[str, A
     return summary
 
 
-def merge(parts: Sequence[str | Path], output: str | Path, config: Mapping[str, Any]
-          ) -> dict[str, Any]:
+def merge(parts: Sequence[str | Path], output: str | Path, config: Mapping[str, Any], *,
+          tile: str | None = None) -> dict[str, Any]:
     """Merge pixel-sorted ``samples.h5`` files into one (streaming, bounded memory).
 
     Rejection counts and input provenance are summed over the parts; duplicate
     observations that appear in more than one part are counted and dropped.
     Every part must be a samples file of the configured ``ingest.nside`` and
     ``ingest.channels`` (checked, naming the file).
+
+    With ``tile="NSIDE/INDEX"`` only the rows inside that NESTED tile are read
+    from each part (a binary search in each pixel-sorted file) and the output
+    is a tile part: the samples of one tile from every day's file, which
+    ``vaemap profiles --tile`` reads. This is how the merge scales out: no job
+    reads more than its tile's rows. A tile part records the whole merge's
+    rejection counts and inputs (its tables were read whole) and, in
+    ``samples_of``, the identity of the inputs it was cut from, which every
+    tile of one merge shares (and the untiled merge records too).
     """
     params = config["ingest"]
     totals = dict.fromkeys(REJECTION_REASONS, 0)
@@ -491,7 +501,8 @@ def merge(parts: Sequence[str | Path], output: str | Path, config: Mapping[str, 
     rows_read = 0
     with contextlib.ExitStack() as stack:
         handles = [stack.enter_context(open_product(p, SAMPLES, nside=params["nside"],
-                                                    channels=params["channels"]))
+                                                    channels=params["channels"],
+                                                    verify=tile is None))
                    for p in parts]
         for h in handles:
             for reason, n in read_json_attr(h.attrs, "rejected", {}).items():
@@ -505,12 +516,28 @@ def merge(parts: Sequence[str | Path], output: str | Path, config: Mapping[str, 
                     entry[key] = entry.get(key, 0) + int(n)
             inputs_info += read_json_attr(h.attrs, "inputs", [])
             rows_read += int(h.attrs["rows_read"])
+        # what every tile of this merge shares: the inputs' content checksums
+        identity = xxhash.xxh3_64_hexdigest("\n".join(
+            sorted(str(h.attrs["content_checksum"]) for h in handles)).encode())
         attrs = {"config": config, **SAMPLES.identity(), "nside": params["nside"],
                  "channels": list(params["channels"]), "ordering": "NESTED", "body": "MOON",
                  "inputs": inputs_info, "filters": dict(params), "rejected": totals,
                  "rejected_flag_bits": flag_bits, "per_channel": per_channel,
-                 "rows_read": rows_read, "merged_from": [str(p) for p in parts]}
-        _write_output(Path(output), [_Run(h) for h in handles], params, attrs)
+                 "rows_read": rows_read, "merged_from": [str(p) for p in parts],
+                 "samples_of": identity}
+        if tile is None:
+            runs = [_Run(h) for h in handles]
+        else:
+            first, stop = tile_pixel_range(tile, params["nside"])
+            runs = [_Run(h, sorted_row_range(h["pix"], first, stop)) for h in handles]
+            attrs["part_of_tile"] = tile
+        _write_output(Path(output), runs, params, attrs)
+    if tile is not None:
+        summary = {"rows_read": rows_read, "accepted": attrs["accepted"], "tile": tile,
+                   "output": str(output)}
+        log.info("merge tile %s: %d parts, %d rows in the tile (a part: `vaemap profiles "
+                 "--tile`)", tile, len(parts), attrs["accepted"])
+        return summary
     summary = _summary(rows_read, attrs["accepted"], totals, output)
     log.info("merge: %d parts, %d rows read, %d accepted", len(parts), rows_read,
              attrs["accepted"])

@@ -173,8 +173,14 @@ def run(samples: str | Path, output: str | Path, config: Mapping[str, Any], *,
     start = time.perf_counter()
     # A tile job reads its rows only; the whole file's checksum is checked by
     # the untiled run and by the merge of the parts.
-    with open_product(samples, SAMPLES, verify=tile is None) as h5, \
+    # A tile job may read a samples tile part (that tile's rows from every day's
+    # file, `vaemap merge --tile`) or slice the whole samples file.
+    with open_product(samples, SAMPLES, verify=tile is None,
+                      part=None if tile is not None else False) as h5, \
             atomic_hdf5(output) as out:
+        if "part_of_tile" in h5.attrs and str(h5.attrs["part_of_tile"]) != tile:
+            raise ValueError(f"{samples}: is the samples of tile "
+                             f"{h5.attrs['part_of_tile']}, not of tile {tile}")
         nside_in = int(h5.attrs["nside"])
         if nside_in < nside:
             raise ValueError(f"{samples}: samples nside {nside_in} is coarser than "
@@ -186,7 +192,10 @@ def run(samples: str | Path, output: str | Path, config: Mapping[str, Any], *,
         if tile is not None:
             tile_pixel_range(tile, nside)  # the tile must be no finer than the map
             lo, hi = sorted_row_range(h5["pix"], *tile_pixel_range(tile, nside_in))
-        source = {"path": str(samples), "checksum": str(h5.attrs["content_checksum"]),
+        # the samples' identity: that of the inputs of the merge that made them
+        # (which every samples tile of one merge shares), else their checksum
+        made_from = h5.attrs.get("samples_of", h5.attrs["content_checksum"])
+        source = {"path": str(samples), "checksum": str(made_from),
                   "rows": hi - lo, "rejected_rows": read_json_attr(h5.attrs, "rejected", {})}
         writer = _profile_writer(out, n_ch, bins)
         for chunk in _iter_pixel_chunks(h5, nside_in, nside, READ_ROWS, lo, hi):

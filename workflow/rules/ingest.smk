@@ -40,6 +40,8 @@ rule merge_samples:
     resources:
         mem_mb=mem_mb(1000 + config["ingest"]["chunk_rows"] / 4000),
         runtime=runtime_min(5, per_gib_input=8),
+    params:
+        tile=[],
     shell:
-        "vaemap merge {input.parts:q} --output {output:q} --config {input.settings:q} --json "
-        "> {log:q} 2>&1"
+        "vaemap merge {input.parts:q} --output {output:q} {params.tile:q} "
+        "--config {input.settings:q} --json > {log:q} 2>&1"

@@ -27,9 +27,29 @@ rule profiles:
 
 if config["profiles"]["tile_nside"]:
 
-    # Scale-out: one job per NESTED tile (a contiguous slice of the pixel-sorted
-    # samples), then one merge.
+    # Scale-out: the samples merged per NESTED tile (each tile's rows from every
+    # day's file: a contiguous slice of each pixel-sorted file), then one
+    # profiles job per tile and one merge of the profiles. No job reads more
+    # than its tile's samples; samples.h5 is made only when asked for.
+    use rule merge_samples as merge_samples_tile with:
+        output:
+            temp(f"{RESULTS}/samples_tiles/tile_{{tile}}.h5"),
+        log:
+            f"{LOGS}/merge_samples/tile_{{tile}}.log",
+        benchmark:
+            f"{BENCH}/merge_samples/tile_{{tile}}.tsv"
+        resources:
+            mem_mb=mem_mb(1000 + config["ingest"]["chunk_rows"] / 4000),
+            # a tile's share of the days' files, three times the mean share:
+            # polar tiles, where the orbits converge, hold more samples
+            runtime=runtime_min(5, per_gib_input=24 / len(tiles("profiles"))),
+        params:
+            tile=tile_flag("profiles"),
+
     use rule profiles as profiles_tile with:
+        input:
+            samples=f"{RESULTS}/samples_tiles/tile_{{tile}}.h5",
+            settings=settings("profiles"),
         output:
             temp(f"{RESULTS}/profiles_tiles/tile_{{tile}}.h5"),
         log:
