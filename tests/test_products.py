@@ -75,6 +75,22 @@ def test_band_scales_over_parts_are_numpys_exact_median_and_mad():
     assert streamed_median(lambda: (error[i] for i in pieces)) == np.nanmedian(error)
 
 
+def test_parameter_scores_measure_the_sigma_calibration():
+    """Errors twice as wide as the stated σ: coverage of ±1σ about 0.38, and the
+    factor that would make it 0.68 about 2 (after which it is 0.68 exactly)."""
+    rng = np.random.default_rng(4)
+    n = 50_000
+    truth = rng.uniform(0.05, 0.1, (n, 1))
+    sigma = np.full((n, 1), 0.004)
+    values = truth + rng.normal(0, 2 * 0.004, (n, 1))
+    scores = metrics.parameter_scores(values, sigma, truth, ["h_param"])["h_param"]
+    assert abs(scores["coverage_1sigma"] - 0.383) < 0.01
+    assert abs(scores["sigma_scale_68"] - 2.0) < 0.05
+    again = metrics.parameter_scores(values, sigma * scores["sigma_scale_68"], truth,
+                                     ["h_param"])["h_param"]
+    assert abs(again["coverage_1sigma"] - 0.68) < 1e-3
+
+
 def test_anomaly_z_scores_each_pixel_against_its_latitude():
     """A pole that every pixel fits worse is not anomalous by latitude band; a pixel
     worse than its own band is, equally at the equator and the pole."""

@@ -484,6 +484,7 @@ def test_physics_decoder_end_to_end(tmp_path):
     assert set(physical) == set(PHYSICAL_LATENTS)
     for name, scores in physical.items():
         assert 0.0 <= scores["coverage_1sigma"] <= 1.0 and scores["rmse"] >= 0, name
+        assert scores["sigma_scale_68"] > 0, name  # what encode.sigma_scale takes
     # ten epochs of a tiny model on a tiny emulator (10 K RMS): far from the product's
     # accuracy, but the E/W slope (the morning's timing) must already show
     assert physical["slope_ew"]["spearman"] > 0.15
@@ -491,9 +492,12 @@ def test_physics_decoder_end_to_end(tmp_path):
     assert "Physical parameters of the physics decoder" in (
         results / "evaluate" / "main" / "metrics.md").read_text()
 
+    # tiled, and with H's σ calibrated twice as wide: only that σ changes
+    scale = yaml.safe_load((REPO / "config" / "physics.yaml").read_text())["encode"].get(
+        "sigma_scale", {})
     tiled = tmp_path / "tiled.yaml"
-    tiled.write_text(yaml.safe_dump({"results": "results/physics_tiled",
-                                     "encode": {"tile_nside": 1}}))
+    tiled.write_text(yaml.safe_dump({"results": "results/physics_tiled", "encode": {
+        "tile_nside": 1, "sigma_scale": {**scale, "h_param": 2 * scale.get("h_param", 1.0)}}}))
     for sub in ("emulator", "model", "profiles.h5", "settings"):
         src = results / sub
         (shutil.copytree if src.is_dir() else shutil.copy2)(src, tmp_path / "results" /
@@ -502,5 +506,7 @@ def test_physics_decoder_end_to_end(tmp_path):
     with h5py.File(results / "latents.h5") as one, \
             h5py.File(tmp_path / "results" / "physics_tiled" / "latents.h5") as parts:
         assert len(json.loads(parts.attrs["merged_from"])) == 12
-        for key in (*PHYSICAL_LATENTS, "h_param_sigma", "physics_error", "anomaly_score"):
+        for key in (*PHYSICAL_LATENTS, "slope_ew_sigma", "physics_error", "anomaly_score"):
             np.testing.assert_allclose(parts[key][...], one[key][...], rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(parts["h_param_sigma"][...], 2 * one["h_param_sigma"][...],
+                                   rtol=1e-4)

@@ -203,7 +203,7 @@ def run(profiles: str | Path, model_path: str | Path, output: str | Path,
                                                           sigma_k, night).items():
                         arrays[key][a:b] = err.cpu().numpy()
                     if physical:
-                        _physical_parameters(arrays, a, b, m, lv)
+                        _physical_parameters(arrays, a, b, m, lv, params["sigma_scale"])
                     arrays["mu"][a:b] = m.cpu().numpy()
                     arrays["logvar"][a:b] = lv.cpu().numpy()
                     if recon_ds is not None:
@@ -246,15 +246,16 @@ def _check_priors(ckpt: Mapping[str, Any], model_path: str | Path) -> None:
 
 
 def _physical_parameters(arrays: Mapping[str, np.ndarray], a: int, b: int, mu: torch.Tensor,
-                         logvar: torch.Tensor) -> None:
-    """Rows ``a:b`` of the physical parameters and their σ from the latents."""
+                         logvar: torch.Tensor, sigma_scale: Mapping[str, float]) -> None:
+    """Rows ``a:b`` of the physical parameters and their σ from the latents, each
+    σ multiplied by its ``encode.sigma_scale`` factor (the calibration)."""
     from vaemap.forward_model import PHYSICAL_LATENTS, parameters_from_latents
 
     n_phys = len(PHYSICAL_LATENTS)
     values, sigmas = parameters_from_latents(mu[:, :n_phys].float(), logvar[:, :n_phys].float())
     for name in PHYSICAL_LATENTS:
         arrays[name][a:b] = values[name].cpu().numpy()
-        arrays[f"{name}_sigma"][a:b] = sigmas[name].cpu().numpy()
+        arrays[f"{name}_sigma"][a:b] = sigmas[name].cpu().numpy() * sigma_scale.get(name, 1.0)
 
 
 def _write_pixel_datasets(out: h5py.File, arrays: Mapping[str, np.ndarray]) -> None:

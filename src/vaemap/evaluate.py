@@ -299,12 +299,14 @@ def _physical_markdown(p: Mapping[str, Any]) -> list[str]:
     lines = ["", "Physical parameters of the physics decoder (posterior median against the "
              f"truth; background pixels, {p['background_pixels']} in all and "
              f"{p[low + '_pixels']} below {_LOW_LATITUDE_DEG:g}° latitude; coverage: the "
-             "fraction whose truth lies within ±1σ, 0.68 when σ is calibrated):", "",
-             "| parameter | unit | RMSE | bias | Spearman ρ | ±1σ coverage | RMSE < 60° "
-             "| ρ < 60° |", "|---" * 8 + "|"]
+             "fraction whose truth lies within ±1σ, 0.68 when σ is calibrated; σ scale: "
+             "the factor on σ that would make it 0.68, for encode.sigma_scale when measured "
+             "on the validation Moon):", "",
+             "| parameter | unit | RMSE | bias | Spearman ρ | ±1σ coverage | σ scale "
+             "| RMSE < 60° | ρ < 60° |", "|---" * 9 + "|"]
     for name, unit in TRUTH_FACTORS.items():
         a, b = p["background"][name], p[low][name]
         lines.append(f"| {name} | {unit or '—'} | {a['rmse']:.4g} | {a['bias']:+.3g} | "
-                     f"{a['spearman']:+.3f} | {a['coverage_1sigma']:.3f} | {b['rmse']:.4g} | "
-                     f"{b['spearman']:+.3f} |")
+                     f"{a['spearman']:+.3f} | {a['coverage_1sigma']:.3f} | "
+                     f"{a['sigma_scale_68']:.3g} | {b['rmse']:.4g} | {b['spearman']:+.3f} |")
     return lines

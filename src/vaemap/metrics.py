@@ -221,7 +221,10 @@ def parameter_scores(values: np.ndarray, sigmas: np.ndarray, truth: np.ndarray,
     (estimate − truth, the parameter's unit), ``spearman`` (signed ρ; its
     magnitude is what a latent's |ρ| is compared with), and ``coverage_1sigma``,
     the fraction of pixels whose truth lies within ±1σ of the estimate (0.68 for
-    a calibrated Gaussian posterior; NaN where no σ is given).
+    a calibrated Gaussian posterior; NaN where no σ is given), and
+    ``sigma_scale_68``, the factor on σ that would make that fraction 0.68 (the
+    0.68 quantile of |estimate − truth| / σ): measured on the validation Moon,
+    it is what ``encode.sigma_scale`` takes.
     """
     out: dict[str, dict[str, float]] = {}
     for j, name in enumerate(names):
@@ -229,11 +232,14 @@ def parameter_scores(values: np.ndarray, sigmas: np.ndarray, truth: np.ndarray,
         ok = np.isfinite(est) & np.isfinite(true)
         err = est[ok] - true[ok]
         rho = stats.spearmanr(est[ok], true[ok]).statistic if ok.sum() > 2 else np.nan
-        cover = (np.abs(err) <= sig[ok]).mean() if np.isfinite(sig[ok]).all() and ok.any() \
-            else np.nan
+        sigma_known = np.isfinite(sig[ok]).all() and ok.any()
+        cover = (np.abs(err) <= sig[ok]).mean() if sigma_known else np.nan
+        with np.errstate(divide="ignore", invalid="ignore"):
+            scale = np.quantile(np.abs(err) / sig[ok], 0.68) if sigma_known else np.nan
         out[name] = {"rmse": float(np.sqrt(np.mean(err**2))) if ok.any() else float("nan"),
                      "bias": float(np.mean(err)) if ok.any() else float("nan"),
-                     "spearman": float(rho), "coverage_1sigma": float(cover)}
+                     "spearman": float(rho), "coverage_1sigma": float(cover),
+                     "sigma_scale_68": float(scale)}
     return out
 
 

@@ -51,6 +51,8 @@ TABLE_ROWS: tuple[tuple[str, str], ...] = (
       for f, u in TRUTH_FACTORS.items()),
     *((f"physical ±1σ coverage {f}", f"physical.background.{f}.coverage_1sigma")
       for f in TRUTH_FACTORS),
+    *((f"physical σ scale for 0.68 {f}", f"physical.background.{f}.sigma_scale_68")
+      for f in TRUTH_FACTORS),
 )
 
 
