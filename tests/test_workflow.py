@@ -354,6 +354,35 @@ def test_end_to_end_products_rerun_and_report(tmp_path):
         for key in ("pix", "n_obs", "anomaly", "mu", "logvar", "recon_error", "anomaly_score"):
             np.testing.assert_array_equal(parts[key][...], one[key][...])
 
+    # The maps split over jobs (maps.per_product: a job per product, one per HiPS
+    # tile set, one for the catalogue and figures): the same maps as the one job.
+    import rasterio
+    from astropy.table import Table
+
+    tiled["maps"] = {**tiled.get("maps", {}), "per_product": True}
+    (moved / "tiles.yaml").write_text(yaml.safe_dump(tiled))
+    snakemake("--configfile", str(moved / "tiles.yaml"), "--directory", str(moved), "--cores",
+              "2", "results/maps/anomalies.ecsv")
+    one_maps, split_maps = results / "maps", moved / "results" / "maps"
+    products = sorted(f.stem for f in one_maps.glob("*.fits"))
+    hips = sorted(d.name for d in (one_maps / "hips").iterdir() if d.is_dir())
+    assert {f.stem for f in (moved / "results" / "logs" / "maps").glob("*.log")} == {
+        *products, *(f"hips_{h}" for h in hips)}
+    for name in products:
+        np.testing.assert_array_equal(hp.read_map(split_maps / f"{name}.fits", nest=None),
+                                      hp.read_map(one_maps / f"{name}.fits", nest=None))
+        for tif in one_maps.glob(f"{name}_*.tif"):
+            with rasterio.open(tif) as a, rasterio.open(split_maps / tif.name) as b:
+                np.testing.assert_array_equal(b.read(), a.read())
+        assert (split_maps / f"{name}.png").stat().st_size > 0
+    for name in hips:
+        tiles = sorted(f.relative_to(one_maps / "hips" / name)
+                       for f in (one_maps / "hips" / name).rglob("*.fits"))
+        assert tiles == sorted(f.relative_to(split_maps / "hips" / name)
+                               for f in (split_maps / "hips" / name).rglob("*.fits"))
+    assert Table.read(split_maps / "anomalies.ecsv").as_array().tolist() == Table.read(
+        one_maps / "anomalies.ecsv").as_array().tolist()
+
     # Changing beta re-runs train and everything downstream, not ingest.
     cfg = yaml.safe_load(config.read_text())
     cfg["model"]["beta"] = 0.7

@@ -102,7 +102,8 @@ def _step_maps(args, cfg):
     from vaemap import maps
 
     return maps.run(args.latents, args.profiles, args.model, args.outdir, cfg,
-                    threads=args.threads)
+                    threads=args.threads, products=args.products,
+                    parts=tuple(args.parts or maps.MAP_PARTS))
 
 
 def _step_viewer(args, cfg):
@@ -220,6 +221,12 @@ def _maps_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="model.pt (for the latent traversal)")
     p.add_argument("--threads", type=int, default=1, help="figures drawn in parallel")
     p.add_argument("--outdir", required=True, help="output directory")
+    p.add_argument("--products", nargs="*", metavar="NAME",
+                   help="only these map products (default: every one; none: only the "
+                        "catalogue and figures, with --parts extras)")
+    p.add_argument("--parts", nargs="+", choices=("files", "hips", "extras"),
+                   help="what to write: each product's files (FITS, HealSparse, GeoTIFF, "
+                        "PNG), its HiPS tile set, the catalogue and figures (default all)")
 
 
 def _evaluate_args(p: argparse.ArgumentParser) -> None:

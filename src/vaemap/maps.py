@@ -41,7 +41,7 @@ from vaemap.products import (
 from vaemap.rasters import write_geotiff
 from vaemap.stats import ica_components
 
-__all__ = ["anomaly_catalogue", "latent_traversal", "render_png", "run"]
+__all__ = ["MAP_PARTS", "anomaly_catalogue", "latent_traversal", "render_png", "run"]
 
 log = logging.getLogger(__name__)
 
@@ -298,8 +298,14 @@ def _config_history(config: Mapping[str, Any]) -> list[tuple[str, str]]:
     return [("HISTORY", text[i:i + 70]) for i in range(0, len(text), 70)]
 
 
+#: What a maps job writes: each product's files (FITS, HealSparse, GeoTIFF, PNG),
+#: its HiPS tile set, and the figures and catalogue of the whole map.
+MAP_PARTS = ("files", "hips", "extras")
+
+
 def run(latents: str | Path, profiles: str | Path, model: str | Path, outdir: str | Path,
-        config: Mapping[str, Any], threads: int = 1) -> dict[str, Any]:
+        config: Mapping[str, Any], threads: int = 1, *, products: list[str] | None = None,
+        parts: tuple[str, ...] = MAP_PARTS) -> dict[str, Any]:
     """Write every map product, the anomaly catalogue and the latent traversal.
 
     In ``outdir``: ``<name>.fits`` and ``<name>.png`` for each of
@@ -310,7 +316,17 @@ def run(latents: str | Path, profiles: str | Path, model: str | Path, outdir: st
     ``anomalies.ecsv`` (astropy ECSV) and
     ``anomaly_profiles.png``; ``latent_traversal.png``. ``threads`` figures
     are drawn at once (separate processes).
+
+    ``products`` (names of :func:`map_products`; default all) and ``parts``
+    (of :data:`MAP_PARTS`) select what this job writes, so that the maps can
+    be split over jobs (``maps.per_product``: a job per product's files, one
+    per HiPS tile set, one for the catalogue and figures), each holding one
+    product's values. Each file is written exactly as the single job writes it.
     """
+    unknown_parts = sorted(set(parts) - set(MAP_PARTS))
+    if unknown_parts:
+        raise ValueError(f"maps: unknown part(s) {', '.join(unknown_parts)}; expected "
+                         f"{', '.join(MAP_PARTS)}")
     # torch is imported here, not at module level: the figure workers import
     # this module and need only numpy, healpy and matplotlib.
     from vaemap.model import load_checkpoint
@@ -341,19 +357,26 @@ def run(latents: str | Path, profiles: str | Path, model: str | Path, outdir: st
         if not np.array_equal(prof["pix"][...], pix):
             raise ValueError(f"{profiles} and {latents} hold different pixels")
         history = _config_history(config)
+        every = map_products(latent_dim, params["independent_components"],
+                             json.loads(h5.attrs["channels"]), physical="physics_error" in h5)
+        hips = hips_products(params["hips"], every)
+        chosen = list(every) if products is None else list(products)
+        unknown = sorted(set(chosen) - set(every))
+        if unknown:
+            raise ValueError(f"maps: {', '.join(unknown)} not among this run's map products "
+                             f"({', '.join(every)})")
+        if "files" not in parts:  # a HiPS job: only the tile sets of maps.hips
+            chosen = [name for name in chosen if "hips" in parts and name in hips]
         ica = None
-        if params["independent_components"]:
+        if any(every[name]["source"]["dataset"] == "ica" for name in chosen):
             # The same rotation (data, seed) that evaluate scores as "VAE + ICA".
             ica = ica_components(mu.astype(np.float64))
         # Rendering dominates; figures are independent, so draw them in parallel.
         with ProcessPoolExecutor(max_workers=max(1, threads),
                                  mp_context=multiprocessing.get_context("spawn")) as pool:
             jobs = []
-            products = map_products(latent_dim, ica is not None,
-                                    json.loads(h5.attrs["channels"]),
-                                    physical="physics_error" in h5)
-            hips = hips_products(params["hips"], products)
-            for name, meta in products.items():
+            for name in chosen:
+                meta = every[name]
                 values = _values(h5, meta["source"], ica)
                 # Where the values come from: the latents' content checksum and
                 # the model's weights (the FITS CHECKSUM/DATASUM cards cover this
@@ -362,34 +385,39 @@ def run(latents: str | Path, profiles: str | Path, model: str | Path, outdir: st
                           "BETA": float(ckpt["config"]["model"]["beta"]),
                           "LATSUM": str(h5.attrs["content_checksum"]),
                           "MODELSUM": str(ckpt["weights_checksum"])}
-                write_partial_map(outdir / f"{name}.fits", pix, values, nside,
-                                  column=name.upper(), unit=meta["unit"], extra_header=header,
-                                  history=history)
-                if nside >= HEALSPARSE_MIN_NSIDE:
-                    write_healsparse_map(outdir / f"{name}.hsp", pix, values, nside,
-                                         unit=meta["unit"], metadata=header)
-                for grid in params["geotiff"]:
+                if "files" in parts:
+                    write_partial_map(outdir / f"{name}.fits", pix, values, nside,
+                                      column=name.upper(), unit=meta["unit"],
+                                      extra_header=header, history=history)
+                    if nside >= HEALSPARSE_MIN_NSIDE:
+                        write_healsparse_map(outdir / f"{name}.hsp", pix, values, nside,
+                                             unit=meta["unit"], metadata=header)
+                    for grid in params["geotiff"]:
+                        jobs.append(pool.submit(
+                            write_geotiff, outdir / f"{name}_{grid}.tif", pix, values, nside,
+                            grid, unit=meta["unit"], description=meta["title"],
+                            tags={"PRODUCT": meta["fits"]}))
                     jobs.append(pool.submit(
-                        write_geotiff, outdir / f"{name}_{grid}.tif", pix, values, nside,
-                        grid, unit=meta["unit"], description=meta["title"],
-                        tags={"PRODUCT": meta["fits"]}))
-                jobs.append(pool.submit(
-                    render_png, outdir / f"{name}.png", pix, values, nside,
-                    title=meta["title"], unit=meta["unit"], cmap=params["cmap"],
-                    percentiles=tuple(params["percentiles"]), region=region))
-                if name in hips:  # (while the figures are drawn)
+                        render_png, outdir / f"{name}.png", pix, values, nside,
+                        title=meta["title"], unit=meta["unit"], cmap=params["cmap"],
+                        percentiles=tuple(params["percentiles"]), region=region))
+                if name in hips and "hips" in parts:  # (while the figures are drawn)
                     write_hips(outdir / "hips" / name, pix, values, nside, title=meta["title"],
                                unit=meta["unit"], max_order=params["hips_max_order"],
                                cut=_colour_limits(values, tuple(params["percentiles"])))
                 written.append(name)
             for job in jobs:
                 job.result()
-        threshold = float(h5.attrs["anomaly_threshold"])
-        table = anomaly_catalogue(pix, h5["anomaly_score"][...], nside, threshold)
-        with atomic_path(outdir / "anomalies.ecsv") as tmp:
-            table.write(tmp, format="ascii.ecsv", overwrite=True)
-        _plot_region_profiles(outdir / "anomaly_profiles.png", table, h5, prof)
-        latent_traversal(outdir / "latent_traversal.png", model_net, norm, h5)
-    log.info("wrote %d map products, %d anomaly regions to %s", len(written), len(table),
-             outdir)
-    return {"products": written, "anomaly_regions": len(table), "outdir": str(outdir)}
+        regions = None
+        if "extras" in parts:
+            threshold = float(h5.attrs["anomaly_threshold"])
+            table = anomaly_catalogue(pix, h5["anomaly_score"][...], nside, threshold)
+            with atomic_path(outdir / "anomalies.ecsv") as tmp:
+                table.write(tmp, format="ascii.ecsv", overwrite=True)
+            _plot_region_profiles(outdir / "anomaly_profiles.png", table, h5, prof)
+            latent_traversal(outdir / "latent_traversal.png", model_net, norm, h5)
+            regions = len(table)
+    log.info("wrote %d map products (%s)%s to %s", len(written), ", ".join(parts),
+             "" if regions is None else f", {regions} anomaly regions", outdir)
+    return {"products": written, "anomaly_regions": regions, "pixels": int(pix.size),
+            "outdir": str(outdir)}

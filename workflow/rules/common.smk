@@ -41,6 +41,10 @@ PRODUCTS = list(
         physical=config["model"]["decoder"] == "physics",
     )
 )
+# the products written as HiPS tile sets (maps.hips; [all] for every one)
+HIPS_PRODUCTS = (
+    PRODUCTS if config["maps"]["hips"] == ["all"] else config["maps"]["hips"]
+)
 
 
 # Cluster resources. Memory follows the configuration (known before any input
@@ -346,6 +350,8 @@ def final_outputs():
     # failed after removing them cannot leave a hole Snakemake does not see.
     outputs = [
         *expand(f"{RESULTS}/maps/{{product}}.fits", product=PRODUCTS),
+        # (the maps rule's own outputs: with maps.per_product it makes only these)
+        f"{RESULTS}/maps/anomalies.ecsv",
         f"{RESULTS}/evaluate/metrics.json",
         f"{RESULTS}/model/model.pt",
         f"{RESULTS}/latents.h5",
@@ -363,3 +369,30 @@ def take_results_lock():
 
 def give_back_results_lock():
     locks.release(RESULTS)
+
+
+# What every maps job reads, and what the map as a whole gives besides each
+# product's files: the anomaly catalogue and the figures (maps.smk).
+MAPS_INPUT = {
+    "latents": f"{RESULTS}/latents.h5",
+    "profiles": f"{RESULTS}/profiles.h5",
+    "model": f"{RESULTS}/model/model.pt",
+    "settings": settings("maps"),
+}
+MAPS_EXTRAS = {
+    "catalogue": report(
+        f"{RESULTS}/maps/anomalies.ecsv",
+        category="Anomalies",
+        caption="../report/anomalies.rst",
+    ),
+    "anomaly_profiles": report(
+        f"{RESULTS}/maps/anomaly_profiles.png",
+        category="Anomalies",
+        caption="../report/anomaly_profiles.rst",
+    ),
+    "traversal": report(
+        f"{RESULTS}/maps/latent_traversal.png",
+        category="Latents",
+        caption="../report/traversal.rst",
+    ),
+}
