@@ -32,10 +32,10 @@ from vaemap.products import (
     LATENTS,
     PROFILES,
     ProductError,
+    check_finite,
     check_pixels,
     map_products,
     open_product,
-    read_finite,
     recorded_checksum,
 )
 from vaemap.rasters import write_geotiff
@@ -351,10 +351,13 @@ def run(latents: str | Path, profiles: str | Path, model: str | Path, outdir: st
         check_pixels(pix, nside, latents)
         # maps must not drop pixels silently
         fix = "re-encode with a working model (vaemap encode)"
-        mu = read_finite(h5, latents, "mu", fix)
-        for name in ("logvar", "anomaly_score"):
-            read_finite(h5, latents, name, fix)
-        if not np.array_equal(prof["pix"][...], pix):
+        # (checked a block at a time: a job of one product holds only its values)
+        for name in ("mu", "logvar", "anomaly_score"):
+            check_finite(h5, latents, name, fix)
+        block = 1 << 22
+        if prof["pix"].shape != pix.shape or any(
+                not np.array_equal(prof["pix"][a:a + block], pix[a:a + block])
+                for a in range(0, pix.size, block)):
             raise ValueError(f"{profiles} and {latents} hold different pixels")
         history = _config_history(config)
         every = map_products(latent_dim, params["independent_components"],
@@ -370,7 +373,7 @@ def run(latents: str | Path, profiles: str | Path, model: str | Path, outdir: st
         ica = None
         if any(every[name]["source"]["dataset"] == "ica" for name in chosen):
             # The same rotation (data, seed) that evaluate scores as "VAE + ICA".
-            ica = ica_components(mu.astype(np.float64))
+            ica = ica_components(h5["mu"][...].astype(np.float64))
         # Rendering dominates; figures are independent, so draw them in parallel.
         with ProcessPoolExecutor(max_workers=max(1, threads),
                                  mp_context=multiprocessing.get_context("spawn")) as pool:
