@@ -1,5 +1,7 @@
 """Local-time binning, the coverage rule and the profiles.h5 contract."""
 
+import json
+
 import h5py
 import numpy as np
 import pytest
@@ -88,3 +90,38 @@ def test_tiles_then_merge_equal_one_job(survey, tiny_config, tmp_path):
         profiles.merge([survey["profiles_h5"]], tmp_path / "bad.h5", tiny_config)
     with pytest.raises(ValueError, match="finer than"):
         profiles.run(survey["samples"], tmp_path / "bad.h5", tiny_config, tile="16/0")
+
+
+def test_samples_merged_per_tile_give_the_same_profiles(survey, tiny_config, tmp_path):
+    """The days' samples merged per NESTED tile (each tile's rows from every day's
+    file), a profiles job per tile on its samples part and the profiles merge:
+    the single job's profiles, made from the same identified samples. A samples
+    part is the input of its own tile only, and never of an untiled job."""
+    from vaemap import ingest
+
+    days = []
+    for i, path in enumerate(survey["rdr"]):
+        days.append(tmp_path / f"day{i}.h5")
+        ingest.run([path], days[-1], tiny_config)
+    whole = ingest.merge(days, tmp_path / "samples.h5", tiny_config)
+    parts, rows = [], 0
+    for index in range(12):
+        sample_part = tmp_path / f"samples_{index}.h5"
+        summary = ingest.merge(days, sample_part, tiny_config, tile=f"1/{index}")
+        assert summary["tile"] == f"1/{index}" and summary["rows_read"] == whole["rows_read"]
+        rows += summary["accepted"]
+        parts.append(tmp_path / f"profiles_{index}.h5")
+        profiles.run(sample_part, parts[-1], tiny_config, tile=f"1/{index}")
+    assert rows == whole["accepted"]  # every sample in exactly one tile
+    profiles.merge(parts, tmp_path / "profiles.h5", tiny_config)
+    single = tmp_path / "single.h5"
+    profiles.run(tmp_path / "samples.h5", single, tiny_config)
+    with h5py.File(single) as one, h5py.File(tmp_path / "profiles.h5") as merged:
+        assert merged.attrs["content_checksum"] == one.attrs["content_checksum"]
+        assert json.loads(merged.attrs["input"])["checksum"] == json.loads(
+            one.attrs["input"])["checksum"]
+    with pytest.raises(ValueError, match=r"samples_3\.h5: is the samples of tile 1/3, not of "
+                                         r"tile 1/4"):
+        profiles.run(tmp_path / "samples_3.h5", tmp_path / "bad.h5", tiny_config, tile="1/4")
+    with pytest.raises(ValueError, match="is tile part 1/3 of samples"):
+        profiles.run(tmp_path / "samples_3.h5", tmp_path / "bad.h5", tiny_config)
