@@ -2,16 +2,21 @@
 
     python benchmarks/scale.py [--workdir DIR] [--cores 2] [--scale config/scale.yaml]
                                [--baseline config/config.yaml] [--skip-run] [--json FILE]
+                               [--slurm]
 
 Runs simulate → ingest → merge_samples → profiles → train → encode → maps with
-Snakemake's local executor (target ``maps``) twice, one after the other: the
+Snakemake's local executor, or with ``--slurm`` through the SLURM profile
+(``sacct``'s figures per rule are printed too), (target ``maps``) twice, one
+after the other: the
 named baseline (the demo, ``config/config.yaml``: 0.6 M rows, nside 32) and
 the scale configuration layered over it (``config/scale.yaml``: about 107 M
 rows, nside 256). Both run in ``--workdir`` (default ``scale-run/``, about 12
 GB). ``--skip-run`` only reads the results of earlier runs; ``--forcerun
 ingest`` measures again from ingest on (Snakemake's ``--forcerun``).
 
-Per step it reads Snakemake's benchmark files (``<results>/benchmarks/*.tsv``:
+A step split into jobs (ingest's days; with ``profiles.tile_nside``,
+``encode.tile_nside`` and ``maps.per_product`` the tiles and products) counts
+all of them. Per step it reads Snakemake's benchmark files (``<results>/benchmarks/*.tsv``:
 wall seconds and ``max_rss``, the resident memory of the job's whole process
 tree, sampled every 0.5 s for 15 s and then every 30 s) and the step's log: its
 JSON summary (rows and pixels, for the throughput), the kernel's high-water
@@ -50,12 +55,15 @@ GIB = 1024.0
 
 
 def run_pipeline(workdir: Path, configfiles: list[Path], cores: int,
-                 forcerun: list[str]) -> float:
-    """Snakemake (local executor) up to the maps; returns its wall seconds."""
+                 forcerun: list[str], slurm: bool = False) -> float:
+    """Snakemake up to the maps (local executor, or with ``slurm`` the SLURM
+    profile: every job through the scheduler); returns its wall seconds."""
     snakemake = Path(sys.executable).with_name("snakemake")
     cmd = [str(snakemake), "--snakefile", str(REPO / "workflow" / "Snakefile"),
            "--directory", str(workdir), "--configfile", *map(str, configfiles),
            "--cores", str(cores), "maps"]
+    if slurm:
+        cmd += ["--workflow-profile", str(REPO / "workflow" / "profiles" / "slurm")]
     if forcerun:
         cmd += ["--forcerun", *forcerun]
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
@@ -81,6 +89,60 @@ def _read_log(log: Path) -> tuple[dict, tuple[float, float, float | None]]:
                                    None if cpu is None else float(cpu))
 
 
+def _seconds(elapsed: str) -> float:
+    """sacct's ``[D-]HH:MM:SS[.fff]`` (or ``MM:SS.fff``) in seconds."""
+    days, _, clock = elapsed.rpartition("-")
+    parts = [float(x) for x in clock.split(":")]
+    while len(parts) < 3:
+        parts.insert(0, 0.0)
+    return (int(days or 0) * 24 + parts[0]) * 3600 + parts[1] * 60 + parts[2]
+
+
+def _mib(rss: str) -> float:
+    """sacct's MaxRSS (``123456K``, ``1.5G``, bytes without a unit) in MiB."""
+    if not rss:
+        return 0.0
+    unit = rss[-1].upper()
+    scale = {"K": 1 / 1024, "M": 1.0, "G": 1024.0, "T": 1024.0**2}
+    return float(rss[:-1]) * scale[unit] if unit in scale else float(rss) / 2**20
+
+
+def sacct_per_rule(since: str) -> str:
+    """SLURM's accounting of the jobs since ``since`` (``YYYY-MM-DDTHH:MM:SS``),
+    per rule (the job comment the executor sets, ``rule_<name>_wildcards_...``):
+    jobs, elapsed and CPU time summed, the largest MaxRSS of any step."""
+    out = subprocess.run(["sacct", "-n", "-P", "-S", since, "-o",
+                          "JobID,Comment,Elapsed,TotalCPU,MaxRSS,State"],
+                         check=True, capture_output=True, text=True).stdout
+    jobs: dict[str, dict] = {}
+    for line in out.splitlines():
+        job, comment, elapsed, cpu, rss, state = line.split("|")
+        main = job.split(".")[0]
+        entry = jobs.setdefault(main, {"rule": "", "elapsed": 0.0, "cpu": 0.0, "rss": 0.0,
+                                       "state": ""})
+        if "." not in job:
+            entry.update(rule=comment.split("_wildcards")[0].removeprefix("rule_"),
+                         elapsed=_seconds(elapsed), cpu=_seconds(cpu), state=state)
+        entry["rss"] = max(entry["rss"], _mib(rss))
+    rules: dict[str, dict] = {}
+    for entry in jobs.values():
+        row = rules.setdefault(entry["rule"] or "(no comment)",
+                               {"jobs": 0, "elapsed": 0.0, "cpu": 0.0, "rss": 0.0,
+                                "states": set()})
+        row["jobs"] += 1
+        row["elapsed"] += entry["elapsed"]
+        row["cpu"] += entry["cpu"]
+        row["rss"] = max(row["rss"], entry["rss"])
+        row["states"].add(entry["state"])
+    lines = ["| rule (sacct) | jobs | elapsed, summed | CPU, summed | largest MaxRSS MiB | "
+             "states |", "|---|---|---|---|---|---|"]
+    for rule, row in sorted(rules.items()):
+        lines.append(f"| {rule} | {row['jobs']} | {row['elapsed'] / 60:.1f} min | "
+                     f"{row['cpu'] / 60:.1f} min | {row['rss']:.0f} | "
+                     f"{', '.join(sorted(row['states']))} |")
+    return "\n".join(lines)
+
+
 def _bench(path: Path) -> dict:
     with open(path) as f:
         row = next(csv.DictReader(f, delimiter="\t"))
@@ -91,21 +153,29 @@ def _bench(path: Path) -> dict:
 def read_steps(results: Path, cores: int) -> dict[str, dict]:
     """Per step: jobs, wall s, work done and its unit, throughput, peak memory (MiB)."""
     bench, logs = results / "benchmarks", results / "logs"
-    jobs = {step: [(bench / f"{step}.tsv", logs / f"{step}.log")] for step in STEPS}
-    jobs["ingest"] = [(tsv, logs / "ingest" / f"{tsv.stem}.log")
-                      for tsv in sorted((bench / "ingest").glob("*.tsv"))]
+    # Every job of a step: its single job, the merge of its tile parts or the
+    # maps' catalogue job first (benchmarks/<step>.tsv), then the jobs it was
+    # split into (benchmarks/<step>/*.tsv: ingest's days, merge_samples',
+    # profiles' and encode's tiles, the maps' products with maps.per_product).
+    jobs = {step: [(tsv, logs / tsv.relative_to(bench).with_suffix(".log"))
+                   for tsv in ([bench / f"{step}.tsv"] if (bench / f"{step}.tsv").exists()
+                               else []) + sorted((bench / step).glob("*.tsv"))]
+            for step in STEPS}
     missing = [step for step, pairs in jobs.items() if not pairs]
     if missing:
         raise SystemExit(f"{bench}: no benchmark of {', '.join(missing)}")
     read = {step: [_read_log(log) for _, log in pairs] for step, pairs in jobs.items()}
     summaries = {step: [summary for summary, _ in entries] for step, entries in read.items()}
-    merge, enc = summaries["merge_samples"][0], summaries["encode"][0]
-    train = summaries["train"][0]
+    enc, train = summaries["encode"][0], summaries["train"][0]
+    # the merged samples: the one merge's, or the sum of its tiles'
+    merged = (summaries["merge_samples"][0]["accepted"]
+              if "tile" not in summaries["merge_samples"][0]
+              else sum(s["accepted"] for s in summaries["merge_samples"]))
     work = {
         "simulate": (sum(sum(s["rows"].values()) for s in summaries["simulate"]), "rows"),
         "ingest": (sum(s["rows_read"] for s in summaries["ingest"]), "rows"),
-        "merge_samples": (merge["accepted"], "rows"),
-        "profiles": (merge["accepted"], "samples"),
+        "merge_samples": (merged, "rows"),
+        "profiles": (merged, "samples"),
         "train": (train["train_pixels"] * train["epochs"], "profiles"),
         "encode": (enc["pixels"], "pixels"),
         "maps": (enc["pixels"], "pixels"),
@@ -166,8 +236,12 @@ def markdown(scale: dict, base: dict) -> str:
 # The archive: Diviner integrates for 0.128 s in 9 channels x 21 detectors, one
 # RDR row each (an upper bound: the archive has gaps).
 ARCHIVE_ROWS_PER_S = 9 * 21 / 0.128
-PARALLEL = {"ingest": "a job per day", "profiles": "a job per tile, profiles.tile_nside",
-            "encode": "a job per tile, encode.tile_nside"}
+#: How a step is split when the scale run split it; a split step's jobs spread
+#: over the cores (maps: at most one per job of the scale run, a job per product).
+PARALLEL = {"ingest": "a job per day", "merge_samples": "a job per tile, profiles.tile_nside",
+            "profiles": "a job per tile, profiles.tile_nside",
+            "encode": "a job per tile, encode.tile_nside",
+            "maps": "a job per product, maps.per_product"}
 
 
 def archive_costs(scale: dict, years: float, nside: int, nodes: list[int],
@@ -175,9 +249,10 @@ def archive_costs(scale: dict, years: float, nside: int, nodes: list[int],
     """The full archive's cost per step, extrapolated linearly from the scale run's
     CPU seconds per unit of work (ingest: rows of every channel; merge and
     profiles: the accepted channel-7 rows; encode and maps: pixels at ``nside``;
-    train: the scale run's budget). Steps in PARALLEL spread over every core of
-    ``nodes`` nodes; the others are one job, as long as in the scale run per
-    unit of work."""
+    train: the scale run's budget). The steps the scale run split into several
+    jobs (:data:`PARALLEL`: ingest always) spread over every core of ``nodes``
+    nodes, the maps over at most as many 2-core jobs as it had; the others are
+    one job, as long as in the scale run per unit of work."""
     rows = ARCHIVE_ROWS_PER_S * 86400 * 365.25 * years
     accepted = rows / 9 * scale["merge_samples"]["work"] / scale["ingest"]["work"]
     units = {"ingest": rows, "merge_samples": accepted, "profiles": accepted,
@@ -190,7 +265,11 @@ def archive_costs(scale: dict, years: float, nside: int, nodes: list[int],
         row = scale[step]
         core_h = row["cpu_s"] / row["work"] * amount / 3600
         serial_h = row["wall_s"] / row["work"] * amount / 3600
-        walls = [core_h / (n * cores_per_node) if step in PARALLEL else serial_h for n in nodes]
+        split = step in PARALLEL and row["jobs"] > 1
+        width = [n * cores_per_node if step != "maps" else min(n * cores_per_node,
+                                                                2 * row["jobs"])
+                 for n in nodes]
+        walls = [core_h / w if split else serial_h for w in width]
         numbers[step] = {"work": amount, "core_hours": core_h, "wall_hours": walls}
         digits = 0 if core_h >= 10 else 1
         out.append(f"| {step} | {_amount(amount)} {row['unit']} | {core_h:,.{digits}f} | "
@@ -226,6 +305,9 @@ def main() -> None:
     ap.add_argument("--baseline", type=Path, default=REPO / "config" / "config.yaml")
     ap.add_argument("--scale", type=Path, default=REPO / "config" / "scale.yaml")
     ap.add_argument("--skip-run", action="store_true", help="only read earlier results")
+    ap.add_argument("--slurm", action="store_true",
+                    help="run through the SLURM profile (a cluster, or scripts/local-slurm.sh) "
+                         "and print sacct's figures per rule")
     ap.add_argument("--forcerun", nargs="+", default=[], metavar="RULE",
                     help="run these rules again, and all after them, in both runs (e.g. "
                          "ingest: measure again without simulating again)")
@@ -245,10 +327,14 @@ def main() -> None:
     runs = {"baseline": [args.baseline.resolve()],
             "scale": [args.baseline.resolve(), args.scale.resolve()]}
     walls = {}
+    since = time.strftime("%Y-%m-%dT%H:%M:%S")
     if not args.skip_run:
         for name, files in runs.items():
-            walls[name] = run_pipeline(workdir, files, args.cores, args.forcerun)
+            walls[name] = run_pipeline(workdir, files, args.cores, args.forcerun, args.slurm)
             print(f"{name}: the pipeline to the maps in {walls[name] / 60:.1f} min", flush=True)
+    accounting = sacct_per_rule(since) if args.slurm and not args.skip_run else ""
+    if accounting:
+        print(f"\nSLURM accounting of both runs (sacct, since {since}):\n{accounting}")
     tables = {}
     for name, files in runs.items():
         results = "results"
@@ -265,13 +351,15 @@ def main() -> None:
         f"{args.archive_years:g} years at {ARCHIVE_ROWS_PER_S:,.0f} rows/s, 9 channels × 21 "
         f"detectors every 0.128 s; channel 7 mapped at nside {args.archive_nside}, nodes of "
         f"{args.cores_per_node} cores; parallel: "
-        f"{', '.join(f'{k} ({v})' for k, v in PARALLEL.items())}; the other steps are one "
-        f"job each")
+        f"{', '.join(f'{k} ({v})' for k, v in PARALLEL.items() if tables['scale'][k]['jobs'] > 1)}"
+        f"; the other steps are one job each")
     print(f"\nThe archive, extrapolated: {assumptions}")
     print(archive)
     if args.docs:
-        write_docs(args.docs, f"{text}\n\n**The archive, extrapolated** ({assumptions}):"
-                              f"\n\n{archive}")
+        sacct_block = (f"\n\nThrough SLURM, as `sacct` accounted the jobs of both runs:\n\n"
+                       f"{accounting}" if accounting else "")
+        write_docs(args.docs, f"{text}{sacct_block}\n\n**The archive, extrapolated** "
+                              f"({assumptions}):\n\n{archive}")
     if args.json:
         args.json.write_text(json.dumps({"cores": args.cores, "pipeline_wall_s": walls,
                                          **tables, "archive": costs}, indent=1))
