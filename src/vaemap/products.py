@@ -501,7 +501,7 @@ def read_finite(h5, path: str | Path, name: str, what: str = "") -> np.ndarray:
     any is: a reader that depends on the values (latents, scores) must never
     turn them into silent gaps or zeros. ``what`` says what a bad value means."""
     values = h5[name][...]
-    _refuse_nonfinite(path, name, what, values)
+    _refuse_nonfinite(path, name, what, [values], len(values) if values.ndim else 1)
     return values
 
 
@@ -511,25 +511,25 @@ def check_finite(h5, path: str | Path, name: str, what: str = "",
     a time (a reader that needs the check, not the values, of a whole map)."""
     data = h5[name]
     if data.ndim == 0:
-        _refuse_nonfinite(path, name, what, data[()])
-        return
+        _refuse_nonfinite(path, name, what, [data[()]], 1)
+    else:
+        _refuse_nonfinite(path, name, what, (data[a:a + block_rows]
+                                             for a in range(0, data.shape[0], block_rows)),
+                          data.shape[0])
+
+
+def _refuse_nonfinite(path: str | Path, name: str, what: str, blocks, total: int) -> None:
+    """One ProductError when any of the ``blocks`` of dataset ``name`` (``total``
+    rows) holds a NaN or infinite value."""
     bad = rows = 0
-    for a in range(0, data.shape[0], block_rows):
-        block = ~np.isfinite(data[a:a + block_rows])
-        bad += int(block.sum())
-        rows += int(block.reshape(len(block), -1).any(axis=1).sum())
+    for block in blocks:
+        wrong = ~np.isfinite(np.asarray(block))
+        bad += int(wrong.sum())
+        rows += int(wrong.reshape(len(wrong), -1).any(axis=1).sum()) if wrong.ndim \
+            else int(wrong)
     if bad:
         raise ProductError(f"{path}: {name} holds {bad} NaN or infinite values (in {rows} "
-                           f"of {data.shape[0]} rows){'; ' + what if what else ''}")
-
-
-def _refuse_nonfinite(path: str | Path, name: str, what: str, values: np.ndarray) -> None:
-    bad = ~np.isfinite(values)
-    if bad.any():
-        rows = int(bad.reshape(len(values), -1).any(axis=1).sum()) if values.ndim else 1
-        raise ProductError(f"{path}: {name} holds {int(bad.sum())} NaN or infinite values "
-                           f"(in {rows} of {len(values) if values.ndim else 1} rows)"
-                           f"{'; ' + what if what else ''}")
+                           f"of {total} rows){'; ' + what if what else ''}")
 
 
 def check_pixels(pix: np.ndarray, nside: int, path: str | Path, name: str = "pix",

@@ -139,9 +139,14 @@ class RdrFormatError(ValueError):
 def header_line(columns: Sequence[str] = RDR_COLUMNS) -> str:
     """The published column-header line (``#``, names right-justified over their
     fields, CRLF), as wide as the rows :func:`format_rows` writes."""
-    widths = [len(_FORMATS[c] % (_sample(c),)) for c in columns]
+    widths = [_field_width(c) for c in columns]
     widths[0] -= 1  # the '#' takes the first byte of the first field
     return "#" + ", ".join(f"{c:>{w}}" for c, w in zip(columns, widths, strict=True)) + "\r\n"
+
+
+def _field_width(column: str) -> int:
+    """Bytes of ``column``'s field in a published row (its quotes included)."""
+    return len(_FORMATS[column] % (_sample(column),))
 
 
 def _sample(column: str) -> Any:
@@ -207,7 +212,7 @@ def _label_fields() -> list[tuple[str, int, int, str]]:
     the archive's labels give them: a quoted field starts after its quote."""
     fields, position = [], 1
     for name in RDR_COLUMNS:
-        width = len(_FORMATS[name] % (_sample(name),))
+        width = _field_width(name)
         if _FORMATS[name].startswith('"'):
             fields.append((name, position + 1, width - 2, "CHARACTER"))
         else:

@@ -24,8 +24,8 @@ def robust_z(values: np.ndarray) -> np.ndarray:
     the mean absolute deviation so that the score stays finite.
     """
     values = np.asarray(values, dtype=np.float64)
-    return BandScales.of([(values, np.zeros(values.shape))], 0.0).score(values,
-                                                                     np.zeros(values.shape))
+    lat = np.zeros(values.shape)  # (one band: latitude does not enter)
+    return BandScales.of([(values, lat)], 0.0).score(values, lat)
 
 
 #: Fewest pixels a latitude band of :func:`anomaly_z` holds: a smaller band (the
@@ -167,11 +167,16 @@ class BandScales:
     def of(cls, parts, band_deg: float, min_pixels: int = MIN_BAND_PIXELS) -> BandScales:
         read = parts if callable(parts) else (lambda: parts)
         n_raw = 1 if band_deg <= 0 else int(np.ceil(90.0 / band_deg))
+        # one pass: every raw band's pixels (which bands merge) and finite errors
         counts = np.zeros(n_raw, np.int64)
-        for _, lat in read():
-            counts += np.bincount(_raw_bands(lat, band_deg), minlength=n_raw)
+        finite_raw = np.zeros(n_raw, np.int64)
+        for error, lat in read():
+            raw = _raw_bands(lat, band_deg)
+            counts += np.bincount(raw, minlength=n_raw)
+            finite_raw += np.bincount(raw[np.isfinite(error)], minlength=n_raw)
         target = (np.zeros(n_raw, np.int64) if band_deg <= 0
                   else _merged_bands(counts, min_pixels))
+        n_finite = np.bincount(target, weights=finite_raw, minlength=n_raw).astype(np.int64)
 
         def finite(transform=None):
             def passes():
@@ -183,9 +188,6 @@ class BandScales:
                     yield (values if transform is None else transform(values, band)), band
             return passes
 
-        n_finite = np.zeros(n_raw, np.int64)
-        for _, band in finite()():
-            n_finite += np.bincount(band, minlength=n_raw)
         median = _medians(finite(), n_raw, n_finite)
         deviation = finite(lambda values, band: np.abs(values - median[band]))
         mad = _medians(deviation, n_raw, n_finite)
