@@ -142,6 +142,11 @@ def test_an_emulator_of_other_physics_or_corrupt_weights_is_refused(small_emulat
     with pytest.raises(forward_model.EmulatorError,
                        match=r"model\.pt: not a vaemap thermal emulator"):
         forward_model.load_emulator(tmp_path / "model.pt")
+    # an emulator of an earlier layout (its T⁴ in other units) is refused, not misread
+    torch.save(dict(ckpt, format=forward_model.EMULATOR_FORMAT - 1), tmp_path / "old.pt")
+    with pytest.raises(forward_model.EmulatorError, match=r"old\.pt: not a vaemap thermal "
+                       r"emulator of format \d+ .*run vaemap emulator"):
+        forward_model.load_emulator(tmp_path / "old.pt")
 
 
 def test_physical_latents_stay_inside_the_emulators_ranges():

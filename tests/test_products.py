@@ -457,6 +457,37 @@ def test_ica_unmixes_rotated_independent_sources():
     assert (ica_components(np.zeros((50, 3))) == 0).all()  # every latent collapsed
 
 
+def test_a_large_maps_rotation_is_fitted_on_a_sample_and_streamed(tmp_path, monkeypatch):
+    """Beyond ICA_FIT_ROWS pixels the rotation is fitted on a seeded sample: the
+    maps' block-by-block columns are the same bits as ica_components on the
+    whole code (what evaluate scores), and the same rotation, to 1e-3, as a fit
+    on every pixel."""
+    from vaemap import stats
+
+    rng = np.random.default_rng(4)
+    n = 5000
+    sources = np.column_stack([rng.uniform(-1, 1, n), rng.laplace(size=n),
+                               rng.exponential(size=n)])
+    mixing = np.linalg.qr(rng.normal(size=(3, 3)))[0]
+    code = np.column_stack([sources @ mixing, np.full(n, 0.2)]).astype(np.float32)
+    whole = ica_components(code.astype(np.float64))  # n ≤ ICA_FIT_ROWS: every pixel
+    for module in (stats, maps):
+        monkeypatch.setattr(module, "ICA_BLOCK_ROWS", 700)  # several blocks, a ragged last
+    monkeypatch.setattr(stats, "ICA_FIT_ROWS", 2000)
+    sampled = ica_components(code.astype(np.float64))
+    assert stats.ica_sample(n).size == 2000 and stats.ica_sample(1999) is None
+    np.testing.assert_array_equal(sampled[:, 3], 0.0)  # the constant latent stays zero
+    match = np.abs(np.corrcoef(whole[:, :3].T, sampled[:, :3].T)[:3, 3:]).max(axis=1)
+    assert (match > 0.999).all()
+    with h5py.File(tmp_path / "latents.h5", "w") as h5:
+        h5["mu"] = code
+    with h5py.File(tmp_path / "latents.h5") as h5:
+        columns = maps._IcaColumns(h5["mu"])
+        assert columns.full is None  # fitted on the sample, not read whole
+        for k in range(4):
+            np.testing.assert_array_equal(columns[:, k], sampled[:, k].astype(np.float32))
+
+
 def test_summarize_aggregates_each_method_over_its_seeds(trained, survey, tiny_config,
                                                         tmp_path):
     m = evaluate.run(trained["latents"], survey["truth"], tmp_path / "e", tiny_config,

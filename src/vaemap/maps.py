@@ -39,14 +39,47 @@ from vaemap.products import (
     recorded_checksum,
 )
 from vaemap.rasters import write_geotiff
-from vaemap.stats import ica_components
+from vaemap.stats import ICA_BLOCK_ROWS, IcaRotation, ica_components, ica_sample
 
 __all__ = ["MAP_PARTS", "anomaly_catalogue", "latent_traversal", "render_png", "run"]
 
 log = logging.getLogger(__name__)
 
 
-def _values(h5: h5py.File, source: Mapping[str, Any], ica: np.ndarray | None = None
+class _IcaColumns:
+    """The independent components of ``latents.h5``'s ``mu`` (n, latent_dim), one
+    column at a time (``ica[:, k]``): the rotation evaluate scores as "VAE +
+    ICA" (:func:`vaemap.stats.ica_components`). A map small enough to be fitted
+    whole is read whole; a larger one is fitted on its seeded sample's rows and
+    rotated block by block, so the job holds one column of the map, not every
+    latent."""
+
+    def __init__(self, mu: h5py.Dataset):
+        self.mu, n = mu, int(mu.shape[0])
+        sample = ica_sample(n)
+        self.full = self.rotation = None
+        if sample is None:
+            self.full = ica_components(mu[...].astype(np.float64))
+            return
+        rows = []
+        for a in range(0, n, ICA_BLOCK_ROWS):
+            inside = sample[(sample >= a) & (sample < a + ICA_BLOCK_ROWS)] - a
+            rows.append(mu[a:a + ICA_BLOCK_ROWS][inside])
+        self.rotation = IcaRotation.fit(np.concatenate(rows))
+
+    def __getitem__(self, key: tuple[slice, int]) -> np.ndarray:
+        _, column = key
+        if self.full is not None:
+            return self.full[:, column]
+        n = int(self.mu.shape[0])
+        out = np.empty(n, np.float32)  # what _values makes of it: one cast, early or late
+        for a in range(0, n, ICA_BLOCK_ROWS):
+            out[a:a + ICA_BLOCK_ROWS] = self.rotation.transform(
+                self.mu[a:a + ICA_BLOCK_ROWS])[:, column]
+        return out
+
+
+def _values(h5: h5py.File, source: Mapping[str, Any], ica: _IcaColumns | None = None
             ) -> np.ndarray:
     """A map product's values, (n,) float32, from where its ``source`` says
     (:func:`vaemap.products.map_products`)."""
@@ -373,7 +406,7 @@ def run(latents: str | Path, profiles: str | Path, model: str | Path, outdir: st
         ica = None
         if any(every[name]["source"]["dataset"] == "ica" for name in chosen):
             # The same rotation (data, seed) that evaluate scores as "VAE + ICA".
-            ica = ica_components(h5["mu"][...].astype(np.float64))
+            ica = _IcaColumns(h5["mu"])
         # Rendering dominates; figures are independent, so draw them in parallel.
         with ProcessPoolExecutor(max_workers=max(1, threads),
                                  mp_context=multiprocessing.get_context("spawn")) as pool:

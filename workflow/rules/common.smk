@@ -175,14 +175,17 @@ def emulator_settings():
     return _settings_file(f"{RESULTS}/settings/emulator.json", cfg)
 
 
-def physics_settings():
+def physics_settings(wildcards):
     """``<results>/settings/physics.json``: the fingerprint of vaemap's thermal and
-    instrument models, an input of the emulator: what it learned changes when
-    they do, so it is re-trained then (and only then)."""
+    instrument models and the emulator's layout, an input of the emulator: what
+    it learned changes when they do, so it is re-trained then (and only then).
+    An input function, so that only a DAG with the emulator imports torch."""
+    from vaemap.forward_model import EMULATOR_FORMAT
     from vaemap.thermal import source_fingerprint
 
     return _settings_file(
-        f"{RESULTS}/settings/physics.json", {"thermal": source_fingerprint()}
+        f"{RESULTS}/settings/physics.json",
+        {"thermal": source_fingerprint(), "emulator_format": EMULATOR_FORMAT},
     )
 
 

@@ -1,7 +1,7 @@
 rule emulator:
     input:
         settings=emulator_settings(),
-        physics=physics_settings(),
+        physics=physics_settings,
     output:
         emulator=f"{RESULTS}/emulator/emulator.pt",
         accuracy=f"{RESULTS}/emulator/accuracy.json",
