@@ -185,3 +185,40 @@ def test_physics_profiles_are_differentiable_in_the_latents(small_emulator):
     assert (z.grad.abs() > 0).all()
     night = [0, 1, 2, 3, 21, 22, 23]
     assert (prof[1, 0, night] < prof[0, 0, night]).all()
+
+
+def test_solar_channels_see_the_simulators_reflectance(small_emulator):
+    """A solar channel's physics is the simulator's own observation without noise:
+    instrument.observe_reflectance of the normal albedo under thermal.cos_incidence
+    on the facet, averaged per bin; physics_profiles puts it among the thermal
+    channels in the order asked, gradients reaching albedo and both slopes."""
+    cols = _inputs(200, seed=5)
+    bins, sub = 24, 3
+    got = forward_model.reflectance_profiles(_torch(cols), bins, sub).numpy()
+    times = forward_model.substep_times(bins, sub)
+    slope, azimuth = thermal.facet_geometry(cols["slope_ew"], cols["slope_ns"])
+    mu = np.stack([thermal.cos_incidence(cols["lat"], (t - 12.0) * 15.0, slope, azimuth,
+                                         cols["declination"]) for t in times], axis=1)
+    _, refl = instrument.observe_reflectance(cols["albedo"][:, None], mu, 1,
+                                             np.random.default_rng(0), noise_scale=0.0)
+    np.testing.assert_allclose(got, refl.reshape(200, bins, sub).mean(2), atol=1e-9)
+    assert (got == 0).any() and (got > 0.05).any()  # night and a bright noon
+
+    root, _, _ = small_emulator
+    model, _ = forward_model.load_emulator(root / "emulator.pt")
+    z = torch.zeros(2, 5, requires_grad=True)
+    with torch.no_grad():
+        z[1, 0] = 1.5  # the second column: brighter
+        z[:, 2] = 0.4  # both tilted to the east
+    params, _ = forward_model.parameters_from_latents(z)
+    lat = torch.tensor([20.0, 20.0])
+    both = forward_model.physics_profiles(model, params, lat, [7, 1, 8], bins)
+    alone = forward_model.physics_profiles(model, params, lat, [7, 8], bins)
+    torch.testing.assert_close(both[:, [0, 2]], alone)  # thermal channels unchanged
+    day = both[:, 1, 8:16]
+    ratio = params["albedo"][1] / params["albedo"][0]
+    torch.testing.assert_close(day[1], day[0] * ratio)  # reflectance ∝ albedo
+    both[:, 1].sum().backward()
+    assert (z.grad[:, [0, 2]].abs() > 0).all()
+    with pytest.raises(ValueError, match=r"channels \[10\]: not Diviner channels"):
+        forward_model.physics_profiles(model, params, lat, [7, 10], bins)

@@ -395,6 +395,39 @@ def test_the_physics_decoder_keeps_physics_and_network_apart():
     torch.testing.assert_close(terms["least_action"], (network**2).mean())
 
 
+def test_the_physics_renders_the_solar_channels_of_a_model_that_says_so(tmp_path):
+    """With solar_physics (every physics model vaemap trains now) a solar
+    channel's physics term is the reflectance of the albedo latent; a model
+    saved without the key (trained before) keeps a physics term of 0 there, and
+    both load from model.pt with the same state keys."""
+    from vaemap.model import save_checkpoint
+
+    lat = torch.tensor([-20.0, 10.0, 45.0])
+    z = torch.zeros(3, 5)
+    brighter = z.clone()
+    brighter[:, 0] = 1.0
+    torch.manual_seed(2)
+    new = _physics_vae(channels=2, channel_ids=(1, 7), solar_physics=True)
+    old = _physics_vae(channels=2, channel_ids=(1, 7))
+    old.load_state_dict(new.state_dict())  # the same keys: nothing new is persisted
+    with torch.no_grad():
+        lit, dark = new.physics(brighter, lat)[:, 0], new.physics(z, lat)[:, 0]
+        assert (lit >= dark).all() and (lit > dark).any()  # brighter by day
+        torch.testing.assert_close(lit[:, :6], dark[:, :6])  # the same at night (0-6 h)
+        assert (old.physics(brighter, lat)[:, 0] == 0).all()
+        torch.testing.assert_close(old.physics(z, lat)[:, 1], new.physics(z, lat)[:, 1])
+    prof = 250 + 50 * torch.rand(8, 2, 24)
+    norm = Normaliser.fit(prof.numpy(), torch.linspace(-60, 60, 8).numpy(), "latitude")
+    for name, model in (("new", new), ("old", old)):
+        save_checkpoint(tmp_path / f"{name}.pt", model, norm, nside=4, channels=[1, 7],
+                        config={})
+    ckpt = torch.load(tmp_path / "old.pt", weights_only=True)
+    ckpt["arch"].pop("solar_physics")  # as a model of the earlier vaemap holds it
+    torch.save(ckpt, tmp_path / "old.pt")
+    assert load_checkpoint(tmp_path / "new.pt")[0].physics.rendered == [1, 7]
+    assert load_checkpoint(tmp_path / "old.pt")[0].physics.rendered == [7]
+
+
 def test_a_physics_model_round_trips_through_its_checkpoint(tmp_path):
     """model.pt carries the emulator's weights and the normaliser's constants the
     physics decoder renders with: a loaded model decodes exactly as the saved one."""

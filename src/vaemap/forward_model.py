@@ -39,6 +39,7 @@ __all__ = [
     "EmulatorError",
     "ThermalEmulator",
     "channel_profiles",
+    "cos_incidence",
     "equilibrium_t4",
     "facet_equivalent",
     "grid_times",
@@ -46,6 +47,7 @@ __all__ = [
     "parameters_from_latents",
     "physics_profiles",
     "priors_record",
+    "reflectance_profiles",
     "save_emulator",
     "substep_times",
 ]
@@ -106,15 +108,12 @@ _MIN_T_K = 15.0
 _BELOW_ONE = 1.0 - 1e-6
 
 
-def equilibrium_t4(inputs: Mapping[str, torch.Tensor], times_h: torch.Tensor,
-                   props: thermal.RegolithProperties | None = None) -> torch.Tensor:
-    """T⁴ (K⁴) of instantaneous radiative equilibrium with the absorbed sunlight,
-    (n, times): ``(1 − A(i)) S cos i / (d² ε σ)`` on each column's facet, 0 at
-    night — the exact part of the answer (the same geometry and albedo law as
-    :func:`vaemap.thermal.cos_incidence` and :func:`vaemap.thermal.albedo_at_incidence`),
-    so the network learns only what conduction adds: the night, and the lag
-    and damping of the day."""
-    props = props or thermal.RegolithProperties()
+def cos_incidence(inputs: Mapping[str, torch.Tensor], times_h: torch.Tensor) -> torch.Tensor:
+    """Cosine of the Sun's incidence on each column's facet, (n, times), 0 when
+    the Sun is below the column's horizon or behind the facet: the geometry of
+    :func:`vaemap.thermal.cos_incidence` with the facet of
+    :func:`vaemap.thermal.facet_geometry`, at local times ``times_h`` (h), for
+    the inputs' ``lat``, ``declination`` (deg) and slopes."""
     lat = torch.deg2rad(inputs["lat"])[:, None]
     dec = torch.deg2rad(inputs["declination"])[:, None]
     h = torch.deg2rad((times_h - 12.0) * 15.0)[None, :]
@@ -125,13 +124,39 @@ def equilibrium_t4(inputs: Mapping[str, torch.Tensor], times_h: torch.Tensor,
     sun_n = torch.cos(lat) * torch.sin(dec) - torch.sin(lat) * torch.cos(dec) * torch.cos(h)
     sun_u = torch.sin(lat) * torch.sin(dec) + torch.cos(lat) * torch.cos(dec) * torch.cos(h)
     mu = ((tx * sun_e + ty * sun_n + sun_u) / norm).clamp(0.0, 1.0)
-    mu = torch.where(sun_u > 0.0, mu, torch.zeros_like(mu))
+    return torch.where(sun_u > 0.0, mu, torch.zeros_like(mu))
+
+
+def equilibrium_t4(inputs: Mapping[str, torch.Tensor], times_h: torch.Tensor,
+                   props: thermal.RegolithProperties | None = None) -> torch.Tensor:
+    """T⁴ (K⁴) of instantaneous radiative equilibrium with the absorbed sunlight,
+    (n, times): ``(1 − A(i)) S cos i / (d² ε σ)`` on each column's facet, 0 at
+    night — the exact part of the answer (the same geometry and albedo law as
+    :func:`vaemap.thermal.cos_incidence` and :func:`vaemap.thermal.albedo_at_incidence`),
+    so the network learns only what conduction adds: the night, and the lag
+    and damping of the day."""
+    props = props or thermal.RegolithProperties()
+    mu = cos_incidence(inputs, times_h)
     # (short of 1: arccos' is infinite there, and a decoder back-propagates through it)
     incidence = torch.rad2deg(torch.arccos(mu.clamp(0.0, _BELOW_ONE)))
     albedo = (inputs["albedo"][:, None] + props.albedo_a * (incidence / 45.0) ** 3
               + props.albedo_b * (incidence / 90.0) ** 8)
     flux = thermal.SOLAR_CONSTANT / inputs["sun_distance"][:, None] ** 2 * mu
     return (1.0 - albedo) * flux / (props.emissivity * thermal.SIGMA_SB)
+
+
+def reflectance_profiles(inputs: Mapping[str, torch.Tensor], bins: int,
+                         substeps: int = 2) -> torch.Tensor:
+    """What a solar channel sees, bin by bin: (n, bins) relative reflectance,
+    the normal albedo times the facet's cosine of incidence (a Lambertian
+    surface, as :func:`vaemap.instrument.observe_reflectance` observes one; 0
+    at night), averaged over ``substeps`` times in each of ``bins`` local-time
+    bins (:func:`substep_times`). Exact: no network. The same for channels 1 and
+    2 (they differ in noise, not in what they see)."""
+    times = torch.as_tensor(substep_times(bins, substeps), dtype=inputs["lat"].dtype,
+                            device=inputs["lat"].device)
+    refl = inputs["albedo"][:, None] * cos_incidence(inputs, times)
+    return refl.view(-1, bins, substeps).mean(dim=2)
 
 
 def facet_equivalent(inputs: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -437,15 +462,29 @@ def physics_profiles(model: ThermalEmulator, params: Mapping[str, torch.Tensor],
                      lat_deg: torch.Tensor, channels: Sequence[int], bins: int, *,
                      declination_deg: float = 0.0, sun_distance_au: float = 1.0,
                      substeps: int = 2) -> torch.Tensor:
-    """The profiles (n, channels, bins), kelvin, that the physics gives for
-    parameters ``params`` (tensors (n,) named as :data:`PHYSICAL_LATENTS`, e.g.
-    from :func:`parameters_from_latents`) at latitudes ``lat_deg`` (n,) and one
-    season (by default the mean one: equinox, 1 AU): the emulator's
-    temperatures seen by the thermal ``channels`` (:func:`channel_profiles`).
+    """The profiles (n, channels, bins) that the physics gives for parameters
+    ``params`` (tensors (n,) named as :data:`PHYSICAL_LATENTS`, e.g. from
+    :func:`parameters_from_latents`) at latitudes ``lat_deg`` (n,) and one season
+    (by default the mean one: equinox, 1 AU): kelvin in a thermal channel (the
+    emulator's temperatures, :func:`channel_profiles`), relative reflectance in
+    a solar one (:func:`reflectance_profiles`), in the order of ``channels``.
     Differentiable in the parameters, for a decoder."""
     n = lat_deg.shape[0]
     inputs = {**params, "lat": lat_deg,
               "declination": torch.full((n,), float(declination_deg), device=lat_deg.device),
               "sun_distance": torch.full((n,), float(sun_distance_au), device=lat_deg.device)}
-    t_reg, t_rock = model(inputs)
-    return channel_profiles(t_reg, t_rock, params["rock_fraction"], channels, bins, substeps)
+    thermal_ids = [c for c in channels if c in instrument.THERMAL_CHANNELS]
+    solar = [c for c in channels if c in instrument.SOLAR_CHANNELS]
+    unknown = sorted(set(channels) - set(thermal_ids) - set(solar))
+    if unknown:
+        raise ValueError(f"channels {unknown}: not Diviner channels (1-9)")
+    out = torch.empty((n, len(channels), bins), dtype=lat_deg.dtype, device=lat_deg.device)
+    if thermal_ids:
+        t_reg, t_rock = model(inputs)
+        tb = channel_profiles(t_reg, t_rock, params["rock_fraction"], thermal_ids, bins,
+                              substeps)
+        out[:, [list(channels).index(c) for c in thermal_ids]] = tb
+    if solar:
+        refl = reflectance_profiles(inputs, bins, substeps)
+        out[:, [j for j, c in enumerate(channels) if c in solar]] = refl[:, None]
+    return out

@@ -123,6 +123,11 @@ class VAEConfig:
     norm_bands: int = 1
     #: Times per local-time bin the emulator's temperatures are averaged over.
     substeps: int = 2
+    #: Whether the physics term renders the solar channels too (reflectance:
+    #: albedo × cos incidence, :func:`vaemap.forward_model.reflectance_profiles`);
+    #: a physics model trained before it could holds False: its physics term
+    #: is 0 there, and is decoded so.
+    solar_physics: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -392,7 +397,9 @@ def refine_physical(model: ProfileVAE, mu: torch.Tensor, x: torch.Tensor, weight
 class PhysicsRenderer(nn.Module):
     """The physics of a physics decoder: physical latents (n, 5) and latitudes
     (n,) degrees → the profiles the thermal model gives, (n, channels, bins) in
-    the model's normalised units (0 for a solar channel, which it does not model).
+    the model's normalised units: the emulator's temperatures in the thermal
+    channels, the exact reflectance in the solar ones (0, the band's mean
+    profile, in a model with ``solar_physics`` false).
 
     Holds the emulator (:class:`vaemap.forward_model.ThermalEmulator`, frozen:
     it is the physics, not something to fit) and the normaliser's constants as
@@ -404,13 +411,20 @@ class PhysicsRenderer(nn.Module):
     def __init__(self, cfg: VAEConfig):
         super().__init__()
         from vaemap.forward_model import ThermalEmulator
-        from vaemap.instrument import THERMAL_CHANNELS
+        from vaemap.instrument import SOLAR_CHANNELS, THERMAL_CHANNELS
 
         self.emulator = ThermalEmulator(cfg.emulator_width, cfg.emulator_layers)
         self.emulator.requires_grad_(False)
+        kinds = THERMAL_CHANNELS + (SOLAR_CHANNELS if cfg.solar_physics else ())
         self.thermal = [c for c in cfg.channel_ids if c in THERMAL_CHANNELS]
-        self.register_buffer("thermal_index", torch.tensor(
+        self.register_buffer("thermal_index", torch.tensor(  # (model.pt holds it)
             [i for i, c in enumerate(cfg.channel_ids) if c in THERMAL_CHANNELS]))
+        #: the channels the physics renders, thermal and (solar_physics) solar
+        self.rendered = [c for c in cfg.channel_ids if c in kinds]
+        # (not persistent: rebuilt from the arch, so model.pt's keys stay those
+        # of a model trained before the solar channels were rendered)
+        self.register_buffer("rendered_index", torch.tensor(
+            [i for i, c in enumerate(cfg.channel_ids) if c in kinds]), persistent=False)
         self.register_buffer("norm_lat", torch.zeros(cfg.norm_bands))
         self.register_buffer("norm_mean", torch.zeros(cfg.norm_bands, cfg.channels, cfg.bins))
         self.register_buffer("norm_std", torch.ones(cfg.channels, cfg.bins))
@@ -427,19 +441,20 @@ class PhysicsRenderer(nn.Module):
             self.norm_std.copy_(normaliser.std)
 
     def kelvin(self, z_physical: torch.Tensor, lat_deg: torch.Tensor) -> torch.Tensor:
-        """The thermal channels' profiles (n, thermal channels, bins), kelvin."""
+        """The rendered channels' profiles (n, rendered channels, bins): kelvin in
+        the thermal ones, relative reflectance in the solar ones."""
         from vaemap.forward_model import parameters_from_latents, physics_profiles
 
         with torch.autocast(lat_deg.device.type, enabled=False):
             params, _ = parameters_from_latents(z_physical.float())
-            return physics_profiles(self.emulator, params, lat_deg.float(), self.thermal,
+            return physics_profiles(self.emulator, params, lat_deg.float(), self.rendered,
                                     self.bins, substeps=self.substeps)
 
     def forward(self, z_physical: torch.Tensor, lat_deg: torch.Tensor) -> torch.Tensor:
         t = self.kelvin(z_physical, lat_deg)
-        idx = self.thermal_index
+        idx = self.rendered_index
         mean = mean_profile(lat_deg, self.norm_lat, self.norm_mean)
-        out = torch.zeros_like(mean)  # (a solar channel's physics term stays 0)
+        out = torch.zeros_like(mean)  # (a channel the physics does not render stays 0)
         out[:, idx] = (t - mean[:, idx]) / self.norm_std[idx]
         return out
 

@@ -205,7 +205,8 @@ class Trainer:
                              "priors": priors_record()}
             physics = {"emulator_width": emu_ckpt["arch"]["width"],
                        "emulator_layers": emu_ckpt["arch"]["layers"],
-                       "norm_bands": int(self.normaliser.norm_lat.numel())}
+                       "norm_bands": int(self.normaliser.norm_lat.numel()),
+                       "solar_physics": True}
         self.arch = _arch(config, list(self.channels), bins, physics)
         self.model = ProfileVAE(self.arch).to(device)
         if self.model.physics is not None:
