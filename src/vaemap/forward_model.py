@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from vaemap import instrument, thermal
-from vaemap.products import TRUTH_FACTORS
+from vaemap.products import EMULATOR_FORMAT, TRUTH_FACTORS
 
 __all__ = [
     "COLUMN_INPUTS",
@@ -75,9 +75,6 @@ CONDITIONS: dict[str, tuple[float, float, str]] = {
 _INPUTS = ("albedo", "h_param", "declination", "sun_distance")
 #: What a column is given by: every parameter and condition.
 COLUMN_INPUTS = ("albedo", "h_param", "slope_ew", "slope_ns", "lat", "declination", "sun_distance")
-#: Version of emulator.pt's layout (2: the learned T⁴ scaled per column,
-#: :meth:`ThermalEmulator.t4_scale`; format 1 scaled it by one constant).
-EMULATOR_FORMAT = 2
 #: Time steps per lunar day of the solver runs the emulator learns (the simulator's).
 SOLVER_STEPS_PER_DAY = 120
 

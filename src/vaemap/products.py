@@ -30,6 +30,7 @@ import numpy as np
 
 __all__ = [
     "ANOMALY_KINDS",
+    "EMULATOR_FORMAT",
     "LATENTS",
     "PROFILES",
     "SAMPLES",
@@ -50,6 +51,13 @@ __all__ = [
     "recorded_checksum",
     "simulated_rdr_names",
 ]
+
+
+#: Version of ``emulator.pt``'s layout (:mod:`vaemap.forward_model` writes and
+#: reads it; 2: the learned T⁴ in units of each column's diurnal-mean T⁴, 1: in
+#: one unit for every column). Here, beside the products, because the workflow
+#: plans on it: a new layout re-trains the emulator (``settings/physics.json``).
+EMULATOR_FORMAT = 2
 
 
 class ProductError(ValueError):

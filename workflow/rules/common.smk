@@ -179,8 +179,8 @@ def physics_settings(wildcards):
     """``<results>/settings/physics.json``: the fingerprint of vaemap's thermal and
     instrument models and the emulator's layout, an input of the emulator: what
     it learned changes when they do, so it is re-trained then (and only then).
-    An input function, so that only a DAG with the emulator imports torch."""
-    from vaemap.forward_model import EMULATOR_FORMAT
+    An input function: only a DAG with the emulator computes the fingerprint."""
+    from vaemap.products import EMULATOR_FORMAT
     from vaemap.thermal import source_fingerprint
 
     return _settings_file(
