@@ -470,18 +470,18 @@ def physics_profiles(model: ThermalEmulator, params: Mapping[str, torch.Tensor],
     inputs = {**params, "lat": lat_deg,
               "declination": torch.full((n,), float(declination_deg), device=lat_deg.device),
               "sun_distance": torch.full((n,), float(sun_distance_au), device=lat_deg.device)}
-    thermal_ids = [c for c in channels if c in instrument.THERMAL_CHANNELS]
-    solar = [c for c in channels if c in instrument.SOLAR_CHANNELS]
-    unknown = sorted(set(channels) - set(thermal_ids) - set(solar))
+    unknown = sorted(set(channels) - set(instrument.THERMAL_CHANNELS)
+                     - set(instrument.SOLAR_CHANNELS))
     if unknown:
         raise ValueError(f"channels {unknown}: not Diviner channels (1-9)")
+    thermal_at = [j for j, c in enumerate(channels) if c in instrument.THERMAL_CHANNELS]
+    solar_at = [j for j, c in enumerate(channels) if c in instrument.SOLAR_CHANNELS]
     out = torch.empty((n, len(channels), bins), dtype=lat_deg.dtype, device=lat_deg.device)
-    if thermal_ids:
+    if thermal_at:
         t_reg, t_rock = model(inputs)
-        tb = channel_profiles(t_reg, t_rock, params["rock_fraction"], thermal_ids, bins,
-                              substeps)
-        out[:, [list(channels).index(c) for c in thermal_ids]] = tb
-    if solar:
-        refl = reflectance_profiles(inputs, bins, substeps)
-        out[:, [j for j, c in enumerate(channels) if c in solar]] = refl[:, None]
+        out[:, thermal_at] = channel_profiles(t_reg, t_rock, params["rock_fraction"],
+                                              [channels[j] for j in thermal_at], bins,
+                                              substeps)
+    if solar_at:
+        out[:, solar_at] = reflectance_profiles(inputs, bins, substeps)[:, None]
     return out

@@ -416,8 +416,8 @@ class PhysicsRenderer(nn.Module):
         self.emulator = ThermalEmulator(cfg.emulator_width, cfg.emulator_layers)
         self.emulator.requires_grad_(False)
         kinds = THERMAL_CHANNELS + (SOLAR_CHANNELS if cfg.solar_physics else ())
-        self.thermal = [c for c in cfg.channel_ids if c in THERMAL_CHANNELS]
-        self.register_buffer("thermal_index", torch.tensor(  # (model.pt holds it)
+        # (unused since the solar channels are rendered too; kept: model.pt holds it)
+        self.register_buffer("thermal_index", torch.tensor(
             [i for i, c in enumerate(cfg.channel_ids) if c in THERMAL_CHANNELS]))
         #: the channels the physics renders, thermal and (solar_physics) solar
         self.rendered = [c for c in cfg.channel_ids if c in kinds]
