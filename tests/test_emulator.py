@@ -73,6 +73,51 @@ def test_channel_mixing_matches_the_instrument_model():
                                   [1], 2)
 
 
+def test_reported_temperature_is_the_instruments_censored_mean():
+    """With noise, a bin is the mean brightness temperature of the measurements
+    the instrument reports, as the simulator makes them (instrument.observe:
+    Gaussian noise of the channel's NER on the radiance, no temperature where
+    it is not positive): within 1 K of a Monte Carlo of 400,000 measurements
+    from the scene far below detection to far above it; 30 K and more above
+    the scene at the floor of channel 3, and equal to the noise-free
+    temperature (0.05 K) well above it."""
+    rng = np.random.default_rng(0)
+    scenes = np.array([20.0, 80.0, 120.0, 150.0, 200.0, 300.0])
+    for c in (3, 7):
+        table = forward_model._BandTable(c)
+        radiance = instrument.band_radiance(scenes, c)
+        got = forward_model.reported_temperature(
+            table, torch.as_tensor(radiance, dtype=torch.float32)[:, None, None],
+            instrument.NER[c]).numpy()[:, 0]
+        for k, r in enumerate(radiance):
+            _, tb = instrument.observe(np.full(400_000, r), c, rng)
+            assert abs(got[k] - np.nanmean(tb)) < 1.0, (c, scenes[k], got[k], np.nanmean(tb))
+        assert abs(got[-1] - scenes[-1]) < 0.05
+    floor = forward_model.reported_temperature(
+        forward_model._BandTable(3), torch.as_tensor(instrument.band_radiance(80.0, 3),
+                                                     dtype=torch.float32).view(1, 1, 1),
+        instrument.NER[3])
+    assert floor.item() > 110.0  # a night scene at 80 K is reported at the floor
+
+
+def test_noisy_channel_profiles_are_differentiable_and_equal_above_detection():
+    """channel_profiles with noise: by day channel 7 equals the noise-free render
+    (0.1 K), at night channel 3 lies far above it; the gradient reaches the
+    temperatures."""
+    hours = forward_model.grid_times()
+    day = 380 * np.clip(np.cos(np.radians((hours - 12) * 15)), 0, None) ** 0.25
+    t = torch.as_tensor(np.maximum(day, 90.0)[None].repeat(2, 0), dtype=torch.float32)
+    t.requires_grad_(True)
+    f = torch.tensor([0.0, 0.1])
+    clean = forward_model.channel_profiles(t, t + 10, f, [3, 7], 24)
+    noisy = forward_model.channel_profiles(t, t + 10, f, [3, 7], 24, noise=1.0)
+    noon, night = 12, 0
+    assert abs(noisy[0, 1, noon] - clean[0, 1, noon]) < 0.1
+    assert noisy[0, 0, night] > clean[0, 0, night] + 20
+    noisy.sum().backward()
+    assert torch.isfinite(t.grad).all() and t.grad.abs().sum() > 0
+
+
 def test_a_facet_sees_the_sun_as_its_equivalent_level_surface():
     """facet_equivalent: a tilted facet's incidence equals a level surface's at the
     equivalent latitude and shifted local time, wherever both are lit."""

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import statistics
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,7 @@ __all__ = [
     "COLUMN_INPUTS",
     "CONDITIONS",
     "EMULATOR_FORMAT",
+    "NOISE_QUANTILES",
     "PARAMETERS",
     "PHYSICAL_LATENTS",
     "PRIORS",
@@ -48,6 +50,7 @@ __all__ = [
     "physics_profiles",
     "priors_record",
     "reflectance_profiles",
+    "reported_temperature",
     "save_emulator",
     "substep_times",
 ]
@@ -311,7 +314,7 @@ _TABLES: dict[tuple[int, str], _BandTable] = {}
 
 def channel_profiles(t_regolith: torch.Tensor, t_rock: torch.Tensor,
                      rock_fraction: torch.Tensor, channels: Sequence[int], bins: int,
-                     substeps: int = 2) -> torch.Tensor:
+                     substeps: int = 2, noise: float = 0.0) -> torch.Tensor:
     """What each thermal channel sees, bin by bin: (n, channels, bins) kelvin.
 
     ``t_regolith``, ``t_rock`` (n, steps) K at :func:`grid_times`;
@@ -320,7 +323,16 @@ def channel_profiles(t_regolith: torch.Tensor, t_rock: torch.Tensor,
     ``bins`` bins, :func:`substep_times`), their band radiances mixed by area
     per channel, the mix turned into a brightness temperature, and the bin's
     substeps averaged (as a profile averages its observations).
-    Differentiable in all three inputs."""
+
+    ``noise`` > 0 renders what the instrument reports instead of the scene's
+    temperature: each measurement's radiance carries Gaussian noise of
+    ``noise`` × the channel's NER (:data:`vaemap.instrument.NER`), a noisy
+    radiance that is not positive has no temperature (a fill, which ingest
+    rejects), and the bin is the mean over the measurements that remain
+    (:func:`reported_temperature`). Below a channel's detection floor the
+    profile is not the scene's temperature but the floor's (channels 3-5 at
+    night: some 30-40 K above the scene), which a noise-free render cannot
+    match. Differentiable in all three inputs."""
     steps = int(t_regolith.shape[-1])  # (an int also when traced: the solver's grid)
     pos = torch.as_tensor(substep_times(bins, substeps) / 24.0 * steps,
                           dtype=t_regolith.dtype, device=t_regolith.device)
@@ -338,8 +350,39 @@ def channel_profiles(t_regolith: torch.Tensor, t_rock: torch.Tensor,
             _TABLES[key] = _BandTable(int(c), t_regolith.device)
         table = _TABLES[key]
         mixed = (1 - f) * table.radiance(t_reg) + f * table.radiance(t_rk)
-        out.append(table.temperature(mixed).view(-1, bins, substeps).mean(dim=2))
+        if noise > 0:
+            out.append(reported_temperature(table, mixed.view(-1, bins, substeps),
+                                            noise * instrument.NER[int(c)]))
+        else:
+            out.append(table.temperature(mixed).view(-1, bins, substeps).mean(dim=2))
     return torch.stack(out, dim=1)
+
+
+#: Points of equal probability of a standard normal (the centres of 16 equal
+#: slices of its CDF): the noise of one measurement, over which
+#: :func:`reported_temperature` averages. With 16 the mean is within 1 K of a
+#: Monte Carlo of the simulator's own measurements at any scene temperature,
+#: the detection floor included (tested).
+NOISE_QUANTILES: tuple[float, ...] = tuple(
+    statistics.NormalDist().inv_cdf((k + 0.5) / 16) for k in range(16))
+
+
+def reported_temperature(table: _BandTable, radiance: torch.Tensor, ner: float,
+                         quantiles: Sequence[float] = NOISE_QUANTILES) -> torch.Tensor:
+    """The mean brightness temperature the instrument reports over a bin's
+    measurements (n, bins) K, from their noise-free band radiances ``radiance``
+    (n, bins, measurements), W m⁻² sr⁻¹: each measurement's radiance plus
+    Gaussian noise of standard deviation ``ner`` (integrated over
+    ``quantiles``), those whose noisy radiance is not positive dropped (they
+    have no temperature; the simulator writes them as fills and ingest rejects
+    them, as the archive's are), the rest averaged. Differentiable in
+    ``radiance`` (the censoring is a mask)."""
+    eps = torch.as_tensor(quantiles, dtype=radiance.dtype, device=radiance.device) * ner
+    noisy = radiance[..., None] + eps  # (n, bins, measurements, points)
+    seen = (noisy > 0).to(radiance.dtype)
+    temps = table.temperature(noisy.clamp_min(1e-30).flatten()).view(noisy.shape)
+    # (at least the positive half of the points is seen: radiance >= 0)
+    return (seen * temps).sum(dim=(2, 3)) / seen.sum(dim=(2, 3))
 
 def save_emulator(path: str | Path, model: ThermalEmulator, **extra: Any) -> None:
     """Write ``emulator.pt`` atomically: a plain dict ``torch.load(...,
@@ -458,14 +501,15 @@ def parameters_from_latents(mu: torch.Tensor, logvar: torch.Tensor | None = None
 def physics_profiles(model: ThermalEmulator, params: Mapping[str, torch.Tensor],
                      lat_deg: torch.Tensor, channels: Sequence[int], bins: int, *,
                      declination_deg: float = 0.0, sun_distance_au: float = 1.0,
-                     substeps: int = 2) -> torch.Tensor:
+                     substeps: int = 2, noise: float = 0.0) -> torch.Tensor:
     """The profiles (n, channels, bins) that the physics gives for parameters
     ``params`` (tensors (n,) named as :data:`PHYSICAL_LATENTS`, e.g. from
     :func:`parameters_from_latents`) at latitudes ``lat_deg`` (n,) and one season
     (by default the mean one: equinox, 1 AU): kelvin in a thermal channel (the
     emulator's temperatures, :func:`channel_profiles`), relative reflectance in
-    a solar one (:func:`reflectance_profiles`), in the order of ``channels``.
-    Differentiable in the parameters, for a decoder."""
+    a solar one (:func:`reflectance_profiles`), in the order of ``channels``;
+    ``noise`` > 0: the thermal channels as the instrument reports them (see
+    :func:`channel_profiles`). Differentiable in the parameters, for a decoder."""
     n = lat_deg.shape[0]
     inputs = {**params, "lat": lat_deg,
               "declination": torch.full((n,), float(declination_deg), device=lat_deg.device),
@@ -481,7 +525,7 @@ def physics_profiles(model: ThermalEmulator, params: Mapping[str, torch.Tensor],
         t_reg, t_rock = model(inputs)
         out[:, thermal_at] = channel_profiles(t_reg, t_rock, params["rock_fraction"],
                                               [channels[j] for j in thermal_at], bins,
-                                              substeps)
+                                              substeps, noise)
     if solar_at:
         out[:, solar_at] = reflectance_profiles(inputs, bins, substeps)[:, None]
     return out

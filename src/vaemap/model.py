@@ -128,6 +128,10 @@ class VAEConfig:
     #: a physics model trained before it could holds False: its physics term
     #: is 0 there, and is decoded so.
     solar_physics: bool = False
+    #: The thermal channels' noise the physics term renders, × each channel's NER
+    #: (0: the scene's temperature; > 0: what the instrument reports, censored
+    #: below detection, :func:`vaemap.forward_model.reported_temperature`).
+    physics_noise: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -428,7 +432,7 @@ class PhysicsRenderer(nn.Module):
         self.register_buffer("norm_lat", torch.zeros(cfg.norm_bands))
         self.register_buffer("norm_mean", torch.zeros(cfg.norm_bands, cfg.channels, cfg.bins))
         self.register_buffer("norm_std", torch.ones(cfg.channels, cfg.bins))
-        self.bins, self.substeps = cfg.bins, cfg.substeps
+        self.bins, self.substeps, self.noise = cfg.bins, cfg.substeps, cfg.physics_noise
 
     def set_normaliser(self, normaliser: Normaliser) -> None:
         """Take the constants of ``normaliser`` (before training)."""
@@ -448,7 +452,7 @@ class PhysicsRenderer(nn.Module):
         with torch.autocast(lat_deg.device.type, enabled=False):
             params, _ = parameters_from_latents(z_physical.float())
             return physics_profiles(self.emulator, params, lat_deg.float(), self.rendered,
-                                    self.bins, substeps=self.substeps)
+                                    self.bins, substeps=self.substeps, noise=self.noise)
 
     def forward(self, z_physical: torch.Tensor, lat_deg: torch.Tensor) -> torch.Tensor:
         t = self.kelvin(z_physical, lat_deg)

@@ -206,7 +206,8 @@ class Trainer:
             physics = {"emulator_width": emu_ckpt["arch"]["width"],
                        "emulator_layers": emu_ckpt["arch"]["layers"],
                        "norm_bands": int(self.normaliser.norm_lat.numel()),
-                       "solar_physics": True}
+                       "solar_physics": True,
+                       "physics_noise": float(config["model"]["physics_noise"])}
         self.arch = _arch(config, list(self.channels), bins, physics)
         self.model = ProfileVAE(self.arch).to(device)
         if self.model.physics is not None:
