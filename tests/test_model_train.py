@@ -428,6 +428,35 @@ def test_the_physics_renders_the_solar_channels_of_a_model_that_says_so(tmp_path
     assert load_checkpoint(tmp_path / "old.pt")[0].physics.rendered == [7]
 
 
+def test_the_physics_renders_the_reported_temperature_with_physics_noise(tmp_path):
+    """physics_noise > 0 renders what the instrument reports (the forward
+    model's reported temperature, tested against the simulator's measurements
+    in test_emulator), 0 the scene's temperature; a model saved without the key
+    (trained before) loads as noise-free."""
+    from vaemap.forward_model import parameters_from_latents, physics_profiles
+    from vaemap.model import save_checkpoint
+
+    torch.manual_seed(3)
+    noisy = _physics_vae(channels=2, channel_ids=(3, 7), physics_noise=1.0)
+    clean = _physics_vae(channels=2, channel_ids=(3, 7))
+    clean.load_state_dict(noisy.state_dict())  # nothing new is persisted
+    z, lat = torch.randn(4, 5), torch.tensor([-50.0, 0.0, 30.0, 80.0])
+    params, _ = parameters_from_latents(z)
+    with torch.no_grad():
+        for model, noise in ((noisy, 1.0), (clean, 0.0)):
+            expected = physics_profiles(model.physics.emulator, params, lat, [3, 7], 24,
+                                        noise=noise)
+            torch.testing.assert_close(model.physics.kelvin(z, lat), expected)
+        assert not torch.equal(noisy.physics.kelvin(z, lat), clean.physics.kelvin(z, lat))
+    prof = 250 + 50 * torch.rand(8, 2, 24)
+    norm = Normaliser.fit(prof.numpy(), torch.linspace(-60, 60, 8).numpy(), "latitude")
+    save_checkpoint(tmp_path / "old.pt", noisy, norm, nside=4, channels=[3, 7], config={})
+    ckpt = torch.load(tmp_path / "old.pt", weights_only=True)
+    assert ckpt["arch"].pop("physics_noise") == 1.0
+    torch.save(ckpt, tmp_path / "old.pt")
+    assert load_checkpoint(tmp_path / "old.pt")[0].physics.noise == 0.0
+
+
 def test_a_physics_model_round_trips_through_its_checkpoint(tmp_path):
     """model.pt carries the emulator's weights and the normaliser's constants the
     physics decoder renders with: a loaded model decodes exactly as the saved one."""
