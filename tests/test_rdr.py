@@ -169,6 +169,41 @@ def test_channel_rows_dropped_as_parsed_and_counted(tmp_path, cfg):
     assert out["rejected"] == {"channel": n - n // 9} and out["accepted"] == n // 9
 
 
+def test_over_wide_fills_of_other_channels_are_dropped_by_position(tmp_path):
+    """Nine channels with channels 3-5 mostly below detection (their tb the
+    over-wide -9999.000 fill, as a night in the archive): their rows are dropped
+    by their channel column like every other channel's, not parsed line by
+    line; the kept rows, over-wide fills of channel 7 included, are read
+    exactly as by delimiters, in blocks large and small."""
+    rng = np.random.default_rng(5)
+    n = 9 * 400
+    c = np.tile(np.arange(1, 10), n // 9)
+    tb = np.round(rng.uniform(60, 390, n), 3)
+    tb[np.isin(c, (3, 4, 5)) & (rng.random(n) < 0.8)] = -9999.0
+    tb[(c == 7) & (rng.random(n) < 0.05)] = -9999.0
+    cols = columns(n, c=c, tb=tb, clat=np.round(rng.uniform(-90, 90, n), 5))
+    path = write(tmp_path / "t_RDR.TAB", text(cols))
+    assert np.count_nonzero(tb == -9999.0) > n // 4  # far beyond the predicted-line limit
+    keep = c == 7
+    for block_bytes in (1 << 23, 5000):
+        stats = {}
+        blocks = list(read_table(path, channels=[7], stats=stats, block_bytes=block_bytes))
+        got = {k: np.concatenate([b[k] for b in blocks]) for k in ("tb", "clat", "c")}
+        assert stats["channel"] == n - keep.sum() and stats["rows"] == n
+        # every row but channel 7's over-wide fills was placed by position
+        assert stats["by_position"] == n - np.count_nonzero(keep & (tb == -9999.0))
+        np.testing.assert_array_equal(got["tb"], tb[keep])
+        np.testing.assert_array_equal(got["clat"], cols["clat"][keep])
+        assert set(got["c"]) == {7.0}
+    # a kept row that is malformed after an over-wide fill is still named
+    lines = text(cols).split("\r\n")
+    row = 4 + int(np.flatnonzero(keep & (tb == -9999.0))[0])
+    lines[row] = lines[row].replace(" 110,", " 1x0,")
+    bad = write(tmp_path / "b_RDR.TAB", "\r\n".join(lines))
+    with pytest.raises(RdrFormatError, match=rf"line {row + 1}: column af: expected a number"):
+        list(read_table(bad, channels=[7]))
+
+
 def test_moving_instrument_and_every_flag_bit_counted(tmp_path, cfg):
     bits = [1 << k for k in range(8)]
     n = 2 + len(bits) + 3
