@@ -5,7 +5,8 @@
 Writes one RDR table of ``--rows`` rows in the archive's published layout
 (``#`` preamble and padded header, fixed-format CRLF rows, 342 bytes a row,
 the nine channels and 21 detectors interleaved as in the archive, 2 % bad
-flags, a few over-wide fills), zipped as the archive ships it (one table in a
+flags, over-wide fills where channels 3-5 are below detection at night, about
+10 % of the rows), zipped as the archive ships it (one table in a
 ``_rdr.zip``, deflated at zip's default level), and a second copy whose
 header does not line up with its data (every row takes the delimiter
 fallback). Then it runs, each in a fresh child process that measures its own
@@ -141,7 +142,14 @@ def write_table(path: Path, n: int, *, aligned: bool = True, seed: int = 0,
             bad = rng.uniform(size=m) < 0.02
             c = 1 + i % 9
             tb = np.where(c <= 2, rng.uniform(0, 0.3, m), rng.uniform(90, 390, m))
-            tb[rng.uniform(size=m) < 1e-4] = -9999.0  # over-wide fills, as in the archive
+            loctime = np.round(rng.uniform(0, 24, m), 5)
+            # Over-wide fills (-9999.000 in the 8-byte tb), as the simulator writes
+            # a night: channels 3-5 below their detection floor, where a noisy
+            # radiance is not positive about half the time (9.6 % of all rows of
+            # config/archive.yaml's tables); elsewhere rare.
+            night = (loctime < 6) | (loctime > 18)
+            below = np.isin(c, (3, 4, 5)) & night & (rng.uniform(size=m) < 0.58)
+            tb[below | (rng.uniform(size=m) < 1e-4)] = -9999.0
             cols = {name: np.zeros(m) for name in RDR_COLUMNS}
             cols.update({
                 "date": ["15-Sep-2009"] * m, "utc": ["00:00:49.781"] * m,
@@ -154,7 +162,7 @@ def write_table(path: Path, n: int, *, aligned: bool = True, seed: int = 0,
                 "clat": np.round(rng.uniform(-90, 90, m), 5),
                 "clon": np.round(rng.uniform(0, 360, m), 5),
                 "cemis": np.round(rng.uniform(0, 5, m), 5),
-                "cloctime": np.round(rng.uniform(0, 24, m), 5),
+                "cloctime": loctime,
                 "qca": np.zeros(m, int), "qge": np.full(m, 12), "qmi": np.zeros(m, int),
             })
             raw.write(format_rows(cols).encode("ascii"))
